@@ -1,0 +1,32 @@
+"""keras-transfer: transfer learning for images and text on Keras 3 (TensorFlow, JAX, PyTorch).
+
+Factory functions return plain `keras.Model`s: build, compile, `fit`, evaluate, save.
+"""
+
+from keras_transfer.backbones import BackboneSpec, get_backbone_spec, list_backbones
+from keras_transfer.compiling import compile_classifier
+from keras_transfer.evaluation import ClassificationReport, evaluate_classifier
+from keras_transfer.freezing import freeze_backbone, get_backbone, unfreeze_backbone
+from keras_transfer.image_classifier import build_image_classifier, default_augmentation
+from keras_transfer.image_data import image_folder_datasets
+from keras_transfer.layers import ImagePreprocessing
+from keras_transfer.training import fine_tune
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackboneSpec",
+    "ClassificationReport",
+    "ImagePreprocessing",
+    "build_image_classifier",
+    "compile_classifier",
+    "default_augmentation",
+    "evaluate_classifier",
+    "fine_tune",
+    "freeze_backbone",
+    "get_backbone",
+    "get_backbone_spec",
+    "image_folder_datasets",
+    "list_backbones",
+    "unfreeze_backbone",
+]

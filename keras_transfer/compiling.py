@@ -1,0 +1,94 @@
+"""`compile_classifier`: categorical cross-entropy with the seed's optimizers."""
+
+from __future__ import annotations
+
+import keras
+
+SGD_LEARNING_RATE = 1e-3  # the seed's and the PyTorch transfer-learning tutorial's
+SGD_MOMENTUM = 0.9
+IMAGE_ADAM_LEARNING_RATE = 1e-3  # Keras' Adam default
+TEXT_ADAM_LEARNING_RATE = 2e-5  # the seed's BERT fine-tuning rate (BERT paper range)
+
+
+def is_text_classifier(model):
+    """True for a KerasHub text classifier (as built by `build_text_classifier`)."""
+    try:
+        import keras_hub
+    except ImportError:  # pragma: no cover - keras-hub is a dependency
+        return False
+    return isinstance(model, keras_hub.models.TextClassifier)
+
+
+def make_optimizer(optimizer, learning_rate=None, momentum=SGD_MOMENTUM, *, text=False):
+    """Make a Keras optimizer from a name (`"sgd"` / `"adam"`) or pass one through.
+
+    Defaults: `"sgd"`: lr 1e-3, momentum 0.9 (the seed, as in the PyTorch transfer-learning
+    tutorial); `"adam"`: lr 2e-5 for text models (the seed's BERT setting), 1e-3 (Keras'
+    default) for image models.
+
+    Raises:
+        ValueError: an unknown name, or a `learning_rate` that is not a positive number.
+    """
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        if learning_rate is not None:
+            raise ValueError(
+                "`learning_rate` is set on the optimizer object itself; pass one or the other."
+            )
+        return optimizer
+    if learning_rate is not None and not (
+        isinstance(learning_rate, (int, float)) and learning_rate > 0
+    ):
+        raise ValueError(f"`learning_rate` must be a positive number, got {learning_rate!r}.")
+    name = str(optimizer).lower()
+    if name == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=learning_rate or SGD_LEARNING_RATE, momentum=momentum
+        )
+    if name == "adam":
+        default = TEXT_ADAM_LEARNING_RATE if text else IMAGE_ADAM_LEARNING_RATE
+        return keras.optimizers.Adam(learning_rate=learning_rate or default)
+    raise ValueError(
+        f"`optimizer` must be 'sgd', 'adam' or a keras.optimizers.Optimizer, got {optimizer!r}."
+    )
+
+
+def compile_classifier(
+    model, optimizer=None, learning_rate=None, momentum=SGD_MOMENTUM, label_smoothing=0.0
+):
+    """Compile a classifier for one-hot labels: categorical cross-entropy and accuracy.
+
+    The models of this package output softmax probabilities `(batch, num_classes)`, so the
+    loss is `keras.losses.CategoricalCrossentropy(from_logits=False)` on one-hot labels
+    `(batch, num_classes)` float32, and the metric is categorical accuracy named
+    `"accuracy"`.
+
+    Keras builds the optimizer for the variables that are trainable at compile time: after
+    changing `trainable` flags by hand, call `compile_classifier` again
+    (`freeze_backbone` / `unfreeze_backbone` recompile for you).
+
+    Args:
+        model: a `keras.Model` with softmax outputs, e.g. from `build_image_classifier`.
+        optimizer: `"sgd"`, `"adam"` or a `keras.optimizers.Optimizer`. Default None:
+            `"sgd"` for image models (lr 1e-3, momentum 0.9, as in the seed and the PyTorch
+            transfer-learning tutorial), `"adam"` for text models (lr 2e-5, the seed's).
+        learning_rate: positive float; default depends on the optimizer (above).
+        momentum: SGD momentum, default 0.9.
+        label_smoothing: float in [0, 1), default 0.
+
+    Returns:
+        The same model, compiled.
+
+    Raises:
+        ValueError: unknown optimizer name, bad learning rate or label smoothing.
+    """
+    if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
+        raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+    text = is_text_classifier(model)
+    if optimizer is None:
+        optimizer = "adam" if text else "sgd"
+    model.compile(
+        optimizer=make_optimizer(optimizer, learning_rate, momentum, text=text),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return model

@@ -1,0 +1,155 @@
+"""`image_folder_datasets`: labelled image folders as `tf.data` pipelines for any backend."""
+
+from __future__ import annotations
+
+import os
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+
+def _image_size(image_size):
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    try:
+        height, width = image_size
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`image_size` must be an int or (height, width), got {image_size!r}."
+        ) from None
+    if not all(isinstance(d, int) and d > 0 for d in (height, width)):
+        raise ValueError(f"`image_size` must hold positive ints, got {image_size!r}.")
+    return (height, width)
+
+
+def _class_folders(directory):
+    return sorted(
+        entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
+def _check_classes(directory, class_names=None):
+    """Raise a clear error for a folder that cannot be a labelled image folder."""
+    found = _class_folders(directory)
+    if class_names is None:
+        if len(found) < 2:
+            raise ValueError(
+                f"{directory!r} has {len(found)} class folder(s) ({found}); a classifier "
+                "needs at least 2: lay the images out as <dir>/<class_name>/<image>."
+            )
+        return found
+    extra = sorted(set(found) - set(class_names))
+    if extra:
+        raise ValueError(
+            f"Validation folder {directory!r} has classes that the training folder does not: "
+            f"{extra}. Training classes: {class_names}. Rename or remove those folders."
+        )
+    return class_names
+
+
+def _load(directory, *, image_size, class_names, seed, validation_split=None, subset=None):
+    import keras
+
+    return keras.utils.image_dataset_from_directory(
+        directory,
+        labels="inferred",
+        label_mode="categorical",
+        class_names=class_names,
+        color_mode="rgb",
+        batch_size=None,
+        image_size=image_size,
+        shuffle=validation_split is not None,
+        seed=seed,
+        validation_split=validation_split,
+        subset=subset,
+        interpolation="bilinear",
+        verbose=True,
+    )
+
+
+def _finish(dataset, *, batch_size, shuffle, seed, cache):
+    import tensorflow as tf
+
+    if cache:
+        dataset = dataset.cache()
+    if shuffle:
+        dataset = dataset.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def image_folder_datasets(
+    root, *, image_size, batch_size=32, validation_split=None, seed=1337, cache=True
+):
+    """Read a labelled image folder into training and validation `tf.data.Dataset`s.
+
+    Layouts (class names are the sub-folder names, sorted):
+    - `root/train/<class>/*` with `root/val/<class>/*` (or `root/validation/<class>/*`);
+    - `root/train/<class>/*` alone, or `root/<class>/*`: split by `validation_split`, or
+      no validation data when `validation_split` is None.
+
+    Images (JPEG, PNG, GIF first frame, BMP) are decoded to RGB (grayscale and RGBA are
+    converted) and resized (squashed, bilinear) to `image_size` by
+    `keras.utils.image_dataset_from_directory`; the exported serving signature resizes the
+    same way. Datasets feed `model.fit` on tensorflow, jax and torch.
+
+    Args:
+        root: path of the data folder.
+        image_size: int or `(height, width)` in pixels, e.g. 224 or `(224, 224)`.
+        batch_size: int, default 32.
+        validation_split: float in (0, 1) or None; the fraction of the (training) folder
+            held out for validation when there is no `val/` folder.
+        seed: int, default 1337: the shuffle and split seed.
+        cache: bool, default True: keep the decoded, resized images in memory after the
+            first epoch (`height * width * 3 * 4` bytes per image, 0.6 MB at 224x224);
+            False decodes every epoch.
+
+    Returns:
+        `(train_ds, val_ds, class_names)`: datasets of `(images, labels)` batches, images
+        `(batch, height, width, 3)` float32 in [0, 255], labels `(batch, num_classes)`
+        float32 one-hot; the training data reshuffled every epoch; `val_ds` is None when
+        there is no validation data; `class_names` a list of str.
+
+    Raises:
+        FileNotFoundError: `root` does not exist.
+        ValueError: fewer than 2 class folders, validation classes unknown to training,
+            both a `val/` folder and `validation_split`, a bad argument.
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"Image folder not found: {root!r}.")
+    image_size = _image_size(image_size)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    if validation_split is not None and not 0 < validation_split < 1:
+        raise ValueError(f"`validation_split` must be in (0, 1), got {validation_split!r}.")
+
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        train_dir = root
+    val_dir = next(
+        (
+            os.path.join(root, name)
+            for name in ("val", "validation")
+            if train_dir != root and os.path.isdir(os.path.join(root, name))
+        ),
+        None,
+    )
+    if val_dir is not None and validation_split is not None:
+        raise ValueError(
+            f"{root!r} has a validation folder {val_dir!r}; do not also pass "
+            "`validation_split`."
+        )
+    class_names = _check_classes(train_dir)
+    load = dict(image_size=image_size, class_names=class_names, seed=seed)
+    if validation_split is not None:
+        train_ds, val_ds = _load(train_dir, validation_split=validation_split, subset="both", **load)
+    else:
+        train_ds = _load(train_dir, **load)
+        val_ds = None
+        if val_dir is not None:
+            _check_classes(val_dir, class_names)
+            val_ds = _load(val_dir, **load)
+    finish = dict(batch_size=batch_size, seed=seed, cache=cache)
+    train_ds = _finish(train_ds, shuffle=True, **finish)
+    if val_ds is not None:
+        val_ds = _finish(val_ds, shuffle=False, **finish)
+    return train_ds, val_ds, list(class_names)
