@@ -7,7 +7,11 @@ from keras_transfer.backbones import BackboneSpec, get_backbone_spec, list_backb
 from keras_transfer.compiling import compile_classifier
 from keras_transfer.evaluation import ClassificationReport, evaluate_classifier
 from keras_transfer.freezing import freeze_backbone, get_backbone, unfreeze_backbone
-from keras_transfer.image_classifier import build_image_classifier, default_augmentation
+from keras_transfer.image_classifier import (
+    build_image_classifier,
+    default_augmentation,
+    default_image_size,
+)
 from keras_transfer.image_data import image_folder_datasets
 from keras_transfer.layers import ImagePreprocessing
 from keras_transfer.training import fine_tune
@@ -21,6 +25,7 @@ __all__ = [
     "build_image_classifier",
     "compile_classifier",
     "default_augmentation",
+    "default_image_size",
     "evaluate_classifier",
     "fine_tune",
     "freeze_backbone",

@@ -154,6 +154,4 @@ def evaluate_classifier(model, dataset, class_names):
             f"The model predicts {probabilities.shape[-1]} classes but {len(class_names)} "
             f"class names were given: {list(class_names)}."
         )
-    return classification_report_from_predictions(
-        labels, probabilities.argmax(-1), class_names
-    )
+    return classification_report_from_predictions(labels, probabilities.argmax(-1), class_names)

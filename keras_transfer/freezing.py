@@ -130,12 +130,13 @@ def unfreeze_backbone(model, top_n=None, train_batchnorm=False):
     Raises:
         ValueError: the model has no backbone, or `top_n` is not None or an int >= 0.
     """
-    if top_n is not None and (
-        isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0
-    ):
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
         raise ValueError(f"`top_n` must be None or an int >= 0, got {top_n!r}.")
     backbone = get_backbone(model)
-    backbone.trainable = True
+    # Each layer by itself: on tensorflow, setting `trainable = True` on a model that is
+    # already trainable does not reach sublayers frozen one by one.
+    for layer in backbone._flatten_layers(include_self=True, recursive=True):
+        layer.trainable = True
     if top_n is not None:
         units = backbone_units(backbone)
         for unit in units[: max(len(units) - top_n, 0)]:

@@ -40,12 +40,36 @@ def _augmentation_block(augmentation):
     for layer in layers:
         if not isinstance(layer, keras.layers.Layer):
             raise ValueError(
-                f"`augmentation` must hold Keras layers, got {layer!r} "
-                f"({type(layer).__name__})."
+                f"`augmentation` must hold Keras layers, got {layer!r} ({type(layer).__name__})."
             )
     if not layers:
         return None
     return keras.Sequential(layers, name="augmentation")
+
+
+def default_image_size(backbone):
+    """The `(height, width)` in pixels that `backbone`'s pretrained weights were trained at.
+
+    Args:
+        backbone: a registry name (e.g. `"xception"` -> `(299, 299)`) or `"hub:<preset>"`
+            (the preset's image converter size, 224x224 when it has none).
+
+    Raises:
+        ValueError: unknown backbone name or unloadable preset.
+    """
+    if isinstance(backbone, str) and backbone.startswith(backbones.HUB_PREFIX):
+        import keras_hub
+
+        preset = backbone[len(backbones.HUB_PREFIX) :]
+        try:
+            converter = keras_hub.layers.ImageConverter.from_preset(preset)
+        except Exception as error:
+            raise ValueError(
+                f"Could not load the KerasHub image preset {preset!r}: {error}"
+            ) from error
+        return tuple(converter.image_size or (224, 224))
+    size = backbones.get_backbone_spec(backbone).default_size
+    return (size, size)
 
 
 def _hub_backbone(preset, input_shape, weights):

@@ -23,7 +23,9 @@ def _image_size(image_size):
 
 def _class_folders(directory):
     return sorted(
-        entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith(".")
+        entry.name
+        for entry in os.scandir(directory)
+        if entry.is_dir() and not entry.name.startswith(".")
     )
 
 
@@ -135,13 +137,14 @@ def image_folder_datasets(
     )
     if val_dir is not None and validation_split is not None:
         raise ValueError(
-            f"{root!r} has a validation folder {val_dir!r}; do not also pass "
-            "`validation_split`."
+            f"{root!r} has a validation folder {val_dir!r}; do not also pass `validation_split`."
         )
     class_names = _check_classes(train_dir)
     load = dict(image_size=image_size, class_names=class_names, seed=seed)
     if validation_split is not None:
-        train_ds, val_ds = _load(train_dir, validation_split=validation_split, subset="both", **load)
+        train_ds, val_ds = _load(
+            train_dir, validation_split=validation_split, subset="both", **load
+        )
     else:
         train_ds = _load(train_dir, **load)
         val_ds = None

@@ -1,0 +1,292 @@
+"""The `keras-transfer` command line: train, evaluate and predict.
+
+    keras-transfer train image --data DIR --backbone NAME --output DIR [options]
+    keras-transfer evaluate MODEL_DIR --data DIR
+    keras-transfer predict MODEL_DIR FILE [FILE ...] [--top-k K]
+
+Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
+`report.txt` and `history.json`. Paths are only ever opened as files, never passed to a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+MODEL_FILE = "model.keras"
+CLASS_NAMES_FILE = "class_names.json"
+
+
+def _json_object(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"alpha\": 0.25}}', got {text!r}"
+        )
+    return value
+
+
+def _weights(text):
+    return None if text.lower() == "none" else text
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-transfer",
+        description="Transfer learning with Keras 3: fine-tune pretrained models on your data.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a classifier")
+    kinds = train.add_subparsers(dest="kind", required=True)
+    image = kinds.add_parser(
+        "image", help="image classifier on a keras.applications or KerasHub backbone"
+    )
+    image.add_argument(
+        "--data", required=True, help="folder with train/<class>/ (and val/<class>/)"
+    )
+    image.add_argument(
+        "--backbone", required=True, help="registry name (see --list) or hub:<preset>"
+    )
+    image.add_argument(
+        "--weights", default="imagenet", type=_weights, help="imagenet (default), none, or a file"
+    )
+    image.add_argument(
+        "--backbone-kwargs",
+        type=_json_object,
+        default=None,
+        help="JSON for the Keras constructor, e.g. '{\"alpha\": 0.25}'",
+    )
+    image.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default: the backbone's)",
+    )
+    image.add_argument("--batch-size", type=int, default=32)
+    image.add_argument(
+        "--validation-split",
+        type=float,
+        default=None,
+        help="fraction held out when DATA has no val/ folder",
+    )
+    image.add_argument("--no-augmentation", action="store_true")
+    _add_training_arguments(image, default_epochs=10)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained model on labelled data")
+    evaluate.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    evaluate.add_argument("--data", required=True, help="image folder (its val/ part when present)")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--output", default=None, help="also write report.json/report.txt here")
+
+    predict = commands.add_parser("predict", help="top-k classes for image files")
+    predict.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    predict.add_argument("inputs", nargs="+", help="image files")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true", help="print JSON lines")
+
+    commands.add_parser("backbones", help="list the registry's image backbones")
+    return parser
+
+
+def _add_training_arguments(parser, default_epochs):
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=default_epochs,
+        help=f"epochs on a frozen backbone (default {default_epochs})",
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="epochs with the top of the backbone unfrozen (default 0)",
+    )
+    parser.add_argument(
+        "--unfreeze-top-n",
+        type=int,
+        default=None,
+        help="units unfrozen for fine-tuning, from the top (default all)",
+    )
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of the head stage")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--output", required=True, help="folder for the model and reports")
+
+
+def _write_text(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(output, model, class_names, report=None, histories=None):
+    """Write the model, class names, report and history into `output` (atomically per file)."""
+    os.makedirs(output, exist_ok=True)
+    tmp_model = os.path.join(output, f".{MODEL_FILE}.tmp.keras")
+    model.save(tmp_model)
+    os.replace(tmp_model, os.path.join(output, MODEL_FILE))
+    _write_text(os.path.join(output, CLASS_NAMES_FILE), json.dumps(list(class_names), indent=1))
+    if report is not None:
+        _write_text(os.path.join(output, "report.json"), json.dumps(report.to_dict(), indent=1))
+        _write_text(os.path.join(output, "report.txt"), str(report) + "\n")
+    if histories is not None:
+        history = {stage: h.history for stage, h in histories.items()}
+        _write_text(os.path.join(output, "history.json"), json.dumps(history, indent=1))
+
+
+def load_trained(model_dir):
+    """Load `model.keras` and `class_names.json` from a training output folder.
+
+    Raises:
+        FileNotFoundError: either file is missing.
+    """
+    import keras
+
+    import keras_transfer  # noqa: F401  (registers our layers for safe_mode loading)
+
+    paths = [os.path.join(model_dir, name) for name in (MODEL_FILE, CLASS_NAMES_FILE)]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path!r} not found: pass the --output folder of `keras-transfer train`."
+            )
+    model = keras.saving.load_model(paths[0], safe_mode=True)
+    with open(paths[1], encoding="utf-8") as handle:
+        class_names = json.load(handle)
+    return model, class_names
+
+
+def _train_image(args):
+    import keras
+
+    import keras_transfer as kt
+
+    keras.utils.set_random_seed(args.seed)
+    if args.image_size is not None:
+        image_size = (args.image_size, args.image_size)
+    else:
+        image_size = kt.default_image_size(args.backbone)
+    train_ds, val_ds, class_names = kt.image_folder_datasets(
+        args.data,
+        image_size=image_size,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        seed=args.seed,
+    )
+    model = kt.build_image_classifier(
+        args.backbone,
+        len(class_names),
+        input_shape=(*image_size, 3),
+        weights=args.weights,
+        backbone_kwargs=args.backbone_kwargs,
+        augmentation=None if args.no_augmentation else "default",
+    )
+    return _fit_and_write(args, model, train_ds, val_ds, class_names)
+
+
+def _fit_and_write(args, model, train_ds, val_ds, class_names):
+    import keras_transfer as kt
+
+    histories = kt.fine_tune(
+        model,
+        train_ds,
+        val_ds,
+        head_epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        unfreeze_top_n=args.unfreeze_top_n,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+    )
+    report = None
+    if val_ds is not None:
+        report = kt.evaluate_classifier(model, val_ds, class_names)
+        print(report)
+    write_outputs(args.output, model, class_names, report, histories)
+    print(f"Wrote {os.path.join(args.output, MODEL_FILE)} and reports to {args.output}")
+    return 0
+
+
+def _evaluate(args):
+    import keras_transfer as kt
+
+    model, class_names = load_trained(args.model_dir)
+    image_size = tuple(model.input_shape[1:3])
+    train_ds, val_ds, data_classes = kt.image_folder_datasets(
+        args.data, image_size=image_size, batch_size=args.batch_size, cache=False
+    )
+    if list(data_classes) != list(class_names):
+        raise SystemExit(
+            f"error: the classes in {args.data!r} ({data_classes}) differ from the model's "
+            f"({class_names})."
+        )
+    report = kt.evaluate_classifier(model, val_ds if val_ds is not None else train_ds, class_names)
+    print(report)
+    if args.output:
+        write_outputs(args.output, model, class_names, report)
+    return 0
+
+
+def _load_image(path, image_size):
+    import keras
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image file not found: {path!r}.")
+    image = keras.utils.load_img(
+        path, color_mode="rgb", target_size=image_size, interpolation="bilinear"
+    )
+    return np.asarray(image, dtype="float32")
+
+
+def _predict(args):
+    import numpy as np
+
+    model, class_names = load_trained(args.model_dir)
+    image_size = tuple(model.input_shape[1:3])
+    images = np.stack([_load_image(path, image_size) for path in args.inputs])
+    probabilities = np.asarray(model.predict(images, verbose=0))
+    top_k = max(1, min(args.top_k, len(class_names)))
+    for path, probs in zip(args.inputs, probabilities, strict=True):
+        best = np.argsort(-probs)[:top_k]
+        ranked = [(class_names[i], float(probs[i])) for i in best]
+        if args.json:
+            print(
+                json.dumps(
+                    {"input": path, "top_k": [{"class": c, "probability": p} for c, p in ranked]}
+                )
+            )
+        else:
+            print(f"{path}: " + ", ".join(f"{c} {p:.4f}" for c, p in ranked))
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the `keras-transfer` command. Returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "backbones":
+            import keras_transfer as kt
+
+            print("\n".join(kt.list_backbones()))
+            return 0
+        if args.command == "train":
+            return _train_image(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "predict":
+            return _predict(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"keras-transfer: error: {error}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

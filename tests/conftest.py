@@ -1,0 +1,84 @@
+"""Test configuration: one backend per pytest process, chosen by KERAS_BACKEND.
+
+Run the suite once per backend (each in its own process, Keras picks the backend at import):
+    KERAS_BACKEND=tensorflow python -m pytest
+    KERAS_BACKEND=jax python -m pytest
+    KERAS_BACKEND=torch python -m pytest
+Tests marked `backends("tensorflow")` run only on the named backends.
+
+The real weights and data sets are read from ../shared (beside the project folder). When
+KERAS_HOME is not set, a temporary Keras home is seeded with ../shared's ImageNet weight
+files before Keras is imported, so `weights="imagenet"` loads them without a download.
+"""
+
+import os
+import pathlib
+import shutil
+import tempfile
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROJECT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("KERAS_TRANSFER_SHARED", PROJECT.parent / "shared"))
+
+if "KERAS_HOME" not in os.environ and (SHARED / "weights" / "keras").is_dir():
+    _home = pathlib.Path(tempfile.mkdtemp(prefix="keras-home-"))
+    (_home / "models").mkdir()
+    for weights_file in (SHARED / "weights" / "keras").glob("*.h5"):
+        shutil.copy(weights_file, _home / "models" / weights_file.name)
+    os.environ["KERAS_HOME"] = str(_home)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+BACKEND = keras.backend.backend()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): run only on these Keras backends")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marker = item.get_closest_marker("backends")
+        if marker is not None and BACKEND not in marker.args:
+            item.add_marker(
+                pytest.mark.skip(reason=f"runs on {', '.join(marker.args)}, not {BACKEND}")
+            )
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+
+
+@pytest.fixture
+def backend():
+    return BACKEND
+
+
+def require_shared(*parts):
+    """The path of a file or folder in ../shared; skips the test when it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found (the real data and weights live in ../shared)")
+    return path
+
+
+def write_image_folder(root, classes=("cats", "dogs"), per_class=6, size=(40, 48), fmt="PNG"):
+    """Write a tiny labelled image folder: class 0 dark images, class 1 bright ones."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = pathlib.Path(root)
+    for index, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = 40 + 160 * index / max(len(classes) - 1, 1)
+            pixels = np.clip(rng.normal(base, 20, (*size, 3)), 0, 255).astype("uint8")
+            suffix = "png" if fmt == "PNG" else "jpg"
+            Image.fromarray(pixels).save(folder / f"{name}_{i}.{suffix}", fmt)
+    return root

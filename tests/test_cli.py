@@ -1,0 +1,84 @@
+import json
+import os
+import subprocess
+import sys
+
+from conftest import write_image_folder
+
+
+def _cli(*args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_transfer.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=900,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_train_evaluate_predict_on_a_tiny_folder(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(data / "train", per_class=4)
+    write_image_folder(data / "val", per_class=2)
+    out = tmp_path / "out"
+    _cli(
+        "train",
+        "image",
+        "--data",
+        data,
+        "--backbone",
+        "mobilenet",
+        "--weights",
+        "none",
+        "--backbone-kwargs",
+        '{"alpha": 0.25}',
+        "--image-size",
+        32,
+        "--epochs",
+        1,
+        "--finetune-epochs",
+        1,
+        "--unfreeze-top-n",
+        2,
+        "--batch-size",
+        4,
+        "--output",
+        out,
+    )
+    for name in ("model.keras", "class_names.json", "report.json", "report.txt", "history.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "class_names.json").read_text()) == ["cats", "dogs"]
+    assert json.loads((out / "report.json").read_text())["num_examples"] == 4
+    history = json.loads((out / "history.json").read_text())
+    assert set(history) == {"head", "finetune"}
+
+    result = _cli("evaluate", out, "--data", data)
+    assert "accuracy:" in result.stdout
+
+    image = next((data / "val" / "dogs").iterdir())
+    result = _cli("predict", out, image, "--top-k", 2, "--json")
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [entry["class"] for entry in line["top_k"]] in (["cats", "dogs"], ["dogs", "cats"])
+    assert abs(sum(entry["probability"] for entry in line["top_k"]) - 1) < 1e-4
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    result = _cli(
+        "train",
+        "image",
+        "--data",
+        tmp_path / "missing",
+        "--backbone",
+        "mobilnet",
+        "--output",
+        tmp_path / "out",
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Unknown backbone 'mobilnet'" in result.stderr and "mobilenet" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = _cli("predict", tmp_path, "x.jpg", check=False)
+    assert result.returncode == 2 and "model.keras" in result.stderr

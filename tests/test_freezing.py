@@ -1,0 +1,151 @@
+import keras
+import numpy as np
+import pytest
+from conftest import require_shared
+
+import keras_transfer as kt
+
+
+def _tiny():
+    return kt.build_image_classifier(
+        "mobilenet",
+        2,
+        input_shape=(32, 32, 3),
+        weights=None,
+        backbone_kwargs={"alpha": 0.25},
+        augmentation=None,
+    )
+
+
+def _data(n=16):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (n, 32, 32, 3)).astype("float32")
+    labels = keras.utils.to_categorical(rng.integers(0, 2, n), 2)
+    return images, labels
+
+
+def _batchnorm_stats(model):
+    return [
+        keras.ops.convert_to_numpy(v).copy()
+        for layer in model.get_layer("backbone").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+def _first_kernel(model):
+    return keras.ops.convert_to_numpy(model.get_layer("backbone").get_layer("conv1").kernel).copy()
+
+
+def _fit(model):
+    images, labels = _data()
+    model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+
+
+def test_batchnorm_statistics_never_move_through_freeze_unfreeze_compile_fit():
+    model = _tiny()
+    before_stats = _batchnorm_stats(model)
+    kt.compile_classifier(model, learning_rate=0.1)
+    _fit(model)
+    kt.unfreeze_backbone(model)
+    _fit(model)
+    kt.freeze_backbone(model)
+    _fit(model)
+    kt.unfreeze_backbone(model, top_n=10)
+    kt.compile_classifier(model, optimizer="adam", learning_rate=0.01)
+    _fit(model)
+    kt.unfreeze_backbone(model)
+    _fit(model)
+    for before, after in zip(before_stats, _batchnorm_stats(model), strict=True):
+        np.testing.assert_array_equal(before, after)
+    # The last recompile built the optimizer for every trainable weight.
+    assert len(model.trainable_weights) == 29
+    assert len(model.optimizer.variables) == 2 + 2 * 29  # iterations, lr; Adam m and v
+
+
+def test_unfreeze_takes_effect_on_pretrained_weights_without_manual_recompile():
+    """With ImageNet weights (random-init activations vanish through frozen BatchNorm)."""
+    require_shared("weights", "keras", "mobilenet_2_5_224_tf_no_top.h5")
+    model = kt.build_image_classifier(
+        "mobilenet",
+        2,
+        input_shape=(224, 224, 3),
+        backbone_kwargs={"alpha": 0.25},
+        augmentation=None,
+    )
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (8, 224, 224, 3)).astype("float32")
+    labels = keras.utils.to_categorical(rng.integers(0, 2, 8), 2)
+    stats, kernel = _batchnorm_stats(model), _first_kernel(model)
+    kt.compile_classifier(model, learning_rate=0.05)
+    model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    np.testing.assert_array_equal(kernel, _first_kernel(model))  # frozen: unchanged
+    kt.unfreeze_backbone(model)  # recompiles: the next fit trains the backbone
+    model.fit(images, labels, batch_size=8, epochs=2, verbose=0)
+    assert not np.allclose(kernel, _first_kernel(model))
+    for before, after in zip(stats, _batchnorm_stats(model), strict=True):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_plain_keras_trainable_flag_moves_batchnorm_statistics():
+    """keras-team/keras#20285, the failure unfreeze_backbone protects against."""
+    model = _tiny()
+    before = _batchnorm_stats(model)
+    model.get_layer("backbone").trainable = True
+    kt.compile_classifier(model)
+    _fit(model)
+    moved = [not np.allclose(b, a) for b, a in zip(before, _batchnorm_stats(model), strict=True)]
+    assert any(moved)
+
+
+def test_train_batchnorm_true_lets_statistics_move():
+    model = _tiny()
+    before = _batchnorm_stats(model)
+    kt.unfreeze_backbone(model, train_batchnorm=True)
+    kt.compile_classifier(model)
+    _fit(model)
+    assert any(not np.allclose(b, a) for b, a in zip(before, _batchnorm_stats(model), strict=True))
+
+
+def test_frozen_backbone_has_no_trainable_weights_and_head_trains():
+    model = _tiny()
+    assert model.get_layer("backbone").trainable_weights == []
+    assert [w.path for w in model.trainable_weights] == ["predictions/kernel", "predictions/bias"]
+
+
+def test_top_n_counts_backbone_layers_from_the_top():
+    model = _tiny()
+    kt.unfreeze_backbone(model, top_n=4)
+    layers = model.get_layer("backbone").layers
+    trainable = [layer.name for layer in layers if layer.trainable]
+    expected = [
+        layer.name
+        for layer in layers[-4:]
+        if not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert trainable == expected
+    assert len(trainable) >= 2  # conv_pw_13 and its ReLU at least
+
+
+def test_top_n_validation():
+    with pytest.raises(ValueError, match="top_n"):
+        kt.unfreeze_backbone(_tiny(), top_n=-1)
+
+
+def test_model_without_backbone_is_refused():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="backbone"):
+        kt.freeze_backbone(model)
+
+
+def test_compile_defaults_are_the_seeds():
+    model = kt.compile_classifier(_tiny())
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+    assert float(model.optimizer.momentum) == pytest.approx(0.9)
+    model = kt.compile_classifier(_tiny(), optimizer="adam")
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    with pytest.raises(ValueError, match="optimizer"):
+        kt.compile_classifier(_tiny(), optimizer="rmsprop-ish")
+    with pytest.raises(ValueError, match="learning_rate"):
+        kt.compile_classifier(_tiny(), learning_rate=-1)
