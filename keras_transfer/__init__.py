@@ -14,6 +14,8 @@ from keras_transfer.image_classifier import (
 )
 from keras_transfer.image_data import image_folder_datasets
 from keras_transfer.layers import ImagePreprocessing
+from keras_transfer.text_classifier import build_text_classifier
+from keras_transfer.text_data import class_weights, read_labelled_text, text_csv_datasets
 from keras_transfer.training import fine_tune
 
 __version__ = "0.1.0"
@@ -23,6 +25,8 @@ __all__ = [
     "ClassificationReport",
     "ImagePreprocessing",
     "build_image_classifier",
+    "build_text_classifier",
+    "class_weights",
     "compile_classifier",
     "default_augmentation",
     "default_image_size",
@@ -33,5 +37,7 @@ __all__ = [
     "get_backbone_spec",
     "image_folder_datasets",
     "list_backbones",
+    "read_labelled_text",
+    "text_csv_datasets",
     "unfreeze_backbone",
 ]

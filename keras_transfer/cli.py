@@ -1,8 +1,9 @@
 """The `keras-transfer` command line: train, evaluate and predict.
 
     keras-transfer train image --data DIR --backbone NAME --output DIR [options]
-    keras-transfer evaluate MODEL_DIR --data DIR
-    keras-transfer predict MODEL_DIR FILE [FILE ...] [--top-k K]
+    keras-transfer train text --data train.csv [--val test.csv] --preset NAME_OR_DIR --output DIR
+    keras-transfer evaluate MODEL_DIR --data DIR_OR_FILE
+    keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
 `report.txt` and `history.json`. Paths are only ever opened as files, never passed to a shell.
@@ -78,15 +79,47 @@ def _parser():
     image.add_argument("--no-augmentation", action="store_true")
     _add_training_arguments(image, default_epochs=10)
 
+    text = kinds.add_parser("text", help="text classifier on a KerasHub (BERT) preset")
+    text.add_argument("--data", required=True, help="training file: .csv, .tsv or .jsonl")
+    text.add_argument("--val", default=None, help="validation / test file, same columns")
+    text.add_argument("--validation-split", type=float, default=None)
+    text.add_argument(
+        "--preset",
+        required=True,
+        help="KerasHub preset name, preset folder or Hugging Face BERT folder",
+    )
+    text.add_argument("--text-column", default="text")
+    text.add_argument("--label-column", default="label")
+    text.add_argument("--sequence-length", type=int, default=128)
+    text.add_argument(
+        "--freeze",
+        default=None,
+        help="N: freeze the embeddings and the bottom N blocks; 'backbone': all",
+    )
+    text.add_argument("--batch-size", type=int, default=32)
+    text.add_argument(
+        "--max-rows", type=int, default=None, help="train on the first N rows of --data only"
+    )
+    text.add_argument(
+        "--class-weights", action="store_true", help="balanced class weights for imbalanced data"
+    )
+    text.add_argument("--epochs", type=int, default=3, help="epochs (default 3, the seed's)")
+    text.add_argument("--lr", type=float, default=None, help="learning rate (default Adam 2e-5)")
+    text.add_argument("--seed", type=int, default=1337)
+    text.add_argument("--output", required=True, help="folder for the model and reports")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a trained model on labelled data")
     evaluate.add_argument("model_dir", help="output folder of `keras-transfer train`")
-    evaluate.add_argument("--data", required=True, help="image folder (its val/ part when present)")
+    evaluate.add_argument(
+        "--data", required=True, help="image folder (its val/ part when present) or a text file"
+    )
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--output", default=None, help="also write report.json/report.txt here")
 
-    predict = commands.add_parser("predict", help="top-k classes for image files")
+    predict = commands.add_parser("predict", help="top-k classes for images or texts")
     predict.add_argument("model_dir", help="output folder of `keras-transfer train`")
-    predict.add_argument("inputs", nargs="+", help="image files")
+    predict.add_argument("inputs", nargs="*", help="image files, or texts for a text model")
+    predict.add_argument("--file", default=None, help="text model: a file with one text a line")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true", help="print JSON lines")
 
@@ -191,6 +224,56 @@ def _train_image(args):
     return _fit_and_write(args, model, train_ds, val_ds, class_names)
 
 
+def _train_text(args):
+    import keras
+
+    import keras_transfer as kt
+
+    keras.utils.set_random_seed(args.seed)
+    freeze = args.freeze
+    if freeze is not None and freeze != "backbone":
+        try:
+            freeze = int(freeze)
+        except ValueError:
+            raise ValueError(f"--freeze must be an int or 'backbone', got {freeze!r}.") from None
+    data = args.data
+    if args.max_rows is not None:
+        data = _first_rows(args.data, args.max_rows, args.output)
+    train_ds, val_ds, class_names = kt.text_csv_datasets(
+        data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        val_path=args.val,
+        validation_split=args.validation_split,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    model = kt.build_text_classifier(
+        args.preset, len(class_names), sequence_length=args.sequence_length, freeze=freeze
+    )
+    kt.compile_classifier(model, learning_rate=args.lr)
+    class_weight = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
+    history = model.fit(
+        train_ds, validation_data=val_ds, epochs=args.epochs, class_weight=class_weight
+    )
+    return _evaluate_and_write(args, model, val_ds, class_names, {"train": history})
+
+
+def _first_rows(path, max_rows, output):
+    """Write the header and the first `max_rows` data rows of `path` next to the outputs."""
+    import keras_transfer as kt
+
+    texts, labels = kt.read_labelled_text(path)
+    os.makedirs(output, exist_ok=True)
+    subset = os.path.join(output, "train_subset.jsonl")
+    lines = (
+        json.dumps({"text": t, "label": label}, ensure_ascii=False)
+        for t, label in zip(texts[:max_rows], labels[:max_rows], strict=True)
+    )
+    _write_text(subset, "\n".join(lines) + "\n")
+    return subset
+
+
 def _fit_and_write(args, model, train_ds, val_ds, class_names):
     import keras_transfer as kt
 
@@ -204,6 +287,12 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         optimizer=args.optimizer,
         learning_rate=args.lr,
     )
+    return _evaluate_and_write(args, model, val_ds, class_names, histories)
+
+
+def _evaluate_and_write(args, model, val_ds, class_names, histories):
+    import keras_transfer as kt
+
     report = None
     if val_ds is not None:
         report = kt.evaluate_classifier(model, val_ds, class_names)
@@ -217,6 +306,15 @@ def _evaluate(args):
     import keras_transfer as kt
 
     model, class_names = load_trained(args.model_dir)
+    if kt.compiling.is_text_classifier(model):
+        _, dataset, _ = kt.text_csv_datasets(
+            args.data, val_path=args.data, batch_size=args.batch_size, class_names=class_names
+        )
+        report = kt.evaluate_classifier(model, dataset, class_names)
+        print(report)
+        if args.output:
+            write_outputs(args.output, model, class_names, report)
+        return 0
     image_size = tuple(model.input_shape[1:3])
     train_ds, val_ds, data_classes = kt.image_folder_datasets(
         args.data, image_size=image_size, batch_size=args.batch_size, cache=False
@@ -248,12 +346,25 @@ def _load_image(path, image_size):
 def _predict(args):
     import numpy as np
 
+    import keras_transfer as kt
+
     model, class_names = load_trained(args.model_dir)
-    image_size = tuple(model.input_shape[1:3])
-    images = np.stack([_load_image(path, image_size) for path in args.inputs])
-    probabilities = np.asarray(model.predict(images, verbose=0))
+    inputs = list(args.inputs)
+    if kt.compiling.is_text_classifier(model):
+        if args.file:
+            with open(args.file, encoding="utf-8") as handle:
+                inputs += [line.rstrip("\n") for line in handle if line.strip()]
+        if not inputs:
+            raise ValueError("Nothing to predict: pass texts as arguments or --file.")
+        probabilities = np.asarray(model.predict(np.array(inputs, dtype=object), verbose=0))
+    else:
+        if not inputs:
+            raise ValueError("Nothing to predict: pass image files.")
+        image_size = tuple(model.input_shape[1:3])
+        images = np.stack([_load_image(path, image_size) for path in inputs])
+        probabilities = np.asarray(model.predict(images, verbose=0))
     top_k = max(1, min(args.top_k, len(class_names)))
-    for path, probs in zip(args.inputs, probabilities, strict=True):
+    for path, probs in zip(inputs, probabilities, strict=True):
         best = np.argsort(-probs)[:top_k]
         ranked = [(class_names[i], float(probs[i])) for i in best]
         if args.json:
@@ -277,7 +388,7 @@ def main(argv=None):
             print("\n".join(kt.list_backbones()))
             return 0
         if args.command == "train":
-            return _train_image(args)
+            return _train_image(args) if args.kind == "image" else _train_text(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "predict":

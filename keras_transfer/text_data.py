@@ -1,0 +1,237 @@
+"""Labelled text files (CSV, TSV, JSON Lines) as `tf.data` pipelines of raw strings."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import numpy as np
+
+TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def _decode(path):
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if not raw.strip():
+        raise ValueError(f"{path}: the file is empty; expected a header row and labelled rows.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}: line {line}: bytes {raw[error.start : error.end]!r} are not UTF-8. "
+            "Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+        ) from None
+
+
+def _rows(path, text, fmt):
+    """Yield (line_number, dict) for each data row."""
+    if fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: line {number}: not valid JSON ({error}).") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}: line {number}: expected a JSON object per line.")
+            yield number, row
+        return
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
+    for row in reader:
+        yield reader.line_num, row
+
+
+def read_labelled_text(path, *, text_column="text", label_column="label", require_labels=True):
+    """Read texts and labels from a CSV, TSV or JSON Lines file.
+
+    The format comes from the extension: `.csv` (RFC-4180 quoting, so quoted commas and
+    newlines are fine), `.tsv` / `.tab`, `.jsonl` / `.ndjson` (one JSON object per line).
+    The file must be UTF-8 (a BOM is allowed) with a header row (CSV / TSV).
+
+    Returns:
+        `(texts, labels)`: two lists of str of the same length (labels as text, stripped).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unknown extension, an empty file, bytes that are not UTF-8 (names the
+            line), a missing column (lists the columns found; hints at a TSV read as CSV),
+            empty or whitespace-only texts or missing labels (names the lines).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Text data file not found: {path!r}.")
+    fmt = TEXT_FORMATS.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise ValueError(
+            f"{path}: unknown extension; use .csv, .tsv or .jsonl (one JSON object a line)."
+        )
+    texts, labels, empty, unlabelled = [], [], [], []
+    columns_checked = False
+    for line, row in _rows(path, _decode(path), fmt):
+        if not columns_checked:
+            found = [key for key in row if key is not None]
+            missing = [
+                c
+                for c in (text_column, label_column if require_labels else None)
+                if c and c not in row
+            ]
+            if missing:
+                hint = ""
+                if fmt == "csv" and len(found) == 1 and "\t" in found[0]:
+                    hint = " The header holds tabs: is this a TSV file? Name it .tsv."
+                raise ValueError(
+                    f"{path}: missing column(s) {missing}; found {found}.{hint} Pass "
+                    "`text_column=` / `label_column=` (CLI: --text-column / --label-column)."
+                )
+            columns_checked = True
+        text = row.get(text_column)
+        text = "" if text is None else str(text)
+        if not text.strip():
+            empty.append(line)
+        label = row.get(label_column)
+        label = "" if label is None else str(label).strip()
+        if require_labels and not label:
+            unlabelled.append(line)
+        texts.append(text)
+        labels.append(label)
+    if not texts:
+        raise ValueError(f"{path}: no data rows after the header.")
+    for lines, what in ((empty, f"empty {text_column!r}"), (unlabelled, f"no {label_column!r}")):
+        if lines:
+            shown = ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
+            raise ValueError(
+                f"{path}: {len(lines)} row(s) with {what} (lines {shown}). Fix or remove them; "
+                "nothing is dropped silently."
+            )
+    return texts, labels
+
+
+def _label_ids(path, labels, class_names):
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({label for label in labels if label not in index})
+    if unknown:
+        raise ValueError(
+            f"{path}: label(s) {unknown[:10]} are not among the classes {list(class_names)} "
+            "(taken from the training data or `class_names`)."
+        )
+    return np.array([index[label] for label in labels], dtype="int64")
+
+
+def _dataset(texts, ids, num_classes, batch_size, shuffle, seed):
+    import tensorflow as tf
+
+    one_hot = np.eye(num_classes, dtype="float32")[ids]
+    dataset = tf.data.Dataset.from_tensor_slices((np.array(texts, dtype=object), one_hot))
+    if shuffle:
+        dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def text_csv_datasets(
+    path,
+    *,
+    text_column="text",
+    label_column="label",
+    val_path=None,
+    validation_split=None,
+    batch_size=32,
+    class_names=None,
+    seed=1337,
+):
+    """Read labelled text files into training and validation `tf.data.Dataset`s.
+
+    Args:
+        path: training file, `.csv`, `.tsv` or `.jsonl` (see `read_labelled_text`).
+        text_column, label_column: column (or JSON key) names; default `"text"`, `"label"`.
+        val_path: validation / test file in the same form, or None.
+        validation_split: float in (0, 1) or None: the fraction of `path` held out (random,
+            seeded) when there is no `val_path`.
+        batch_size: int, default 32.
+        class_names: list of str, or None (default: the sorted distinct training labels).
+        seed: int, default 1337: shuffle and split seed.
+
+    Returns:
+        `(train_ds, val_ds, class_names)`: datasets of `(texts, labels)` batches, texts
+        `(batch,)` tf.string (raw; the model's preprocessor tokenises them inside `tf.data`,
+        so they feed `fit` on every backend), labels `(batch, num_classes)` float32 one-hot;
+        training data reshuffled every epoch; `val_ds` None without validation data.
+
+    Raises:
+        FileNotFoundError, ValueError: see `read_labelled_text`; also labels outside
+        `class_names` or a validation label training never saw (names the file), fewer than
+        2 classes, both `val_path` and `validation_split`.
+    """
+    if val_path is not None and validation_split is not None:
+        raise ValueError("Pass either `val_path` or `validation_split`, not both.")
+    if validation_split is not None and not 0 < validation_split < 1:
+        raise ValueError(f"`validation_split` must be in (0, 1), got {validation_split!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    columns = dict(text_column=text_column, label_column=label_column)
+    texts, labels = read_labelled_text(path, **columns)
+    if class_names is None:
+        class_names = sorted(set(labels))
+    class_names = [str(name) for name in class_names]
+    if len(class_names) < 2:
+        raise ValueError(
+            f"{path}: {len(class_names)} class(es) {class_names}; a classifier needs at least 2."
+        )
+    ids = _label_ids(path, labels, class_names)
+    val = None
+    if val_path is not None:
+        val_texts, val_labels = read_labelled_text(val_path, **columns)
+        val = (val_texts, _label_ids(val_path, val_labels, class_names))
+    elif validation_split is not None:
+        order = np.random.default_rng(seed).permutation(len(texts))
+        cut = len(texts) - max(1, int(round(len(texts) * validation_split)))
+        val = ([texts[i] for i in order[cut:]], ids[order[cut:]])
+        texts, ids = [texts[i] for i in order[:cut]], ids[order[:cut]]
+    train_ds = _dataset(texts, ids, len(class_names), batch_size, True, seed)
+    val_ds = None if val is None else _dataset(*val, len(class_names), batch_size, False, seed)
+    return train_ds, val_ds, class_names
+
+
+def class_weights(data, num_classes=None):
+    """Balanced class weights for `model.fit(class_weight=...)` on imbalanced data.
+
+    `weight[c] = n_examples / (num_classes * n_examples_of_c)`, scikit-learn's "balanced"
+    rule, so that every class contributes equally to the loss.
+
+    Args:
+        data: a `tf.data.Dataset` of `(inputs, one_hot_labels)` batches (e.g. `train_ds`),
+            or an array of int class ids `(n,)` or one-hot labels `(n, num_classes)`.
+        num_classes: int; default from the one-hot width or the largest id + 1.
+
+    Returns:
+        dict `{class_id: weight}` of Python floats.
+
+    Raises:
+        ValueError: no labels, or a class without examples.
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    if hasattr(data, "as_numpy_iterator"):
+        labels = [np.asarray(batch[1]) for batch in data.as_numpy_iterator()]
+        labels = np.concatenate(labels) if labels else np.zeros((0,))
+    else:
+        labels = np.asarray(data)
+    if labels.ndim == 2:
+        num_classes = num_classes or labels.shape[1]
+        labels = labels.argmax(-1)
+    labels = labels.astype("int64")
+    if labels.size == 0:
+        raise ValueError("No labels to compute class weights from.")
+    num_classes = num_classes or int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=num_classes)
+    if (counts == 0).any():
+        raise ValueError(
+            f"Class id(s) {np.flatnonzero(counts == 0).tolist()} have no examples; balanced "
+            "class weights are undefined."
+        )
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
+    return {i: float(w) for i, w in enumerate(weights)}

@@ -1,0 +1,155 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import SENTIMENT_ROWS, minilm_folder, write_text_file
+
+import keras_transfer as kt
+
+
+def _texts_and_labels():
+    texts = np.array([t for t, _ in SENTIMENT_ROWS], dtype=object)
+    labels = keras.utils.to_categorical([int(label == "pos") for _, label in SENTIMENT_ROWS], 2)
+    return texts, labels
+
+
+def test_tiny_preset_fits_and_predicts_raw_strings(tiny_bert_preset):
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    assert isinstance(model, keras.Model)
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(model.optimizer.learning_rate) == pytest.approx(2e-5)
+    texts, labels = _texts_and_labels()
+    kt.compile_classifier(model, learning_rate=1e-2)
+    history = model.fit(texts, labels, batch_size=4, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    probabilities = np.asarray(model.predict(["a good movie", "awful"], verbose=0))
+    assert probabilities.shape == (2, 2)
+    np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
+
+
+def test_csv_datasets_feed_fit_and_evaluate(tiny_bert_preset, tmp_path):
+    train = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
+    test = write_text_file(tmp_path / "test.csv", SENTIMENT_ROWS[:4] + SENTIMENT_ROWS[-2:])
+    train_ds, val_ds, names = kt.text_csv_datasets(train, val_path=test, batch_size=4)
+    assert names == ["neg", "pos"]
+    texts, labels = next(iter(val_ds))
+    assert texts.dtype.name == "string" and labels.shape == (4, 2)
+    model = kt.build_text_classifier(tiny_bert_preset, len(names), sequence_length=16)
+    model.fit(train_ds, validation_data=val_ds, epochs=1, verbose=0)
+    report = kt.evaluate_classifier(model, val_ds, names)
+    assert report.num_examples == 6 and report.support == [2, 4]
+
+
+def test_freeze_n_freezes_embeddings_and_bottom_blocks(tiny_bert_preset):
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16, freeze=1)
+    backbone = model.backbone
+    assert not backbone.get_layer("token_embedding").trainable
+    assert not backbone.get_layer("transformer_layer_0").trainable
+    assert backbone.get_layer("transformer_layer_1").trainable
+    assert backbone.get_layer("pooled_dense").trainable
+    frozen = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16, freeze="backbone")
+    assert frozen.backbone.trainable_weights == []
+    assert len(frozen.trainable_weights) == 2  # the output dense layer
+    kt.unfreeze_backbone(frozen, top_n=1)
+    assert frozen.backbone.get_layer("transformer_layer_1").trainable
+    assert not frozen.backbone.get_layer("transformer_layer_0").trainable
+    with pytest.raises(ValueError, match="2 transformer"):
+        kt.build_text_classifier(tiny_bert_preset, 2, freeze=5)
+
+
+def test_frozen_layers_do_not_change_in_fit(tiny_bert_preset):
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16, freeze=1)
+    kt.compile_classifier(model, learning_rate=1e-2)
+    before = keras.ops.convert_to_numpy(model.backbone.get_layer("token_embedding").weights[0])
+    top = keras.ops.convert_to_numpy(model.backbone.get_layer("pooled_dense").kernel).copy()
+    texts, labels = _texts_and_labels()
+    model.fit(texts, labels, batch_size=4, epochs=1, verbose=0)
+    after = model.backbone.get_layer("token_embedding").weights[0]
+    np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))
+    assert not np.allclose(
+        top, keras.ops.convert_to_numpy(model.backbone.get_layer("pooled_dense").kernel)
+    )
+
+
+def test_hugging_face_bert_folder():
+    model = kt.build_text_classifier(minilm_folder(), 3, sequence_length=32)
+    assert type(model.backbone).__name__ == "BertBackbone"
+    assert len(model.backbone.transformer_layers) == 6
+    assert np.asarray(model.predict(["hello there"], verbose=0)).shape == (1, 3)
+
+
+def test_preset_resolution_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        kt.build_text_classifier(str(tmp_path / "nothing_here"), 2)
+    with pytest.raises(ValueError, match="bert_tiny_en_uncased"):
+        kt.build_text_classifier("bert_tiny_en_uncasd", 2)
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        kt.build_text_classifier(str(tmp_path / "no_config"), 2)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (hf / "vocab.txt").write_text("[PAD]\n")
+    with pytest.raises(ValueError, match="model.safetensors"):
+        kt.build_text_classifier(str(hf), 2)
+
+
+def test_preset_folder_with_a_missing_file(tiny_bert_preset, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bert_preset, broken)
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        kt.build_text_classifier(str(broken), 2)
+
+
+def test_text_reading_formats_and_errors(tmp_path):
+    rows = [("hello, world\nsecond line", "a"), ("plain", "b")]
+    texts, labels = kt.read_labelled_text(write_text_file(tmp_path / "q.csv", rows))
+    assert texts == ["hello, world\nsecond line", "plain"] and labels == ["a", "b"]
+    tsv = write_text_file(tmp_path / "d.tsv", rows, delimiter="\t")
+    assert kt.read_labelled_text(tsv)[1] == ["a", "b"]
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "x", "label": 1}\n{"text": "y", "label": 0}\n')
+    assert kt.read_labelled_text(jsonl)[1] == ["1", "0"]
+
+    with pytest.raises(ValueError, match="missing column.*TSV"):
+        kt.read_labelled_text(write_text_file(tmp_path / "tab.csv", rows, delimiter="\t"))
+    with pytest.raises(ValueError, match="empty 'text'.*lines 3"):
+        kt.read_labelled_text(write_text_file(tmp_path / "e.csv", [("ok", "a"), ("  ", "b")]))
+    with pytest.raises(ValueError, match="no 'label'"):
+        kt.read_labelled_text(write_text_file(tmp_path / "l.csv", [("ok", "")]))
+    (tmp_path / "latin.csv").write_bytes(b"text,label\nok,a\ncaf\xe9,b\n")
+    with pytest.raises(ValueError, match="line 3.*not UTF-8"):
+        kt.read_labelled_text(tmp_path / "latin.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        kt.read_labelled_text(tmp_path / "empty.csv")
+    with pytest.raises(FileNotFoundError):
+        kt.read_labelled_text(tmp_path / "missing.csv")
+
+
+def test_unseen_validation_label_and_one_class(tmp_path):
+    train = write_text_file(tmp_path / "t.csv", SENTIMENT_ROWS)
+    test = write_text_file(tmp_path / "v.csv", [("meh", "neutral")])
+    with pytest.raises(ValueError, match="neutral"):
+        kt.text_csv_datasets(train, val_path=test)
+    with pytest.raises(ValueError, match="at least 2"):
+        kt.text_csv_datasets(write_text_file(tmp_path / "o.csv", [("x", "a"), ("y", "a")]))
+
+
+def test_validation_split_and_class_weights(tmp_path):
+    rows = [(f"text {i}", "spam" if i % 4 == 0 else "ham") for i in range(40)]
+    train_ds, val_ds, names = kt.text_csv_datasets(
+        write_text_file(tmp_path / "s.csv", rows), validation_split=0.25, batch_size=8
+    )
+    assert sum(int(x.shape[0]) for x, _ in train_ds) == 30
+    assert sum(int(x.shape[0]) for x, _ in val_ds) == 10
+    weights = kt.class_weights(np.array([0, 0, 0, 1]))
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+    from_ds = kt.class_weights(train_ds)
+    assert from_ds[names.index("spam")] > from_ds[names.index("ham")]
+    with pytest.raises(ValueError, match="no examples"):
+        kt.class_weights(np.array([0, 0]), num_classes=2)
