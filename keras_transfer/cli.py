@@ -236,17 +236,15 @@ def _train_text(args):
             freeze = int(freeze)
         except ValueError:
             raise ValueError(f"--freeze must be an int or 'backbone', got {freeze!r}.") from None
-    data = args.data
-    if args.max_rows is not None:
-        data = _first_rows(args.data, args.max_rows, args.output)
     train_ds, val_ds, class_names = kt.text_csv_datasets(
-        data,
+        args.data,
         text_column=args.text_column,
         label_column=args.label_column,
         val_path=args.val,
         validation_split=args.validation_split,
         batch_size=args.batch_size,
         seed=args.seed,
+        max_rows=args.max_rows,
     )
     model = kt.build_text_classifier(
         args.preset, len(class_names), sequence_length=args.sequence_length, freeze=freeze
@@ -257,21 +255,6 @@ def _train_text(args):
         train_ds, validation_data=val_ds, epochs=args.epochs, class_weight=class_weight
     )
     return _evaluate_and_write(args, model, val_ds, class_names, {"train": history})
-
-
-def _first_rows(path, max_rows, output):
-    """Write the header and the first `max_rows` data rows of `path` next to the outputs."""
-    import keras_transfer as kt
-
-    texts, labels = kt.read_labelled_text(path)
-    os.makedirs(output, exist_ok=True)
-    subset = os.path.join(output, "train_subset.jsonl")
-    lines = (
-        json.dumps({"text": t, "label": label}, ensure_ascii=False)
-        for t, label in zip(texts[:max_rows], labels[:max_rows], strict=True)
-    )
-    _write_text(subset, "\n".join(lines) + "\n")
-    return subset
 
 
 def _fit_and_write(args, model, train_ds, val_ds, class_names):

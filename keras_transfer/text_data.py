@@ -142,6 +142,7 @@ def text_csv_datasets(
     batch_size=32,
     class_names=None,
     seed=1337,
+    max_rows=None,
 ):
     """Read labelled text files into training and validation `tf.data.Dataset`s.
 
@@ -154,6 +155,8 @@ def text_csv_datasets(
         batch_size: int, default 32.
         class_names: list of str, or None (default: the sorted distinct training labels).
         seed: int, default 1337: shuffle and split seed.
+        max_rows: int or None: use only the first `max_rows` rows of `path` (before any
+            split), e.g. to train on a small budget.
 
     Returns:
         `(train_ds, val_ds, class_names)`: datasets of `(texts, labels)` batches, texts
@@ -174,6 +177,10 @@ def text_csv_datasets(
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     columns = dict(text_column=text_column, label_column=label_column)
     texts, labels = read_labelled_text(path, **columns)
+    if max_rows is not None:
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+            raise ValueError(f"`max_rows` must be a positive int, got {max_rows!r}.")
+        texts, labels = texts[:max_rows], labels[:max_rows]
     if class_names is None:
         class_names = sorted(set(labels))
     class_names = [str(name) for name in class_names]
