@@ -124,6 +124,12 @@ def _parser():
     predict.add_argument("--json", action="store_true", help="print JSON lines")
 
     commands.add_parser("backbones", help="list the registry's image backbones")
+
+    demo = commands.add_parser(
+        "demo", help="offline main job: fine-tune MiniLM on a small review set we ship"
+    )
+    demo.add_argument("--output", default="runs/demo", help="folder for data, model, reports")
+    demo.add_argument("--epochs", type=int, default=3)
     return parser
 
 
@@ -285,6 +291,36 @@ def _evaluate_and_write(args, model, val_ds, class_names, histories):
     return 0
 
 
+def _demo(args):
+    from keras_transfer import demo
+
+    train, test = demo.write_review_data(os.path.join(args.output, "data"))
+    print(f"Wrote the demo reviews: {train} and {test}")
+    text_args = _parser().parse_args(
+        [
+            "train",
+            "text",
+            "--data",
+            train,
+            "--val",
+            test,
+            "--preset",
+            demo.minilm_folder(),
+            "--sequence-length",
+            "32",
+            "--batch-size",
+            "16",
+            "--lr",
+            "5e-5",
+            "--epochs",
+            str(args.epochs),
+            "--output",
+            args.output,
+        ]
+    )
+    return _train_text(text_args)
+
+
 def _evaluate(args):
     import keras_transfer as kt
 
@@ -372,6 +408,8 @@ def main(argv=None):
             return 0
         if args.command == "train":
             return _train_image(args) if args.kind == "image" else _train_text(args)
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "predict":

@@ -1,0 +1,202 @@
+"""`export_saved_model`: SavedModels for TF Serving that take raw image bytes or raw text.
+
+Signatures of an exported image classifier:
+- `serving_default`: input `image_bytes`, `tf.string` `(batch,)`, encoded JPEG / PNG / GIF
+  (first frame) / BMP. Each image is decoded to RGB (grayscale and RGBA converted) and resized
+  (squashed, bilinear) to the model's input size, exactly as `image_folder_datasets` does in
+  training, then run through the model. The `_bytes` suffix lets the TF Serving REST API take
+  `{"b64": "..."}` values.
+- `serving_pixels`: input `pixels`, float32 `(batch, height, width, 3)` in [0, 255].
+
+Signature of an exported text classifier:
+- `serving_default`: input `text`, `tf.string` `(batch,)` raw text; tokenisation runs inside
+  the SavedModel. The graph uses TensorFlow Text ops (for BERT's WordPiece tokenizer:
+  `RegexSplitWithOffsets`, `FastWordpieceTokenizeWithOffsets`, `RoundRobinTrim`, and friends),
+  so the serving binary must have them: `tensorflow/serving` images since 2.x include
+  TF Text ops; in Python, `import tensorflow_text` before `tf.saved_model.load`.
+
+Outputs of every signature: `probabilities` float32 `(batch, num_classes)`, `class_ids` int64
+`(batch,)`, `class_names` string `(batch,)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+IMAGE_DEFAULT_INPUT = "image_bytes"
+PIXELS_INPUT = "pixels"
+TEXT_INPUT = "text"
+
+
+def _next_version(export_dir):
+    versions = [int(name) for name in os.listdir(export_dir) if name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _check_class_names(model, class_names):
+    num_classes = int(model.output_shape[-1])
+    if class_names is None:
+        return [str(i) for i in range(num_classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"`class_names` has {len(class_names)} names but the model predicts "
+            f"{num_classes} classes."
+        )
+    return class_names
+
+
+def _write_saved_model(model, path, class_names):
+    """Write the SavedModel at `path` (tensorflow backend only)."""
+    import keras
+    import tensorflow as tf
+
+    from keras_transfer.compiling import is_text_classifier
+
+    names = tf.constant(class_names)
+
+    def outputs(probabilities):
+        probabilities = tf.cast(probabilities, tf.float32)
+        class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {
+            "probabilities": probabilities,
+            "class_ids": class_ids,
+            "class_names": tf.gather(names, class_ids),
+        }
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if is_text_classifier(model):
+        preprocessor = model.preprocessor
+        preprocessor(tf.constant(["build the preprocessor"]))  # unbuilt layers cannot be tracked
+        archive.track(preprocessor)
+
+        def serve_text(text):
+            return outputs(model(preprocessor(text), training=False))
+
+        archive.add_endpoint(
+            "serving_default", serve_text, [tf.TensorSpec([None], tf.string, name=TEXT_INPUT)]
+        )
+    else:
+        height, width = (int(d) for d in model.input_shape[1:3])
+
+        def decode(encoded):
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            image = tf.image.resize(image, (height, width), method="bilinear")
+            image.set_shape((height, width, 3))
+            return image
+
+        def serve_bytes(image_bytes):
+            pixels = tf.map_fn(
+                decode, image_bytes, fn_output_signature=tf.TensorSpec((height, width, 3))
+            )
+            return outputs(model(pixels, training=False))
+
+        def serve_pixels(pixels):
+            return outputs(model(pixels, training=False))
+
+        archive.add_endpoint(
+            "serving_default",
+            serve_bytes,
+            [tf.TensorSpec([None], tf.string, name=IMAGE_DEFAULT_INPUT)],
+        )
+        archive.add_endpoint(
+            "serving_pixels",
+            serve_pixels,
+            [tf.TensorSpec([None, height, width, 3], tf.float32, name=PIXELS_INPUT)],
+        )
+    archive.write_out(path, verbose=False)
+
+
+def _export_in_tensorflow_process(model, path, class_names, workdir):
+    """Rebuild the model on the tensorflow backend in a subprocess and export it there."""
+    model_file = os.path.join(workdir, "model.keras")
+    model.save(model_file)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_transfer.export", model_file, path, json.dumps(class_names)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            "Exporting through a tensorflow-backend process failed:\n" + result.stderr[-4000:]
+        )
+
+
+def export_saved_model(model, export_dir, *, version=None, class_names=None):
+    """Export a classifier as a versioned SavedModel for TF Serving.
+
+    Writes `export_dir/<version>/` (the layout TF Serving watches). The SavedModel is written
+    into a hidden temporary folder inside `export_dir` and renamed into place, so a version
+    folder is either complete or absent: an existing version is never touched, and a failed
+    export leaves nothing behind. Models trained on jax or torch are saved to `.keras`,
+    rebuilt on the tensorflow backend in a subprocess and exported there; the caller sees one
+    call. See the module docstring for the signatures.
+
+    Args:
+        model: a classifier from `build_image_classifier` (input `(batch, height, width, 3)`)
+            or `build_text_classifier` (a KerasHub text classifier with its preprocessor).
+        export_dir: the model's base folder, created if missing.
+        version: positive int, or None (default) for the next integer after the highest
+            existing version (1 for an empty folder).
+        class_names: list of str, index = class id; default `"0"`, `"1"`, ...
+
+    Returns:
+        str: the path of the written version folder.
+
+    Raises:
+        FileExistsError: `export_dir/<version>` exists already.
+        ValueError: bad `version`, or `class_names` of the wrong length.
+        RuntimeError: the tensorflow-backend subprocess failed (its error is included).
+    """
+    import keras
+
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or version < 1
+    ):
+        raise ValueError(f"`version` must be a positive int or None, got {version!r}.")
+    class_names = _check_class_names(model, class_names)
+    export_dir = os.fspath(export_dir)
+    os.makedirs(export_dir, exist_ok=True)
+    version = version or _next_version(export_dir)
+    final = os.path.join(export_dir, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(
+            f"{final!r} exists already; exported versions are never overwritten. Pass "
+            "another `version` or leave it None for the next one."
+        )
+    workdir = tempfile.mkdtemp(prefix=f".export-{version}-", dir=export_dir)
+    try:
+        staged = os.path.join(workdir, "saved_model")
+        if keras.backend.backend() == "tensorflow":
+            _write_saved_model(model, staged, class_names)
+        else:
+            _export_in_tensorflow_process(model, staged, class_names, workdir)
+        os.rename(staged, final)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return final
+
+
+def _main(argv):
+    """`python -m keras_transfer.export MODEL.keras OUT_DIR CLASS_NAMES_JSON` (tensorflow)."""
+    import keras
+
+    model_file, path, class_names = argv
+    if keras.backend.backend() != "tensorflow":
+        raise SystemExit("keras_transfer.export must run with KERAS_BACKEND=tensorflow")
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    _write_saved_model(model, path, json.loads(class_names))
+
+
+if __name__ == "__main__":
+    import keras_transfer  # noqa: F401  (registers the layers before loading)
+
+    _main(sys.argv[1:])
