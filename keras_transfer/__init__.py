@@ -6,6 +6,7 @@ Factory functions return plain `keras.Model`s: build, compile, `fit`, evaluate, 
 from keras_transfer.backbones import BackboneSpec, get_backbone_spec, list_backbones
 from keras_transfer.compiling import compile_classifier
 from keras_transfer.evaluation import ClassificationReport, evaluate_classifier
+from keras_transfer.export import export_saved_model
 from keras_transfer.freezing import freeze_backbone, get_backbone, unfreeze_backbone
 from keras_transfer.image_classifier import (
     build_image_classifier,
@@ -31,6 +32,7 @@ __all__ = [
     "default_augmentation",
     "default_image_size",
     "evaluate_classifier",
+    "export_saved_model",
     "fine_tune",
     "freeze_backbone",
     "get_backbone",

@@ -4,6 +4,7 @@
     keras-transfer train text --data train.csv [--val test.csv] --preset NAME_OR_DIR --output DIR
     keras-transfer evaluate MODEL_DIR --data DIR_OR_FILE
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
+    keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N]
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
 `report.txt` and `history.json`. Paths are only ever opened as files, never passed to a shell.
@@ -117,11 +118,20 @@ def _parser():
     evaluate.add_argument("--output", default=None, help="also write report.json/report.txt here")
 
     predict = commands.add_parser("predict", help="top-k classes for images or texts")
-    predict.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    predict.add_argument(
+        "model_dir",
+        help="output folder of `keras-transfer train`, or an exported SavedModel "
+        "(a version folder, or its base folder: the highest version is used)",
+    )
     predict.add_argument("inputs", nargs="*", help="image files, or texts for a text model")
     predict.add_argument("--file", default=None, help="text model: a file with one text a line")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true", help="print JSON lines")
+
+    export = commands.add_parser("export", help="export a trained model for TF Serving")
+    export.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    export.add_argument("--output", required=True, help="base folder; writes <output>/<version>/")
+    export.add_argument("--version", type=int, default=None, help="default: the next integer")
 
     commands.add_parser("backbones", help="list the registry's image backbones")
 
@@ -318,7 +328,13 @@ def _demo(args):
             args.output,
         ]
     )
-    return _train_text(text_args)
+    _train_text(text_args)
+    from keras_transfer.export import export_saved_model
+
+    model, class_names = load_trained(args.output)
+    path = export_saved_model(model, os.path.join(args.output, "export"), class_names=class_names)
+    print(f"Exported the TF Serving SavedModel to {path}")
+    return 0
 
 
 def _evaluate(args):
@@ -351,30 +367,87 @@ def _evaluate(args):
 
 
 def _load_image(path, image_size):
-    import keras
-    import numpy as np
+    import tensorflow as tf
+
+    from keras_transfer.image_data import decode_and_resize
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file not found: {path!r}.")
-    image = keras.utils.load_img(
-        path, color_mode="rgb", target_size=image_size, interpolation="bilinear"
-    )
-    return np.asarray(image, dtype="float32")
+    try:
+        return decode_and_resize(tf.io.read_file(path), image_size).numpy()
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(
+            f"{path}: not a decodable JPEG, PNG, GIF or BMP image ({error.message})."
+        ) from None
+
+
+def _saved_model_path(path):
+    """The SavedModel folder for `path` (itself, or its highest numbered version), or None."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = [n for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+    versions = [n for n in versions if os.path.isfile(os.path.join(path, n, "saved_model.pb"))]
+    return os.path.join(path, max(versions, key=int)) if versions else None
+
+
+def _read_texts(args):
+    inputs = list(args.inputs)
+    if args.file:
+        with open(args.file, encoding="utf-8") as handle:
+            inputs += [line.rstrip("\n") for line in handle if line.strip()]
+    if not inputs:
+        raise ValueError("Nothing to predict: pass texts as arguments or --file.")
+    return inputs
+
+
+def _predict_saved_model(args, path):
+    import tensorflow as tf
+
+    try:
+        import tensorflow_text  # noqa: F401  (registers the ops of text exports)
+    except ImportError:
+        pass
+    serving = tf.saved_model.load(path).signatures["serving_default"]
+    input_name = next(iter(serving.structured_input_signature[1]))
+    if input_name == "text":
+        inputs = _read_texts(args)
+        values = inputs
+    else:
+        inputs = list(args.inputs)
+        if not inputs:
+            raise ValueError("Nothing to predict: pass image files.")
+        values = []
+        for name in inputs:
+            if not os.path.isfile(name):
+                raise FileNotFoundError(f"Image file not found: {name!r}.")
+            with open(name, "rb") as handle:
+                values.append(handle.read())
+    probabilities = serving(**{input_name: tf.constant(values)})["probabilities"].numpy()
+    from keras_transfer.export import read_class_names
+
+    return inputs, probabilities, read_class_names(path)
 
 
 def _predict(args):
-    import numpy as np
 
     import keras_transfer as kt
 
-    model, class_names = load_trained(args.model_dir)
+    saved_model = _saved_model_path(args.model_dir)
+    if saved_model is not None:
+        inputs, probabilities, class_names = _predict_saved_model(args, saved_model)
+    else:
+        model, class_names = load_trained(args.model_dir)
+        inputs, probabilities = _predict_keras(args, model, kt)
+    _print_top_k(args, inputs, probabilities, class_names)
+    return 0
+
+
+def _predict_keras(args, model, kt):
+    import numpy as np
+
     inputs = list(args.inputs)
     if kt.compiling.is_text_classifier(model):
-        if args.file:
-            with open(args.file, encoding="utf-8") as handle:
-                inputs += [line.rstrip("\n") for line in handle if line.strip()]
-        if not inputs:
-            raise ValueError("Nothing to predict: pass texts as arguments or --file.")
+        inputs = _read_texts(args)
         probabilities = np.asarray(model.predict(np.array(inputs, dtype=object), verbose=0))
     else:
         if not inputs:
@@ -382,18 +455,29 @@ def _predict(args):
         image_size = tuple(model.input_shape[1:3])
         images = np.stack([_load_image(path, image_size) for path in inputs])
         probabilities = np.asarray(model.predict(images, verbose=0))
+    return inputs, probabilities
+
+
+def _print_top_k(args, inputs, probabilities, class_names):
+    import numpy as np
+
     top_k = max(1, min(args.top_k, len(class_names)))
-    for path, probs in zip(inputs, probabilities, strict=True):
+    for name, probs in zip(inputs, probabilities, strict=True):
         best = np.argsort(-probs)[:top_k]
         ranked = [(class_names[i], float(probs[i])) for i in best]
         if args.json:
-            print(
-                json.dumps(
-                    {"input": path, "top_k": [{"class": c, "probability": p} for c, p in ranked]}
-                )
-            )
+            top = [{"class": c, "probability": p} for c, p in ranked]
+            print(json.dumps({"input": name, "top_k": top}, ensure_ascii=False))
         else:
-            print(f"{path}: " + ", ".join(f"{c} {p:.4f}" for c, p in ranked))
+            print(f"{name}: " + ", ".join(f"{c} {p:.4f}" for c, p in ranked))
+
+
+def _export(args):
+    from keras_transfer.export import export_saved_model
+
+    model, class_names = load_trained(args.model_dir)
+    path = export_saved_model(model, args.output, version=args.version, class_names=class_names)
+    print(f"Exported {path}")
     return 0
 
 
@@ -414,7 +498,9 @@ def main(argv=None):
             return _evaluate(args)
         if args.command == "predict":
             return _predict(args)
-    except (ValueError, FileNotFoundError) as error:
+        if args.command == "export":
+            return _export(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"keras-transfer: error: {error}", file=sys.stderr)
         return 2
     return 1

@@ -16,7 +16,8 @@ Signature of an exported text classifier:
   TF Text ops; in Python, `import tensorflow_text` before `tf.saved_model.load`.
 
 Outputs of every signature: `probabilities` float32 `(batch, num_classes)`, `class_ids` int64
-`(batch,)`, `class_names` string `(batch,)`.
+`(batch,)`, `class_names` string `(batch,)`. The full list of class names is also written to
+`assets.extra/class_names.json` in the version folder (TF Serving ignores `assets.extra`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ import tempfile
 IMAGE_DEFAULT_INPUT = "image_bytes"
 PIXELS_INPUT = "pixels"
 TEXT_INPUT = "text"
+
+
+CLASS_NAMES_ASSET = os.path.join("assets.extra", "class_names.json")
+
+
+def read_class_names(saved_model_dir):
+    """The class names stored beside an exported SavedModel (`assets.extra/class_names.json`)."""
+    with open(os.path.join(saved_model_dir, CLASS_NAMES_ASSET), encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def _next_version(export_dir):
@@ -57,6 +67,7 @@ def _write_saved_model(model, path, class_names):
     import tensorflow as tf
 
     from keras_transfer.compiling import is_text_classifier
+    from keras_transfer.image_data import decode_and_resize
 
     names = tf.constant(class_names)
 
@@ -86,10 +97,7 @@ def _write_saved_model(model, path, class_names):
         height, width = (int(d) for d in model.input_shape[1:3])
 
         def decode(encoded):
-            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-            image = tf.image.resize(image, (height, width), method="bilinear")
-            image.set_shape((height, width, 3))
-            return image
+            return decode_and_resize(encoded, (height, width))
 
         def serve_bytes(image_bytes):
             pixels = tf.map_fn(
@@ -111,6 +119,9 @@ def _write_saved_model(model, path, class_names):
             [tf.TensorSpec([None, height, width, 3], tf.float32, name=PIXELS_INPUT)],
         )
     archive.write_out(path, verbose=False)
+    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+    with open(os.path.join(path, CLASS_NAMES_ASSET), "w", encoding="utf-8") as handle:
+        json.dump(class_names, handle, ensure_ascii=False)
 
 
 def _export_in_tensorflow_process(model, path, class_names, workdir):

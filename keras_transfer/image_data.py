@@ -21,6 +21,29 @@ def _image_size(image_size):
     return (height, width)
 
 
+def decode_and_resize(encoded, image_size):
+    """Decode one encoded image and resize it as the training pipeline does.
+
+    The same TF ops as `keras.utils.image_dataset_from_directory`: `tf.io.decode_image` with
+    3 channels (grayscale and RGBA become RGB; a GIF gives its first frame), then bilinear
+    `tf.image.resize` without cropping. Used by the exported serving signature and the CLI's
+    `predict`, so served and trained pixels match.
+
+    Args:
+        encoded: scalar `tf.string` tensor (JPEG, PNG, GIF or BMP bytes).
+        image_size: `(height, width)` in pixels.
+
+    Returns:
+        `(height, width, 3)` float32 tensor in [0, 255].
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.image.resize(image, image_size, method="bilinear")
+    image.set_shape((*image_size, 3))
+    return image
+
+
 def _class_folders(directory):
     return sorted(
         entry.name

@@ -142,3 +142,45 @@ SENTIMENT_ROWS = [
     ("awful boring", "neg"),
     ("a bad film, boring", "neg"),
 ]
+
+
+def serve(export_dir, signature, request, tmp_path):
+    """Call an exported signature from a separate process that imports only TensorFlow."""
+    import json
+    import subprocess
+    import sys
+
+    request_path = tmp_path / f"request_{signature}.json"
+    output_path = tmp_path / f"response_{signature}.json"
+    request_path.write_text(json.dumps(request))
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT / "tests" / "serving_client.py"),
+            str(export_dir),
+            signature,
+            str(request_path),
+            str(output_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    response = json.loads(output_path.read_text())
+    # `import tensorflow` itself imports keras (for tf.keras); our package stays out.
+    assert "keras_transfer" not in response["imported"]
+    return response
+
+
+def decode_like_training(paths, image_size):
+    """Decode and resize image files with the ops of the training pipeline (float32 pixels)."""
+    import tensorflow as tf
+
+    images = []
+    for path in paths:
+        image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+        images.append(tf.image.resize(image, image_size, method="bilinear").numpy())
+    return np.stack(images).astype("float32")  # written out, not via keras_transfer, on purpose
