@@ -33,8 +33,11 @@ def main():
     parser.add_argument("--alpha", type=float, default=0.25, help="MobileNet width multiplier")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    parser.add_argument("--lr", type=float, default=None, help="default: SGD 1e-3, Adam 1e-3")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--report", help="write the evaluation report (JSON) here")
+    parser.add_argument("--save", help="save the trained model here (.keras)")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(args.seed)
@@ -51,14 +54,24 @@ def main():
         augmentation=[keras.layers.RandomFlip("horizontal")],  # the seed's augmentation
         freeze="backbone",
     )
-    # SGD lr 1e-3, momentum 0.9 (compile_classifier's defaults for image models).
-    kt.fine_tune(model, train_ds, val_ds, head_epochs=args.epochs, verbose=2)
+    # Default: SGD lr 1e-3, momentum 0.9 (the seed's; compile_classifier's for images).
+    kt.fine_tune(
+        model,
+        train_ds,
+        val_ds,
+        head_epochs=args.epochs,
+        optimizer=args.optimizer,
+        learning_rate=args.lr,
+        verbose=2,
+    )
     report = kt.evaluate_classifier(model, val_ds, class_names)
     print(report)
     print(f"validation accuracy ({keras.backend.backend()}): {report.accuracy:.4f}")
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:
             json.dump(report.to_dict(), handle, indent=1)
+    if args.save:
+        model.save(args.save)
 
 
 if __name__ == "__main__":

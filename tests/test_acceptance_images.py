@@ -5,8 +5,12 @@ import os
 import subprocess
 import sys
 
+import keras
+import numpy as np
 import pytest
-from conftest import PROJECT, require_shared
+from conftest import PROJECT, decode_like_training, require_shared, serve
+
+import keras_transfer as kt
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +37,46 @@ def _run_example(tmp_path, *args):
     return json.loads(report.read_text())
 
 
-def test_hymenoptera_mobilenet_imagenet_reaches_80_percent(tmp_path):
+def test_hymenoptera_mobilenet_imagenet_reaches_80_percent_and_serves_the_same(tmp_path):
     require_shared("weights", "keras", "mobilenet_2_5_224_tf_no_top.h5")
-    report = _run_example(tmp_path, "--backbone", "mobilenet", "--alpha", "0.25")
+    saved = tmp_path / "model.keras"
+    report = _run_example(
+        tmp_path, "--backbone", "mobilenet", "--alpha", "0.25", "--save", str(saved)
+    )
     assert report["num_examples"] == 153
     assert report["accuracy"] >= 0.80
+
+    # Export the trained model (from this backend) and serve the real validation files from
+    # a process that imports only TensorFlow.
+    model = keras.saving.load_model(saved, safe_mode=True)
+    export = kt.export_saved_model(model, tmp_path / "export", class_names=["ants", "bees"])
+    val = require_shared("data", "hymenoptera", "val")
+    files = [p for name in ("ants", "bees") for p in sorted((val / name).iterdir())]
+    labels = np.array([0 if p.parent.name == "ants" else 1 for p in files])
+    keras_ids = np.concatenate(
+        [
+            np.asarray(
+                model.predict(decode_like_training(files[i : i + 32], (224, 224)), verbose=0)
+            ).argmax(-1)
+            for i in range(0, len(files), 32)
+        ]
+    )
+    served = serve(
+        export,
+        "serving_default",
+        {"input": "image_bytes", "files": [str(f) for f in files]},
+        tmp_path,
+    )
+    served_ids = np.array(served["class_ids"])
+    assert np.mean(served_ids == keras_ids) >= 0.99
+    assert abs(np.mean(served_ids == labels) - np.mean(keras_ids == labels)) <= 0.005
+    assert abs(np.mean(keras_ids == labels) - report["accuracy"]) <= 0.005
 
 
 @pytest.mark.backends("tensorflow")
 def test_hymenoptera_efficientnet_lite0_hub_preset_reaches_92_percent(tmp_path):
     preset = require_shared("weights", "keras_hub", "efficientnet_lite0_imagenet")
-    report = _run_example(tmp_path, "--backbone", f"hub:{preset}")
+    # Adam lr 1e-3 for the head, as in the Keras transfer-learning guide: the seed's SGD 1e-3
+    # is still converging after 10 epochs on these 1280-d features (0.915 measured).
+    report = _run_example(tmp_path, "--backbone", f"hub:{preset}", "--optimizer", "adam")
     assert report["accuracy"] >= 0.92

@@ -5,8 +5,12 @@ import os
 import subprocess
 import sys
 
+import keras
+import numpy as np
 import pytest
-from conftest import PROJECT, minilm_folder, require_shared
+from conftest import PROJECT, minilm_folder, require_shared, serve
+
+import keras_transfer as kt
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +55,16 @@ def test_sms_spam_minilm_one_epoch_on_1024_rows(tmp_path):
     assert report["num_examples"] == 1125
     assert report["accuracy"] >= 0.97
     assert report["per_class"]["spam"]["f1"] >= 0.90
+
+    # Export the trained model (from this backend); serve the real test texts from a process
+    # that imports only TensorFlow (and TF Text for the tokenizer ops).
+    model = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    export = kt.export_saved_model(model, tmp_path / "export", class_names=report["class_names"])
+    texts, labels = kt.read_labelled_text(data / "test.csv")
+    labels = np.array([report["class_names"].index(label) for label in labels])
+    keras_ids = np.asarray(model.predict(np.array(texts, dtype=object), verbose=0)).argmax(-1)
+    served_ids = np.array(
+        serve(export, "serving_default", {"input": "text", "texts": texts}, tmp_path)["class_ids"]
+    )
+    assert np.mean(served_ids == keras_ids) >= 0.99
+    assert abs(np.mean(served_ids == labels) - np.mean(keras_ids == labels)) <= 0.005
