@@ -37,7 +37,7 @@ def main():
     parser.add_argument("--lr", type=float, default=None, help="default: SGD 1e-3, Adam 1e-3")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--report", help="write the evaluation report (JSON) here")
-    parser.add_argument("--save", help="save the trained model here (.keras)")
+    parser.add_argument("--save", help="save the model and class names here (.keras)")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(args.seed)
@@ -71,7 +71,7 @@ def main():
         with open(args.report, "w", encoding="utf-8") as handle:
             json.dump(report.to_dict(), handle, indent=1)
     if args.save:
-        model.save(args.save)
+        kt.save_classifier(model, args.save, class_names)
 
 
 if __name__ == "__main__":

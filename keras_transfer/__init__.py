@@ -15,6 +15,7 @@ from keras_transfer.image_classifier import (
 )
 from keras_transfer.image_data import image_folder_datasets
 from keras_transfer.layers import ImagePreprocessing
+from keras_transfer.saving import load_classifier, save_classifier
 from keras_transfer.text_classifier import build_text_classifier
 from keras_transfer.text_data import class_weights, read_labelled_text, text_csv_datasets
 from keras_transfer.training import fine_tune
@@ -39,7 +40,9 @@ __all__ = [
     "get_backbone_spec",
     "image_folder_datasets",
     "list_backbones",
+    "load_classifier",
     "read_labelled_text",
+    "save_classifier",
     "text_csv_datasets",
     "unfreeze_backbone",
 ]

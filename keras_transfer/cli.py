@@ -177,10 +177,10 @@ def _write_text(path, text):
 
 def write_outputs(output, model, class_names, report=None, histories=None):
     """Write the model, class names, report and history into `output` (atomically per file)."""
+    from keras_transfer.saving import save_classifier
+
     os.makedirs(output, exist_ok=True)
-    tmp_model = os.path.join(output, f".{MODEL_FILE}.tmp.keras")
-    model.save(tmp_model)
-    os.replace(tmp_model, os.path.join(output, MODEL_FILE))
+    save_classifier(model, os.path.join(output, MODEL_FILE), class_names)
     _write_text(os.path.join(output, CLASS_NAMES_FILE), json.dumps(list(class_names), indent=1))
     if report is not None:
         _write_text(os.path.join(output, "report.json"), json.dumps(report.to_dict(), indent=1))
@@ -191,24 +191,22 @@ def write_outputs(output, model, class_names, report=None, histories=None):
 
 
 def load_trained(model_dir):
-    """Load `model.keras` and `class_names.json` from a training output folder.
+    """Load `model.keras` (with its class names) from a training output folder.
 
     Raises:
-        FileNotFoundError: either file is missing.
+        FileNotFoundError: the folder has no `model.keras`.
     """
-    import keras
+    from keras_transfer.saving import load_classifier
 
-    import keras_transfer  # noqa: F401  (registers our layers for safe_mode loading)
-
-    paths = [os.path.join(model_dir, name) for name in (MODEL_FILE, CLASS_NAMES_FILE)]
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path!r} not found: pass the --output folder of `keras-transfer train`."
-            )
-    model = keras.saving.load_model(paths[0], safe_mode=True)
-    with open(paths[1], encoding="utf-8") as handle:
-        class_names = json.load(handle)
+    path = os.path.join(model_dir, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path!r} not found: pass the --output folder of `keras-transfer train`."
+        )
+    model, class_names = load_classifier(path)
+    if class_names is None:
+        with open(os.path.join(model_dir, CLASS_NAMES_FILE), encoding="utf-8") as handle:
+            class_names = json.load(handle)
     return model, class_names
 
 

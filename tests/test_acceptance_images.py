@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 from conftest import PROJECT, decode_like_training, require_shared, serve
@@ -48,8 +47,9 @@ def test_hymenoptera_mobilenet_imagenet_reaches_80_percent_and_serves_the_same(t
 
     # Export the trained model (from this backend) and serve the real validation files from
     # a process that imports only TensorFlow.
-    model = keras.saving.load_model(saved, safe_mode=True)
-    export = kt.export_saved_model(model, tmp_path / "export", class_names=["ants", "bees"])
+    model, class_names = kt.load_classifier(saved)
+    assert class_names == ["ants", "bees"]
+    export = kt.export_saved_model(model, tmp_path / "export", class_names=class_names)
     val = require_shared("data", "hymenoptera", "val")
     files = [p for name in ("ants", "bees") for p in sorted((val / name).iterdir())]
     labels = np.array([0 if p.parent.name == "ants" else 1 for p in files])

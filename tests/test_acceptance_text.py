@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 from conftest import PROJECT, minilm_folder, require_shared, serve
@@ -58,8 +57,9 @@ def test_sms_spam_minilm_one_epoch_on_1024_rows(tmp_path):
 
     # Export the trained model (from this backend); serve the real test texts from a process
     # that imports only TensorFlow (and TF Text for the tokenizer ops).
-    model = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
-    export = kt.export_saved_model(model, tmp_path / "export", class_names=report["class_names"])
+    model, class_names = kt.load_classifier(tmp_path / "model.keras")
+    assert class_names == report["class_names"] == ["ham", "spam"]
+    export = kt.export_saved_model(model, tmp_path / "export", class_names=class_names)
     texts, labels = kt.read_labelled_text(data / "test.csv")
     labels = np.array([report["class_names"].index(label) for label in labels])
     keras_ids = np.asarray(model.predict(np.array(texts, dtype=object), verbose=0)).argmax(-1)

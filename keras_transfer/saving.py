@@ -1,0 +1,120 @@
+"""Save and load classifiers as `.keras` files that also carry their class names."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+
+CLASS_NAMES_ENTRY = "keras_transfer/class_names.json"
+TRAINABLE_ENTRY = "keras_transfer/trainable.json"
+
+
+def _trainable_flags(model):
+    return [
+        [type(layer).__name__, bool(layer.trainable)]
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+    ]
+
+
+def _restore_trainable_flags(model, flags, path):
+    """Re-apply saved flags: KerasHub backbones rebuild their blocks from constructor
+    arguments, which drops per-block `trainable` flags (as tensorflow#40994 did)."""
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    # By position and class: generated sublayer names ("dropout_1") change between sessions.
+    if [type(layer).__name__ for layer in layers] != [kind for kind, _ in flags]:
+        raise ValueError(
+            f"{path}: the loaded model's layers differ from the saved ones; cannot restore "
+            "the trainable flags. Was the file written by another keras-transfer version?"
+        )
+    # Parents first (their setter recurses), then each layer to its own saved value.
+    for layer, (_, trainable) in zip(layers, flags, strict=True):
+        layer.trainable = trainable
+    for layer, (_, trainable) in zip(layers, flags, strict=True):
+        if layer.trainable != trainable:
+            layer.trainable = trainable
+
+
+def save_classifier(model, path, class_names):
+    """Save `model` to a `.keras` file with its class names inside, atomically.
+
+    The file is a normal Keras archive (`keras.saving.load_model` reads it) with two extra
+    entries: `keras_transfer/class_names.json` and `keras_transfer/trainable.json`, every
+    layer's `trainable` flag, which `load_classifier` re-applies (KerasHub backbones rebuild
+    their transformer blocks from arguments and would come back all trainable), so frozen
+    layers, frozen BatchNorm included, stay frozen after loading. It is written to
+    `<path>.tmp.keras` and renamed into place, so `path` is always either the previous
+    complete file or the new one.
+
+    Args:
+        model: a `keras.Model`.
+        path: str or path-like ending in `.keras`.
+        class_names: list of str, index = class id; its length must match the model output.
+
+    Raises:
+        ValueError: `path` does not end in `.keras`, or `class_names` has the wrong length.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"`path` must end in '.keras', got {path!r}.")
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != int(model.output_shape[-1]):
+        raise ValueError(
+            f"{len(class_names)} class names for a model with {model.output_shape[-1]} outputs."
+        )
+    tmp = f"{path}.tmp.keras"
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(CLASS_NAMES_ENTRY, json.dumps(class_names, ensure_ascii=False))
+            archive.writestr(TRAINABLE_ENTRY, json.dumps(_trainable_flags(model)))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_classifier(path, safe_mode=True):
+    """Load a `.keras` classifier and its class names.
+
+    Args:
+        path: a file written by `save_classifier` (or any `.keras` file: then the class names
+            are None).
+        safe_mode: passed to `keras.saving.load_model`; default True (our models hold no
+            Lambda layers or pickled code).
+
+    Returns:
+        `(model, class_names)`; `class_names` a list of str, or None when the file has none.
+        The model is compiled: with its saved compile config, or (KerasHub tasks, which
+        Keras does not recompile on load) with `compile_classifier`'s defaults.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    import keras
+
+    import keras_transfer  # noqa: F401  (registers ImagePreprocessing)
+    from keras_transfer.compiling import compile_classifier
+    from keras_transfer.freezing import _recompile
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file not found: {path!r}.")
+    with zipfile.ZipFile(path) as archive:
+        entries = {
+            name: json.loads(archive.read(name).decode("utf-8"))
+            for name in (CLASS_NAMES_ENTRY, TRAINABLE_ENTRY)
+            if name in archive.namelist()
+        }
+    with warnings.catch_warnings():
+        # KerasHub tasks have a custom compile(), so Keras skips it on load; we compile below.
+        warnings.filterwarnings("ignore", message=".*compile\\(\\)` was not called.*")
+        model = keras.saving.load_model(path, safe_mode=safe_mode)
+    if TRAINABLE_ENTRY in entries:
+        _restore_trainable_flags(model, entries[TRAINABLE_ENTRY], path)
+    if getattr(model, "compiled", False):
+        _recompile(model)  # the optimizer must be built for the restored flags
+    else:
+        compile_classifier(model)
+    return model, entries.get(CLASS_NAMES_ENTRY)

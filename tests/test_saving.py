@@ -1,0 +1,82 @@
+import keras
+import numpy as np
+import pytest
+
+import keras_transfer as kt
+
+
+def _bn_stats(model):
+    return [
+        keras.ops.convert_to_numpy(v).copy()
+        for layer in model.get_layer("backbone").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+def test_image_round_trip_keeps_flags_batchnorm_guarantee_and_class_names(tmp_path):
+    model = kt.build_image_classifier(
+        "mobilenet",
+        3,
+        input_shape=(32, 32, 3),
+        weights=None,
+        backbone_kwargs={"alpha": 0.25},
+        augmentation=None,
+    )
+    kt.unfreeze_backbone(model, top_n=6)
+    path = tmp_path / "model.keras"
+    kt.save_classifier(model, path, ["a", "b", "c"])
+    loaded, names = kt.load_classifier(path)  # safe_mode=True
+    assert names == ["a", "b", "c"]
+    flags = [
+        (layer.name, layer.trainable)
+        for layer in model.get_layer("backbone").layers
+        if layer.weights
+    ]
+    assert [
+        (layer.name, layer.trainable)
+        for layer in loaded.get_layer("backbone").layers
+        if layer.weights
+    ] == flags
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(images)),
+        keras.ops.convert_to_numpy(model(images)),
+        atol=1e-6,
+    )
+    before = _bn_stats(loaded)
+    kt.compile_classifier(loaded, learning_rate=0.1)
+    loaded.fit(images, keras.utils.to_categorical(np.arange(8) % 3, 3), epochs=2, verbose=0)
+    for b, a in zip(before, _bn_stats(loaded), strict=True):
+        np.testing.assert_array_equal(b, a)
+    # The plain Keras loader reads the same file.
+    assert isinstance(keras.saving.load_model(path, safe_mode=True), keras.Model)
+
+
+def test_text_round_trip_keeps_frozen_blocks_and_class_names(tiny_bert_preset, tmp_path):
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16, freeze=1)
+    kt.save_classifier(model, tmp_path / "text.keras", ["ham", "spam"])
+    loaded, names = kt.load_classifier(tmp_path / "text.keras")
+    assert names == ["ham", "spam"]
+    assert not loaded.backbone.get_layer("transformer_layer_0").trainable
+    assert loaded.backbone.get_layer("transformer_layer_1").trainable
+    np.testing.assert_allclose(
+        np.asarray(loaded.predict(["good movie"], verbose=0)),
+        np.asarray(model.predict(["good movie"], verbose=0)),
+        atol=1e-5,
+    )
+
+
+def test_save_errors_and_files_without_class_names(tmp_path):
+    model = kt.build_image_classifier(
+        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25}
+    )
+    with pytest.raises(ValueError, match="3 class names"):
+        kt.save_classifier(model, tmp_path / "m.keras", ["a", "b", "c"])
+    with pytest.raises(ValueError, match=".keras"):
+        kt.save_classifier(model, tmp_path / "m.h5", ["a", "b"])
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    model.save(tmp_path / "plain.keras")
+    assert kt.load_classifier(tmp_path / "plain.keras")[1] is None
+    with pytest.raises(FileNotFoundError):
+        kt.load_classifier(tmp_path / "missing.keras")
