@@ -12,28 +12,30 @@ TRAINABLE_ENTRY = "keras_transfer/trainable.json"
 
 
 def _trainable_flags(model):
-    return [
-        [type(layer).__name__, bool(layer.trainable)]
-        for layer in model._flatten_layers(include_self=False, recursive=True)
-    ]
+    """`trainable` of the model's layers and of its backbone's layers, by (explicit) name."""
+    from keras_transfer.freezing import get_backbone
+
+    return {
+        "model": {layer.name: bool(layer.trainable) for layer in model.layers},
+        "backbone": {layer.name: bool(layer.trainable) for layer in get_backbone(model).layers},
+    }
 
 
 def _restore_trainable_flags(model, flags, path):
     """Re-apply saved flags: KerasHub backbones rebuild their blocks from constructor
     arguments, which drops per-block `trainable` flags (as tensorflow#40994 did)."""
-    layers = list(model._flatten_layers(include_self=False, recursive=True))
-    # By position and class: generated sublayer names ("dropout_1") change between sessions.
-    if [type(layer).__name__ for layer in layers] != [kind for kind, _ in flags]:
-        raise ValueError(
-            f"{path}: the loaded model's layers differ from the saved ones; cannot restore "
-            "the trainable flags. Was the file written by another keras-transfer version?"
-        )
-    # Parents first (their setter recurses), then each layer to its own saved value.
-    for layer, (_, trainable) in zip(layers, flags, strict=True):
-        layer.trainable = trainable
-    for layer, (_, trainable) in zip(layers, flags, strict=True):
-        if layer.trainable != trainable:
-            layer.trainable = trainable
+    from keras_transfer.freezing import get_backbone
+
+    for owner, saved in ((model, flags["model"]), (get_backbone(model), flags["backbone"])):
+        layers = {layer.name: layer for layer in owner.layers}
+        if set(layers) != set(saved):
+            raise ValueError(
+                f"{path}: the loaded model's layers differ from the saved ones "
+                f"({sorted(set(layers) ^ set(saved))[:5]}); cannot restore trainable flags."
+            )
+        for name, trainable in saved.items():
+            if layers[name].trainable != trainable:
+                layers[name].trainable = trainable
 
 
 def save_classifier(model, path, class_names):

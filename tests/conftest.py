@@ -184,3 +184,37 @@ def decode_like_training(paths, image_size):
         image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
         images.append(tf.image.resize(image, image_size, method="bilinear").numpy())
     return np.stack(images).astype("float32")  # written out, not via keras_transfer, on purpose
+
+
+def run_example(script, tmp_path, *args):
+    """Run `examples/<script>` with `--report` and `--save`; return (report dict, model path)."""
+    import json
+    import subprocess
+    import sys
+
+    report, saved = tmp_path / "report.json", tmp_path / "model.keras"
+    command = [
+        sys.executable,
+        str(PROJECT / "examples" / script),
+        *map(str, args),
+        "--report",
+        str(report),
+        "--save",
+        str(saved),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=dict(os.environ), timeout=2400
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(result.stdout[-2000:])
+    return json.loads(report.read_text()), saved
+
+
+def batchnorm_statistics(model):
+    """Copies of the moving means and variances of the backbone's BatchNorm layers."""
+    return [
+        keras.ops.convert_to_numpy(v).copy()
+        for layer in model.get_layer("backbone").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]

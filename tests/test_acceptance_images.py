@@ -1,13 +1,8 @@
 """Acceptance bars of the image classifier on the real data and weights in ../shared."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from conftest import PROJECT, decode_like_training, require_shared, serve
+from conftest import decode_like_training, require_shared, run_example, serve
 
 import keras_transfer as kt
 
@@ -15,33 +10,13 @@ pytestmark = pytest.mark.slow
 
 
 def _run_example(tmp_path, *args):
-    report = tmp_path / "report.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT / "examples" / "image_folder_finetune.py"),
-            "--data",
-            str(require_shared("data", "hymenoptera")),
-            "--report",
-            str(report),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=1500,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    print(result.stdout[-2000:])
-    return json.loads(report.read_text())
+    data = require_shared("data", "hymenoptera")
+    return run_example("image_folder_finetune.py", tmp_path, "--data", data, *args)
 
 
 def test_hymenoptera_mobilenet_imagenet_reaches_80_percent_and_serves_the_same(tmp_path):
     require_shared("weights", "keras", "mobilenet_2_5_224_tf_no_top.h5")
-    saved = tmp_path / "model.keras"
-    report = _run_example(
-        tmp_path, "--backbone", "mobilenet", "--alpha", "0.25", "--save", str(saved)
-    )
+    report, saved = _run_example(tmp_path, "--backbone", "mobilenet", "--alpha", "0.25")
     assert report["num_examples"] == 153
     assert report["accuracy"] >= 0.80
 
@@ -78,5 +53,5 @@ def test_hymenoptera_efficientnet_lite0_hub_preset_reaches_92_percent(tmp_path):
     preset = require_shared("weights", "keras_hub", "efficientnet_lite0_imagenet")
     # Adam lr 1e-3 for the head, as in the Keras transfer-learning guide: the seed's SGD 1e-3
     # is still converging after 10 epochs on these 1280-d features (0.915 measured).
-    report = _run_example(tmp_path, "--backbone", f"hub:{preset}", "--optimizer", "adam")
+    report, _ = _run_example(tmp_path, "--backbone", f"hub:{preset}", "--optimizer", "adam")
     assert report["accuracy"] >= 0.92

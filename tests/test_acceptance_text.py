@@ -1,13 +1,8 @@
 """Acceptance bars of the text classifier on the real SMS spam data in ../shared."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from conftest import PROJECT, minilm_folder, require_shared, serve
+from conftest import minilm_folder, require_shared, run_example, serve
 
 import keras_transfer as kt
 
@@ -23,41 +18,29 @@ def test_sms_spam_minilm_one_epoch_on_1024_rows(tmp_path):
     """
     minilm_folder()
     data = require_shared("data", "sms_spam")
-    report_path = tmp_path / "report.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT / "examples" / "bert_text_classification.py"),
-            "--data",
-            str(data),
-            "--sequence-length",
-            "64",
-            "--epochs",
-            "1",
-            "--max-train-rows",
-            "1024",
-            "--batch-size",
-            "16",
-            "--lr",
-            "5e-5",
-            "--report",
-            str(report_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=2400,
+    report, saved = run_example(
+        "bert_text_classification.py",
+        tmp_path,
+        "--data",
+        data,
+        "--sequence-length",
+        64,
+        "--epochs",
+        1,
+        "--max-train-rows",
+        1024,
+        "--batch-size",
+        16,
+        "--lr",
+        "5e-5",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    print(result.stdout[-1500:])
-    report = json.loads(report_path.read_text())
     assert report["num_examples"] == 1125
     assert report["accuracy"] >= 0.97
     assert report["per_class"]["spam"]["f1"] >= 0.90
 
     # Export the trained model (from this backend); serve the real test texts from a process
     # that imports only TensorFlow (and TF Text for the tokenizer ops).
-    model, class_names = kt.load_classifier(tmp_path / "model.keras")
+    model, class_names = kt.load_classifier(saved)
     assert class_names == report["class_names"] == ["ham", "spam"]
     export = kt.export_saved_model(model, tmp_path / "export", class_names=class_names)
     texts, labels = kt.read_labelled_text(data / "test.csv")

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import require_shared
+from conftest import batchnorm_statistics, require_shared
 
 import keras_transfer as kt
 
@@ -24,15 +24,6 @@ def _data(n=16):
     return images, labels
 
 
-def _batchnorm_stats(model):
-    return [
-        keras.ops.convert_to_numpy(v).copy()
-        for layer in model.get_layer("backbone").layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for v in (layer.moving_mean, layer.moving_variance)
-    ]
-
-
 def _first_kernel(model):
     return keras.ops.convert_to_numpy(model.get_layer("backbone").get_layer("conv1").kernel).copy()
 
@@ -44,7 +35,7 @@ def _fit(model):
 
 def test_batchnorm_statistics_never_move_through_freeze_unfreeze_compile_fit():
     model = _tiny()
-    before_stats = _batchnorm_stats(model)
+    before_stats = batchnorm_statistics(model)
     kt.compile_classifier(model, learning_rate=0.1)
     _fit(model)
     kt.unfreeze_backbone(model)
@@ -56,7 +47,7 @@ def test_batchnorm_statistics_never_move_through_freeze_unfreeze_compile_fit():
     _fit(model)
     kt.unfreeze_backbone(model)
     _fit(model)
-    for before, after in zip(before_stats, _batchnorm_stats(model), strict=True):
+    for before, after in zip(before_stats, batchnorm_statistics(model), strict=True):
         np.testing.assert_array_equal(before, after)
     # The last recompile built the optimizer for every trainable weight.
     assert len(model.trainable_weights) == 29
@@ -76,35 +67,39 @@ def test_unfreeze_takes_effect_on_pretrained_weights_without_manual_recompile():
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (8, 224, 224, 3)).astype("float32")
     labels = keras.utils.to_categorical(rng.integers(0, 2, 8), 2)
-    stats, kernel = _batchnorm_stats(model), _first_kernel(model)
+    stats, kernel = batchnorm_statistics(model), _first_kernel(model)
     kt.compile_classifier(model, learning_rate=0.05)
     model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
     np.testing.assert_array_equal(kernel, _first_kernel(model))  # frozen: unchanged
     kt.unfreeze_backbone(model)  # recompiles: the next fit trains the backbone
     model.fit(images, labels, batch_size=8, epochs=2, verbose=0)
     assert not np.allclose(kernel, _first_kernel(model))
-    for before, after in zip(stats, _batchnorm_stats(model), strict=True):
+    for before, after in zip(stats, batchnorm_statistics(model), strict=True):
         np.testing.assert_array_equal(before, after)
 
 
 def test_plain_keras_trainable_flag_moves_batchnorm_statistics():
     """keras-team/keras#20285, the failure unfreeze_backbone protects against."""
     model = _tiny()
-    before = _batchnorm_stats(model)
+    before = batchnorm_statistics(model)
     model.get_layer("backbone").trainable = True
     kt.compile_classifier(model)
     _fit(model)
-    moved = [not np.allclose(b, a) for b, a in zip(before, _batchnorm_stats(model), strict=True)]
+    moved = [
+        not np.allclose(b, a) for b, a in zip(before, batchnorm_statistics(model), strict=True)
+    ]
     assert any(moved)
 
 
 def test_train_batchnorm_true_lets_statistics_move():
     model = _tiny()
-    before = _batchnorm_stats(model)
+    before = batchnorm_statistics(model)
     kt.unfreeze_backbone(model, train_batchnorm=True)
     kt.compile_classifier(model)
     _fit(model)
-    assert any(not np.allclose(b, a) for b, a in zip(before, _batchnorm_stats(model), strict=True))
+    assert any(
+        not np.allclose(b, a) for b, a in zip(before, batchnorm_statistics(model), strict=True)
+    )
 
 
 def test_frozen_backbone_has_no_trainable_weights_and_head_trains():

@@ -1,17 +1,9 @@
 import keras
 import numpy as np
 import pytest
+from conftest import batchnorm_statistics
 
 import keras_transfer as kt
-
-
-def _bn_stats(model):
-    return [
-        keras.ops.convert_to_numpy(v).copy()
-        for layer in model.get_layer("backbone").layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for v in (layer.moving_mean, layer.moving_variance)
-    ]
 
 
 def test_image_round_trip_keeps_flags_batchnorm_guarantee_and_class_names(tmp_path):
@@ -44,10 +36,10 @@ def test_image_round_trip_keeps_flags_batchnorm_guarantee_and_class_names(tmp_pa
         keras.ops.convert_to_numpy(model(images)),
         atol=1e-6,
     )
-    before = _bn_stats(loaded)
+    before = batchnorm_statistics(loaded)
     kt.compile_classifier(loaded, learning_rate=0.1)
     loaded.fit(images, keras.utils.to_categorical(np.arange(8) % 3, 3), epochs=2, verbose=0)
-    for b, a in zip(before, _bn_stats(loaded), strict=True):
+    for b, a in zip(before, batchnorm_statistics(loaded), strict=True):
         np.testing.assert_array_equal(b, a)
     # The plain Keras loader reads the same file.
     assert isinstance(keras.saving.load_model(path, safe_mode=True), keras.Model)
