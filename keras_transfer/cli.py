@@ -53,7 +53,9 @@ def _parser():
         "--data", required=True, help="folder with train/<class>/ (and val/<class>/)"
     )
     image.add_argument(
-        "--backbone", required=True, help="registry name (see --list) or hub:<preset>"
+        "--backbone",
+        required=True,
+        help="registry name (see `keras-transfer backbones`) or hub:<preset>",
     )
     image.add_argument(
         "--weights", default="imagenet", type=_weights, help="imagenet (default), none, or a file"

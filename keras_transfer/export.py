@@ -149,7 +149,15 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
     folder is either complete or absent: an existing version is never touched, and a failed
     export leaves nothing behind. Models trained on jax or torch are saved to `.keras`,
     rebuilt on the tensorflow backend in a subprocess and exported there; the caller sees one
-    call. See the module docstring for the signatures.
+    call.
+
+    Signatures: image models get `serving_default` (input `image_bytes`: `tf.string`
+    `(batch,)` encoded JPEG / PNG / GIF / BMP, decoded to RGB and resized like the training
+    pipeline) and `serving_pixels` (input `pixels`: float32 `(batch, height, width, 3)` in
+    [0, 255]); text models get `serving_default` (input `text`: `tf.string` `(batch,)` raw
+    text, tokenised inside the graph with TensorFlow Text ops). Every signature returns
+    `probabilities` float32 `(batch, num_classes)`, `class_ids` int64 `(batch,)` and
+    `class_names` string `(batch,)`; `assets.extra/class_names.json` lists all names.
 
     Args:
         model: a classifier from `build_image_classifier` (input `(batch, height, width, 3)`)

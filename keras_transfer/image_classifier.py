@@ -151,7 +151,7 @@ def build_image_classifier(
     ```python
     model = keras_transfer.build_image_classifier(
         "mobilenet", 2, input_shape=(224, 224, 3), backbone_kwargs={"alpha": 0.25})
-    keras_transfer.compile_classifier(model)      # SGD lr 1e-3, momentum 0.9
+    # Frozen backbone, compiled with SGD lr 1e-3, momentum 0.9.
     model.fit(train_ds, validation_data=val_ds, epochs=10)
     ```
     """

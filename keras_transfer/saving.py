@@ -93,6 +93,8 @@ def load_classifier(path, safe_mode=True):
 
     Raises:
         FileNotFoundError: no such file.
+        ValueError: the saved trainable flags name layers the loaded model does not have
+            (a file from an incompatible version).
     """
     import keras
 
@@ -112,6 +114,8 @@ def load_classifier(path, safe_mode=True):
     with warnings.catch_warnings():
         # KerasHub tasks have a custom compile(), so Keras skips it on load; we compile below.
         warnings.filterwarnings("ignore", message=".*compile\\(\\)` was not called.*")
+        # ... and the saved optimizer state is not restored into it (a fresh one is built).
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer.*")
         model = keras.saving.load_model(path, safe_mode=safe_mode)
     if TRAINABLE_ENTRY in entries:
         _restore_trainable_flags(model, entries[TRAINABLE_ENTRY], path)

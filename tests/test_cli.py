@@ -3,7 +3,8 @@ import os
 import subprocess
 import sys
 
-from conftest import write_image_folder
+import pytest
+from conftest import minilm_folder, write_image_folder
 
 
 def _cli(*args, check=True):
@@ -82,3 +83,19 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
     result = _cli("predict", tmp_path, "x.jpg", check=False)
     assert result.returncode == 2 and "model.keras" in result.stderr
+
+
+@pytest.mark.backends("tensorflow")
+def test_demo_main_job_trains_evaluates_and_exports(tmp_path):
+    minilm_folder()
+    out = tmp_path / "demo"
+    result = _cli("demo", "--output", out, "--epochs", 1)
+    assert "accuracy:" in result.stdout
+    assert (out / "export" / "1" / "saved_model.pb").is_file()
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_examples"] == 32 and report["class_names"] == ["negative", "positive"]
+    result = _cli("predict", out / "export", "a great kettle, I love it", "--json")
+    assert json.loads(result.stdout.strip().splitlines()[-1])["top_k"][0]["class"] in (
+        "negative",
+        "positive",
+    )
