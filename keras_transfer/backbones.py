@@ -167,6 +167,8 @@ def build_backbone(spec, input_shape, weights="imagenet", **backbone_kwargs):
     import keras
 
     constructor = getattr(keras.applications, spec.constructor)
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"`weights` must be 'imagenet', None or a file path, got {weights!r}.")
     if weights not in (None, "imagenet"):
         weights = os.fspath(weights)
         if not os.path.isfile(weights):
@@ -182,6 +184,11 @@ def build_backbone(spec, input_shape, weights="imagenet", **backbone_kwargs):
         raise ValueError(
             f"Bad `backbone_kwargs` for {spec.constructor}: {backbone_kwargs!r} ({error})."
         ) from error
+    except OSError as error:  # h5py: not an HDF5 file
+        raise ValueError(
+            f"The weights file {weights!r} could not be read as Keras weights ({error}); pass "
+            "a .h5 / .weights.h5 file of the headless model."
+        ) from error
     except ValueError as error:
         if isinstance(weights, str) and weights != "imagenet":
             raise ValueError(
@@ -190,5 +197,14 @@ def build_backbone(spec, input_shape, weights="imagenet", **backbone_kwargs):
                 f"{backbone_kwargs or 'default arguments'}): {error}. It must be the "
                 "headless ('no_top') weights of the same architecture and width "
                 "multiplier (alpha)."
+            ) from error
+        raise
+    except Exception as error:  # keras.utils.get_file: "URL fetch failure on ..."
+        if weights == "imagenet" and "URL fetch failure" in str(error):
+            raise ValueError(
+                f"The ImageNet weights of {spec.constructor}({backbone_kwargs or ''}) are not "
+                "in the Keras cache ($KERAS_HOME/models, default ~/.keras/models) and could "
+                f"not be downloaded: {error}. Connect to the internet once, copy the file "
+                "into the cache, or pass weights=<path> or weights=None."
             ) from error
         raise

@@ -418,8 +418,7 @@ def _predict_saved_model(args, path):
             raise ValueError("Nothing to predict: pass image files.")
         values = []
         for name in inputs:
-            if not os.path.isfile(name):
-                raise FileNotFoundError(f"Image file not found: {name!r}.")
+            _load_image(name, (8, 8))  # a clear error for a missing or undecodable file
             with open(name, "rb") as handle:
                 values.append(handle.read())
     probabilities = serving(**{input_name: tf.constant(values)})["probabilities"].numpy()
@@ -461,7 +460,9 @@ def _predict_keras(args, model, kt):
 def _print_top_k(args, inputs, probabilities, class_names):
     import numpy as np
 
-    top_k = max(1, min(args.top_k, len(class_names)))
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
+    top_k = min(args.top_k, len(class_names))
     for name, probs in zip(inputs, probabilities, strict=True):
         best = np.argsort(-probs)[:top_k]
         ranked = [(class_names[i], float(probs[i])) for i in best]

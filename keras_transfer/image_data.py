@@ -52,8 +52,35 @@ def _class_folders(directory):
     )
 
 
+def _image_files(folder):
+    """Image files below `folder` (recursively, as Keras indexes them), sorted."""
+    return sorted(
+        os.path.join(parent, name)
+        for parent, _, names in os.walk(folder)
+        for name in names
+        if name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+
+
+def _undecodable(paths):
+    """The files among `paths` that TensorFlow cannot decode as images, with the reason."""
+    import tensorflow as tf
+
+    bad = []
+    for path in paths:
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+            bad.append(f"{path} ({error.message.splitlines()[0][:80]})")
+    return bad
+
+
 def _check_classes(directory, class_names=None):
-    """Raise a clear error for a folder that cannot be a labelled image folder."""
+    """Raise a clear error for a folder that cannot be a labelled image folder.
+
+    Checks the class folders (at least 2; for validation, the training classes) and that
+    every class has images and every image decodes, before any training starts.
+    """
     found = _class_folders(directory)
     if class_names is None:
         if len(found) < 2:
@@ -61,12 +88,32 @@ def _check_classes(directory, class_names=None):
                 f"{directory!r} has {len(found)} class folder(s) ({found}); a classifier "
                 "needs at least 2: lay the images out as <dir>/<class_name>/<image>."
             )
-        return found
+        class_names = found
     extra = sorted(set(found) - set(class_names))
     if extra:
         raise ValueError(
             f"Validation folder {directory!r} has classes that the training folder does not: "
             f"{extra}. Training classes: {class_names}. Rename or remove those folders."
+        )
+    missing = [name for name in class_names if name not in found]
+    if missing:
+        raise ValueError(
+            f"{directory!r} has no folder for the training class(es) {missing}; add "
+            f"{directory}/<class>/ with at least one image for each of {class_names}."
+        )
+    files = {name: _image_files(os.path.join(directory, name)) for name in class_names}
+    empty = [name for name, paths in files.items() if not paths]
+    if empty:
+        raise ValueError(
+            f"Class folder(s) {empty} in {directory!r} hold no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)."
+        )
+    bad = _undecodable([path for paths in files.values() for path in paths])
+    if bad:
+        shown = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+        raise ValueError(
+            f"{len(bad)} file(s) in {directory!r} cannot be decoded as images (empty, "
+            f"truncated or not an image); remove or replace them:\n  {shown}"
         )
     return class_names
 

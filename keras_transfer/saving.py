@@ -93,8 +93,8 @@ def load_classifier(path, safe_mode=True):
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the saved trainable flags name layers the loaded model does not have
-            (a file from an incompatible version).
+        ValueError: not a `.keras` archive, or the saved trainable flags name layers the
+            loaded model does not have (a file from an incompatible version).
     """
     import keras
 
@@ -105,6 +105,8 @@ def load_classifier(path, safe_mode=True):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file not found: {path!r}.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path!r} is not a .keras file (a zip archive written by Keras).")
     with zipfile.ZipFile(path) as archive:
         entries = {
             name: json.loads(archive.read(name).decode("utf-8"))

@@ -140,7 +140,8 @@ def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0
     Raises:
         FileNotFoundError: a preset folder that does not exist.
         ValueError: unknown preset name, a folder with missing files, `num_classes` < 2,
-            bad `sequence_length` / `dropout` / `freeze`, or a preset KerasHub cannot load
+            bad `sequence_length` (or longer than the encoder's positions) / `dropout` /
+            `freeze`, or a preset KerasHub cannot load
             (the message says which and why, e.g. no internet for a download).
     """
     import keras_hub
@@ -182,6 +183,12 @@ def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0
             f"{error}). Preset names download on first use and need internet; offline, "
             "pass a local preset folder."
         ) from error
+    limit = getattr(model.backbone, "max_sequence_length", None)
+    if limit is not None and sequence_length > limit:
+        raise ValueError(
+            f"`sequence_length`={sequence_length} exceeds the {limit} positions of the "
+            f"encoder of {preset!r}; use sequence_length <= {limit}."
+        )
     if freeze == "backbone":
         freeze_backbone(model)
     elif isinstance(freeze, int):

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+csv.field_size_limit(2**31 - 1)  # long texts are fine; the tokenizer truncates them
+
 TEXT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -184,6 +186,8 @@ def text_csv_datasets(
     if class_names is None:
         class_names = sorted(set(labels))
     class_names = [str(name) for name in class_names]
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"`class_names` has duplicates: {class_names}.")
     if len(class_names) < 2:
         raise ValueError(
             f"{path}: {len(class_names)} class(es) {class_names}; a classifier needs at least 2."
@@ -198,6 +202,11 @@ def text_csv_datasets(
         cut = len(texts) - max(1, int(round(len(texts) * validation_split)))
         val = ([texts[i] for i in order[cut:]], ids[order[cut:]])
         texts, ids = [texts[i] for i in order[:cut]], ids[order[:cut]]
+        if not texts:
+            raise ValueError(
+                f"{path}: `validation_split`={validation_split} of {len(order)} rows leaves "
+                "no training rows; use a smaller split or more data."
+            )
     train_ds = _dataset(texts, ids, len(class_names), batch_size, True, seed)
     val_ds = None if val is None else _dataset(*val, len(class_names), batch_size, False, seed)
     return train_ds, val_ds, class_names
@@ -230,10 +239,17 @@ def class_weights(data, num_classes=None):
     if labels.ndim == 2:
         num_classes = num_classes or labels.shape[1]
         labels = labels.argmax(-1)
-    labels = labels.astype("int64")
     if labels.size == 0:
         raise ValueError("No labels to compute class weights from.")
+    if not np.array_equal(labels, np.round(labels)) or labels.min() < 0:
+        raise ValueError(
+            "Labels must be int class ids >= 0 or one-hot rows; got values such as "
+            f"{labels[(labels != np.round(labels)) | (labels < 0)][:5].tolist()}."
+        )
+    labels = labels.astype("int64")
     num_classes = num_classes or int(labels.max()) + 1
+    if labels.max() >= num_classes:
+        raise ValueError(f"Class id {int(labels.max())} is out of range for {num_classes} classes.")
     counts = np.bincount(labels, minlength=num_classes)
     if (counts == 0).any():
         raise ValueError(

@@ -61,6 +61,12 @@ def fine_tune(
     for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
+    if unfreeze_top_n is not None and (
+        isinstance(unfreeze_top_n, bool)
+        or not isinstance(unfreeze_top_n, int)
+        or unfreeze_top_n < 0
+    ):
+        raise ValueError(f"`unfreeze_top_n` must be None or an int >= 0, got {unfreeze_top_n!r}.")
     if optimizer is not None and not isinstance(optimizer, str):
         raise ValueError(
             "`fine_tune` needs `optimizer` as a name ('sgd' or 'adam') so that each stage "

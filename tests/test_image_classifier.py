@@ -139,3 +139,24 @@ def test_keras_hub_preset_folder_as_backbone():
 def test_unknown_hub_preset_says_what_was_looked_for(tmp_path):
     with pytest.raises(ValueError, match="no_such_preset"):
         kt.build_image_classifier(f"hub:{tmp_path / 'no_such_preset'}", 2)
+
+
+def test_weights_file_that_is_not_hdf5_and_bad_weights_argument(tmp_path):
+    garbage = tmp_path / "garbage.h5"
+    garbage.write_bytes(b"definitely not hdf5")
+    with pytest.raises(ValueError, match="garbage.h5"):
+        _tiny(weights=str(garbage))
+    with pytest.raises(ValueError, match="`weights`"):
+        _tiny(weights=True)
+
+
+def test_weights_file_of_another_configuration_is_named():
+    with_top = require_shared("weights", "keras", "mobilenet_2_5_128_tf.h5")
+    with pytest.raises(ValueError, match="mobilenet_2_5_128_tf.h5.*no_top"):
+        kt.build_image_classifier(
+            "mobilenet",
+            2,
+            input_shape=(128, 128, 3),
+            weights=str(with_top),
+            backbone_kwargs={"alpha": 0.25},
+        )

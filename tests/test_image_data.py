@@ -85,3 +85,26 @@ def test_feeds_fit_on_this_backend(tmp_path):
     assert histories["finetune"].epoch == [1]
     report = kt.evaluate_classifier(model, val_ds, names)
     assert report.num_examples == 4
+
+
+def test_undecodable_files_are_named_before_training(tmp_path):
+    write_image_folder(tmp_path / "train", per_class=3, fmt="JPEG")
+    good = next((tmp_path / "train" / "cats").iterdir()).read_bytes()
+    (tmp_path / "train" / "cats" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "train" / "dogs" / "notes.jpg").write_text("not an image")
+    (tmp_path / "train" / "dogs" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="3 file\\(s\\)") as info:
+        kt.image_folder_datasets(tmp_path, image_size=16)
+    for name in ("empty.jpg", "notes.jpg", "cut.jpg"):
+        assert name in str(info.value)
+
+
+def test_empty_class_folder_and_val_missing_a_class(tmp_path):
+    write_image_folder(tmp_path / "a" / "train")
+    (tmp_path / "a" / "train" / "birds").mkdir()
+    with pytest.raises(ValueError, match="birds.*hold no images"):
+        kt.image_folder_datasets(tmp_path / "a", image_size=16)
+    write_image_folder(tmp_path / "b" / "train")
+    write_image_folder(tmp_path / "b" / "val", classes=("cats",))
+    with pytest.raises(ValueError, match="no folder for the training class.*dogs"):
+        kt.image_folder_datasets(tmp_path / "b", image_size=16)

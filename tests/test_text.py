@@ -153,3 +153,22 @@ def test_validation_split_and_class_weights(tmp_path):
     assert from_ds[names.index("spam")] > from_ds[names.index("ham")]
     with pytest.raises(ValueError, match="no examples"):
         kt.class_weights(np.array([0, 0]), num_classes=2)
+
+
+def test_more_text_argument_errors(tiny_bert_preset, tmp_path):
+    with pytest.raises(ValueError, match="exceeds the 64 positions"):
+        kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=200)
+    rows = write_text_file(tmp_path / "r.csv", SENTIMENT_ROWS[:3])
+    with pytest.raises(ValueError, match="no training rows"):
+        kt.text_csv_datasets(rows, validation_split=0.9, class_names=["neg", "pos"])
+    with pytest.raises(ValueError, match="duplicates"):
+        kt.text_csv_datasets(rows, class_names=["pos", "neg", "pos"])
+    with pytest.raises(ValueError, match="int class ids"):
+        kt.class_weights(np.array([0, -1, 1]))
+    with pytest.raises(ValueError, match="out of range"):
+        kt.class_weights(np.array([0, 1, 2]), num_classes=2)
+    long_row = write_text_file(tmp_path / "long.csv", [("word " * 40000, "a"), ("b", "b")])
+    assert len(kt.read_labelled_text(long_row)[0][0]) == 200000
+    (tmp_path / "x.keras").write_text("not a zip")
+    with pytest.raises(ValueError, match="not a .keras file"):
+        kt.load_classifier(tmp_path / "x.keras")
