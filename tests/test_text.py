@@ -55,7 +55,7 @@ def test_freeze_n_freezes_embeddings_and_bottom_blocks(tiny_bert_preset):
     assert frozen.backbone.get_layer("transformer_layer_1").trainable
     assert not frozen.backbone.get_layer("transformer_layer_0").trainable
     with pytest.raises(ValueError, match="2 transformer"):
-        kt.build_text_classifier(tiny_bert_preset, 2, freeze=5)
+        kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16, freeze=5)
 
 
 def test_frozen_layers_do_not_change_in_fit(tiny_bert_preset):
