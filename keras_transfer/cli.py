@@ -342,8 +342,9 @@ def _evaluate(args):
 
     model, class_names = load_trained(args.model_dir)
     if kt.compiling.is_text_classifier(model):
-        _, dataset, _ = kt.text_csv_datasets(
-            args.data, val_path=args.data, batch_size=args.batch_size, class_names=class_names
+        # One pass, so the shuffled "training" dataset of this single file is fine.
+        dataset, _, _ = kt.text_csv_datasets(
+            args.data, batch_size=args.batch_size, class_names=class_names
         )
         report = kt.evaluate_classifier(model, dataset, class_names)
         print(report)
@@ -355,8 +356,8 @@ def _evaluate(args):
         args.data, image_size=image_size, batch_size=args.batch_size, cache=False
     )
     if list(data_classes) != list(class_names):
-        raise SystemExit(
-            f"error: the classes in {args.data!r} ({data_classes}) differ from the model's "
+        raise ValueError(
+            f"The classes in {args.data!r} ({data_classes}) differ from the model's "
             f"({class_names})."
         )
     report = kt.evaluate_classifier(model, val_ds if val_ds is not None else train_ds, class_names)
