@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 
@@ -52,34 +54,54 @@ def _class_folders(directory):
     )
 
 
-def _image_files(folder):
-    """Image files below `folder` (recursively, as Keras indexes them), sorted."""
-    return sorted(
-        os.path.join(parent, name)
-        for parent, _, names in os.walk(folder)
-        for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS)
-    )
+def _files(folder):
+    """The files below `folder` (recursively, as Keras indexes them; not hidden ones), sorted."""
+    found = []
+    for parent, folders, names in os.walk(folder, followlinks=True):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [os.path.join(parent, name) for name in names if not name.startswith(".")]
+    return sorted(found)
 
 
 def _undecodable(paths):
-    """The files among `paths` that TensorFlow cannot decode as images, with the reason."""
+    """`{path: reason}` for the files among `paths` that TensorFlow cannot decode."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import tensorflow as tf
 
-    bad = []
-    for path in paths:
+    def reason(path):
         try:
             tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-            bad.append(f"{path} ({error.message.splitlines()[0][:80]})")
-    return bad
+            message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
+            return (message.splitlines() or ["cannot decode"])[0][:80]
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        reasons = list(pool.map(reason, paths))  # TF ops release the GIL
+    return {path: why for path, why in zip(paths, reasons, strict=True) if why is not None}
 
 
-def _check_classes(directory, class_names=None):
-    """Raise a clear error for a folder that cannot be a labelled image folder.
+def _warn_skipped(directory, skipped, total):
+    shown = "\n  ".join(skipped[:20]) + ("\n  ..." if len(skipped) > 20 else "")
+    warnings.warn(
+        f"Skipped {len(skipped)} of {total} file(s) in {directory!r}: not a decodable image "
+        f"of a supported format ({', '.join(IMAGE_EXTENSIONS)}). Remove, convert or replace "
+        f"them to use them:\n  {shown}",
+        UserWarning,
+        stacklevel=4,
+    )
 
-    Checks the class folders (at least 2; for validation, the training classes) and that
-    every class has images and every image decodes, before any training starts.
+
+def _index_folder(directory, class_names=None):
+    """The usable images of a labelled folder, with a clear error for a folder that cannot be one.
+
+    Checks the class folders (at least 2; for validation, exactly the training classes),
+    decodes every image once, and skips (with one warning that counts and names them) files of
+    an unsupported format and files that cannot be decoded; every class must keep an image.
+
+    Returns:
+        `(paths, labels, class_names)`: lists of str and int, in sorted file order.
     """
     found = _class_folders(directory)
     if class_names is None:
@@ -101,50 +123,52 @@ def _check_classes(directory, class_names=None):
             f"{directory!r} has no folder for the training class(es) {missing}; add "
             f"{directory}/<class>/ with at least one image for each of {class_names}."
         )
-    files = {name: _image_files(os.path.join(directory, name)) for name in class_names}
-    empty = [name for name, paths in files.items() if not paths]
+    files = {name: _files(os.path.join(directory, name)) for name in class_names}
+    everything = [path for paths in files.values() for path in paths]
+    candidates = [path for path in everything if path.lower().endswith(IMAGE_EXTENSIONS)]
+    bad = _undecodable(candidates)
+    skipped = [
+        f"{os.path.relpath(path, directory)} (unsupported format)"
+        for path in everything
+        if path not in candidates
+    ]
+    skipped += [f"{os.path.relpath(path, directory)} ({why})" for path, why in bad.items()]
+    if skipped:
+        _warn_skipped(directory, sorted(skipped), len(everything))
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        usable = [p for p in files[name] if p.lower().endswith(IMAGE_EXTENSIONS) and p not in bad]
+        paths += usable
+        labels += [label] * len(usable)
+    present = set(labels)
+    empty = [name for label, name in enumerate(class_names) if label not in present]
     if empty:
         raise ValueError(
-            f"Class folder(s) {empty} in {directory!r} hold no images "
+            f"Class folder(s) {empty} in {directory!r} hold no usable images "
             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)."
         )
-    bad = _undecodable([path for paths in files.values() for path in paths])
-    if bad:
-        shown = "\n  ".join(bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
-        raise ValueError(
-            f"{len(bad)} file(s) in {directory!r} cannot be decoded as images (empty, "
-            f"truncated or not an image); remove or replace them:\n  {shown}"
-        )
-    return class_names
+    print(f"Found {len(paths)} images belonging to {len(class_names)} classes in {directory}.")
+    return paths, labels, list(class_names)
 
 
-def _load(directory, *, image_size, class_names, seed, validation_split=None, subset=None):
-    import keras
-
-    return keras.utils.image_dataset_from_directory(
-        directory,
-        labels="inferred",
-        label_mode="categorical",
-        class_names=class_names,
-        color_mode="rgb",
-        batch_size=None,
-        image_size=image_size,
-        shuffle=validation_split is not None,
-        seed=seed,
-        validation_split=validation_split,
-        subset=subset,
-        interpolation="bilinear",
-        verbose=True,
-    )
-
-
-def _finish(dataset, *, batch_size, shuffle, seed, cache):
+def _dataset(paths, labels, *, image_size, num_classes, batch_size, shuffle, seed, cache):
+    """`(image, one_hot)` batches from file paths, decoded by `decode_and_resize`."""
     import tensorflow as tf
 
+    def load(path, label):
+        image = decode_and_resize(tf.io.read_file(path), image_size)
+        return image, tf.one_hot(label, num_classes, dtype="float32")
+
+    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    reshuffle = dict(seed=seed, reshuffle_each_iteration=True)
+    if shuffle and not cache:
+        dataset = dataset.shuffle(len(paths), **reshuffle)  # file names: a full shuffle is cheap
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:
         dataset = dataset.cache()
-    if shuffle:
-        dataset = dataset.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
+        if shuffle:
+            # Cached elements are shared, not copied, by the buffer: a full shuffle is free.
+            dataset = dataset.shuffle(len(paths), **reshuffle)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -153,22 +177,28 @@ def image_folder_datasets(
 ):
     """Read a labelled image folder into training and validation `tf.data.Dataset`s.
 
-    Layouts (class names are the sub-folder names, sorted):
+    Layouts (class names are the sub-folder names, sorted; images may sit in nested folders
+    below a class folder):
     - `root/train/<class>/*` with `root/val/<class>/*` (or `root/validation/<class>/*`);
     - `root/train/<class>/*` alone, or `root/<class>/*`: split by `validation_split`, or
       no validation data when `validation_split` is None.
 
-    Images (JPEG, PNG, GIF first frame, BMP) are decoded to RGB (grayscale and RGBA are
-    converted) and resized (squashed, bilinear) to `image_size` by
-    `keras.utils.image_dataset_from_directory`; the exported serving signature resizes the
-    same way. Datasets feed `model.fit` on tensorflow, jax and torch.
+    Every image is decoded once up front. Files of another format (not JPEG, PNG, GIF, BMP)
+    and files that do not decode (empty, truncated, not an image) are skipped with one
+    `UserWarning` per folder that counts and names them. Images are decoded to RGB
+    (grayscale, palette and 16-bit PNGs and CMYK JPEGs are converted; RGBA loses its alpha;
+    a GIF gives its first frame) and resized (squashed, bilinear) to `image_size` with the
+    ops of `keras.utils.image_dataset_from_directory`, by `decode_and_resize`, which the
+    exported serving signature uses too. Datasets feed `model.fit` on tensorflow, jax and
+    torch.
 
     Args:
         root: path of the data folder.
         image_size: int or `(height, width)` in pixels, e.g. 224 or `(224, 224)`.
         batch_size: int, default 32.
         validation_split: float in (0, 1) or None; the fraction of the (training) folder
-            held out for validation when there is no `val/` folder.
+            held out for validation when there is no `val/` folder (a random pick of the
+            files with `seed`, as Keras does).
         seed: int, default 1337: the shuffle and split seed.
         cache: bool, default True: keep the decoded, resized images in memory after the
             first epoch (`height * width * 3 * 4` bytes per image, 0.6 MB at 224x224);
@@ -177,19 +207,23 @@ def image_folder_datasets(
     Returns:
         `(train_ds, val_ds, class_names)`: datasets of `(images, labels)` batches, images
         `(batch, height, width, 3)` float32 in [0, 255], labels `(batch, num_classes)`
-        float32 one-hot; the training data reshuffled every epoch; `val_ds` is None when
-        there is no validation data; `class_names` a list of str.
+        float32 one-hot; the training data fully reshuffled every epoch, the validation data
+        in file order; `val_ds` is None when there is no validation data; `class_names` a
+        list of str.
 
     Raises:
         FileNotFoundError: `root` does not exist.
-        ValueError: fewer than 2 class folders, validation classes unknown to training,
-            both a `val/` folder and `validation_split`, a bad argument.
+        ValueError: fewer than 2 class folders, validation classes that differ from the
+            training ones, a class left without a usable image, both a `val/` folder and
+            `validation_split`, a bad argument.
     """
+    import numpy as np
+
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder not found: {root!r}.")
     image_size = _image_size(image_size)
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     if validation_split is not None and not 0 < validation_split < 1:
         raise ValueError(f"`validation_split` must be in (0, 1), got {validation_split!r}.")
@@ -209,20 +243,25 @@ def image_folder_datasets(
         raise ValueError(
             f"{root!r} has a validation folder {val_dir!r}; do not also pass `validation_split`."
         )
-    class_names = _check_classes(train_dir)
-    load = dict(image_size=image_size, class_names=class_names, seed=seed)
+    paths, labels, class_names = _index_folder(train_dir)
+    val = None
     if validation_split is not None:
-        train_ds, val_ds = _load(
-            train_dir, validation_split=validation_split, subset="both", **load
-        )
-    else:
-        train_ds = _load(train_dir, **load)
-        val_ds = None
-        if val_dir is not None:
-            _check_classes(val_dir, class_names)
-            val_ds = _load(val_dir, **load)
-    finish = dict(batch_size=batch_size, seed=seed, cache=cache)
-    train_ds = _finish(train_ds, shuffle=True, **finish)
-    if val_ds is not None:
-        val_ds = _finish(val_ds, shuffle=False, **finish)
-    return train_ds, val_ds, list(class_names)
+        order = np.random.RandomState(seed).permutation(len(paths))
+        num_val = int(validation_split * len(paths))
+        if num_val == 0 or num_val == len(paths):
+            raise ValueError(
+                f"`validation_split={validation_split}` of {len(paths)} images leaves "
+                f"{'no validation' if num_val == 0 else 'no training'} images; change it."
+            )
+        held_out = sorted(order[-num_val:])
+        val = ([paths[i] for i in held_out], [labels[i] for i in held_out])
+        kept = order[:-num_val]
+        paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+    elif val_dir is not None:
+        val = _index_folder(val_dir, class_names)[:2]
+    options = dict(
+        image_size=image_size, num_classes=len(class_names), batch_size=batch_size, seed=seed
+    )
+    train_ds = _dataset(paths, labels, shuffle=True, cache=cache, **options)
+    val_ds = None if val is None else _dataset(*val, shuffle=False, cache=cache, **options)
+    return train_ds, val_ds, class_names

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from conftest import write_image_folder
@@ -87,22 +89,80 @@ def test_feeds_fit_on_this_backend(tmp_path):
     assert report.num_examples == 4
 
 
-def test_undecodable_files_are_named_before_training(tmp_path):
+def test_undecodable_and_unsupported_files_are_skipped_with_their_names(tmp_path):
     write_image_folder(tmp_path / "train", per_class=3, fmt="JPEG")
     good = next((tmp_path / "train" / "cats").iterdir()).read_bytes()
     (tmp_path / "train" / "cats" / "empty.jpg").write_bytes(b"")
     (tmp_path / "train" / "dogs" / "notes.jpg").write_text("not an image")
     (tmp_path / "train" / "dogs" / "cut.jpg").write_bytes(good[: len(good) // 2])
-    with pytest.raises(ValueError, match="3 file\\(s\\)") as info:
-        kt.image_folder_datasets(tmp_path, image_size=16)
+    (tmp_path / "train" / "dogs" / "scan.tiff").write_bytes(good)
+    (tmp_path / "train" / "dogs" / ".DS_Store").write_bytes(b"\0")  # hidden: not counted
+    with pytest.warns(UserWarning, match="Skipped 4 of 10 file") as record:
+        train_ds, _, _ = kt.image_folder_datasets(tmp_path, image_size=16, batch_size=2)
+    message = str(record[0].message)
+    for name in ("cats/empty.jpg", "dogs/notes.jpg", "dogs/cut.jpg", "dogs/scan.tiff"):
+        assert name in message
+    assert "Input is empty" in message and "unsupported format" in message
+    assert _count(train_ds) == 6  # the good ones, and training would run on them
     for name in ("empty.jpg", "notes.jpg", "cut.jpg"):
-        assert name in str(info.value)
+        (tmp_path / "val" / "cats").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "val" / "dogs").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "val" / "dogs" / name).write_bytes(b"")
+    (tmp_path / "val" / "cats" / "ok.jpg").write_bytes(good)
+    with pytest.warns(UserWarning, match="Skipped 3 of 4"):
+        with pytest.raises(ValueError, match="dogs.*no usable images"):
+            kt.image_folder_datasets(tmp_path, image_size=16)
+
+
+def test_odd_but_decodable_images_are_converted_and_used(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype="uint8"))
+    gray16 = (rng.integers(0, 65536, (30, 40))).astype("uint16")
+    folder = tmp_path / "train" / "chats_été"  # non-ASCII class and file names
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    files = {
+        "gray.png": rgb.convert("L"),
+        "rgba.png": rgb.convert("RGBA"),
+        "palette.gif": rgb.convert("P"),
+        "cmyk.jpg": rgb.convert("CMYK"),
+        "nested/deeper/photo_ü.jpg": rgb,
+        "deep16.png": Image.fromarray(gray16),
+    }
+    for name, image in files.items():
+        image.save(folder / name)
+    big = Image.new("RGB", (8000, 8000), (200, 30, 60))
+    big.save(tmp_path / "big.jpg", quality=50)
+    write_image_folder(tmp_path / "train", classes=("dogs",), per_class=2)
+    (tmp_path / "train" / "dogs" / "big.jpg").write_bytes((tmp_path / "big.jpg").read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is skipped
+        train_ds, _, names = kt.image_folder_datasets(tmp_path, image_size=(30, 40), cache=False)
+    assert names == ["chats_été", "dogs"]
+    pairs = list(train_ds.unbatch().as_numpy_iterator())
+    images = [x for x, _ in pairs]
+    assert len(images) == len(files) + 3
+    assert all(image.shape == (30, 40, 3) for image in images)
+    # Each file's pixels are those of PIL's RGB conversion (JPEG decoders differ a little).
+    by_content = sorted(float(image.mean()) for image, y in pairs if y[0] == 1)
+    expected = []
+    for name in files:
+        with Image.open(folder / name) as image:
+            pixels = np.asarray(image.convert("RGB") if image.mode != "I;16" else image)
+            if pixels.dtype == np.uint16:
+                pixels = pixels // 257
+            expected.append(float(pixels.mean()))
+    np.testing.assert_allclose(by_content, sorted(expected), atol=2.0)
+    big_image = [image for image in images if image.std((0, 1)).max() < 3]
+    assert len(big_image) == 1
+    np.testing.assert_allclose(big_image[0].mean((0, 1)), (200, 30, 60), atol=4)
 
 
 def test_empty_class_folder_and_val_missing_a_class(tmp_path):
     write_image_folder(tmp_path / "a" / "train")
     (tmp_path / "a" / "train" / "birds").mkdir()
-    with pytest.raises(ValueError, match="birds.*hold no images"):
+    with pytest.raises(ValueError, match="birds.*hold no usable images"):
         kt.image_folder_datasets(tmp_path / "a", image_size=16)
     write_image_folder(tmp_path / "b" / "train")
     write_image_folder(tmp_path / "b" / "val", classes=("cats",))
