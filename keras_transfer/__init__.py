@@ -4,6 +4,7 @@ Factory functions return plain `keras.Model`s: build, compile, `fit`, evaluate, 
 """
 
 from keras_transfer.backbones import BackboneSpec, get_backbone_spec, list_backbones
+from keras_transfer.checkpointing import resumable_fit
 from keras_transfer.compiling import compile_classifier
 from keras_transfer.evaluation import ClassificationReport, evaluate_classifier
 from keras_transfer.export import export_saved_model
@@ -42,6 +43,7 @@ __all__ = [
     "list_backbones",
     "load_classifier",
     "read_labelled_text",
+    "resumable_fit",
     "save_classifier",
     "text_csv_datasets",
     "unfreeze_backbone",

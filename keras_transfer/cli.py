@@ -168,6 +168,15 @@ def _add_training_arguments(parser, default_epochs):
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the head stage")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--output", required=True, help="folder for the model and reports")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint folder (default OUTPUT/checkpoint): every epoch is saved there and "
+        "re-running the same command after a crash resumes from the last completed epoch",
+    )
+    parser.add_argument(
+        "--no-checkpoint", action="store_true", help="do not save per-epoch checkpoints"
+    )
 
 
 def _write_text(path, text):
@@ -267,10 +276,24 @@ def _train_text(args):
     )
     kt.compile_classifier(model, learning_rate=args.lr)
     class_weight = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=args.epochs, class_weight=class_weight
-    )
+    fit_kwargs = dict(validation_data=val_ds, epochs=args.epochs, class_weight=class_weight)
+    checkpoint_dir = _checkpoint_dir(args)
+    if checkpoint_dir is None:
+        history = model.fit(train_ds, **fit_kwargs)
+    else:
+        from keras_transfer.checkpointing import clear_checkpoint
+
+        history = kt.resumable_fit(
+            model, train_ds, checkpoint_dir=checkpoint_dir, settings=vars(args), **fit_kwargs
+        )
+        clear_checkpoint(checkpoint_dir)
     return _evaluate_and_write(args, model, val_ds, class_names, {"train": history})
+
+
+def _checkpoint_dir(args):
+    if args.no_checkpoint:
+        return None
+    return args.checkpoint or os.path.join(args.output, "checkpoint")
 
 
 def _fit_and_write(args, model, train_ds, val_ds, class_names):
@@ -285,6 +308,7 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         unfreeze_top_n=args.unfreeze_top_n,
         optimizer=args.optimizer,
         learning_rate=args.lr,
+        checkpoint_dir=_checkpoint_dir(args),
     )
     return _evaluate_and_write(args, model, val_ds, class_names, histories)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from keras_transfer.checkpointing import clear_checkpoint, resumable_fit
 from keras_transfer.compiling import compile_classifier
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 
@@ -22,6 +23,7 @@ def fine_tune(
     train_batchnorm=False,
     class_weight=None,
     callbacks=None,
+    checkpoint_dir=None,
     verbose="auto",
 ):
     """Train the head on a frozen backbone, then fine-tune the top of the backbone.
@@ -49,6 +51,11 @@ def fine_tune(
         train_batchnorm: bool, default False: also train BatchNorm layers in stage 2.
         class_weight: dict `{class_id: weight}` for `fit`, e.g. from `class_weights`.
         callbacks: list of Keras callbacks, used in both stages.
+        checkpoint_dir: folder or None (default: no checkpoints). With a folder, every
+            epoch of either stage is checkpointed there (`resumable_fit`), and calling
+            `fine_tune` again with the same arguments after a crash or a kill resumes from
+            the last completed epoch, in the right stage with the right trainable flags.
+            The folder's checkpoint files are deleted when training completes.
         verbose: `fit`'s verbosity ("auto", 0, 1 or 2).
 
     Returns:
@@ -56,7 +63,8 @@ def fine_tune(
         (`"finetune"` only when `finetune_epochs` > 0).
 
     Raises:
-        ValueError: negative epochs, or an optimizer object (use a name).
+        ValueError: negative epochs, an optimizer object (use a name), or a checkpoint
+            folder written by a run with other arguments.
     """
     for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -75,20 +83,45 @@ def fine_tune(
     fit_kwargs = dict(
         validation_data=val_ds, class_weight=class_weight, callbacks=callbacks, verbose=verbose
     )
+    if checkpoint_dir is not None:
+        settings = dict(
+            head_epochs=head_epochs,
+            finetune_epochs=finetune_epochs,
+            unfreeze_top_n=unfreeze_top_n,
+            optimizer=optimizer,
+            learning_rate=learning_rate,
+            finetune_learning_rate=finetune_learning_rate,
+            train_batchnorm=train_batchnorm,
+        )
+
+        def fit(data, stage, **kwargs):
+            return resumable_fit(
+                model,
+                data,
+                checkpoint_dir=checkpoint_dir,
+                settings=settings,
+                stage=stage,
+                **kwargs,
+                **fit_kwargs,
+            )
+    else:
+
+        def fit(data, stage, **kwargs):
+            return model.fit(data, **kwargs, **fit_kwargs)
+
     histories = {}
     freeze_backbone(model)
     compile_classifier(model, optimizer, learning_rate)
-    histories["head"] = model.fit(train_ds, epochs=head_epochs, **fit_kwargs)
+    histories["head"] = fit(train_ds, "head", epochs=head_epochs)
     if finetune_epochs:
         unfreeze_backbone(model, top_n=unfreeze_top_n, train_batchnorm=train_batchnorm)
         if finetune_learning_rate is None:
             stage1_lr = float(model.optimizer.learning_rate)
             finetune_learning_rate = stage1_lr * FINETUNE_LR_FACTOR
         compile_classifier(model, optimizer, finetune_learning_rate)
-        histories["finetune"] = model.fit(
-            train_ds,
-            initial_epoch=head_epochs,
-            epochs=head_epochs + finetune_epochs,
-            **fit_kwargs,
+        histories["finetune"] = fit(
+            train_ds, "finetune", initial_epoch=head_epochs, epochs=head_epochs + finetune_epochs
         )
+    if checkpoint_dir is not None:
+        clear_checkpoint(checkpoint_dir)
     return histories

@@ -1,0 +1,172 @@
+"""Resumable training: `resumable_fit` checkpoints every epoch and resumes after a crash.
+
+A checkpoint folder holds `state.json` (the run's settings, the epochs done per stage and
+their history) and one `<stage>-epoch<N>.weights.h5` file (model weights and optimizer
+state, from `model.save_weights`). Each epoch writes the new weights file under a temporary
+name, renames it into place, then replaces `state.json` the same way, then deletes the old
+weights file: a kill at any moment leaves a complete earlier or later checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+STATE_FILE = "state.json"
+
+
+def _write_json(path, value):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(value, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(directory, settings):
+    """The saved state in `directory`, or None when it holds no checkpoint.
+
+    Raises:
+        ValueError: the checkpoint was written by a run with other `settings` (another
+            model, epochs or learning rate), or `state.json` is unreadable.
+    """
+    path = os.path.join(directory, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"Cannot read the checkpoint {path!r} ({error}); delete the folder "
+            f"{directory!r} to start training from the beginning."
+        ) from None
+    saved = state.get("settings", {})
+    if saved != settings:
+        changed = sorted(
+            key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key)
+        )
+        details = ", ".join(
+            f"{key}: {saved.get(key)!r} then, {settings.get(key)!r} now" for key in changed
+        )
+        raise ValueError(
+            f"The checkpoint in {directory!r} is from a run with other settings ({details}). "
+            "Re-run with the same settings to resume it, or use another (or an empty) "
+            "checkpoint folder to start over."
+        )
+    return state
+
+
+def clear_checkpoint(directory):
+    """Delete the files `resumable_fit` wrote in `directory` (and the folder if left empty)."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name == STATE_FILE or name.endswith((".weights.h5", ".tmp")):
+            os.remove(os.path.join(directory, name))
+    if not os.listdir(directory):
+        os.rmdir(directory)
+
+
+def _make_callback(directory, stage, state):
+    import keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """Write the weights, optimizer state and history at the end of every epoch."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            os.makedirs(directory, exist_ok=True)
+            name = f"{stage}-epoch{epoch + 1:04d}.weights.h5"
+            tmp = os.path.join(directory, f"partial-{name}")
+            self.model.save_weights(tmp)
+            os.replace(tmp, os.path.join(directory, name))
+            record = state["stages"].setdefault(stage, {"epochs_done": 0, "history": {}})
+            for key, value in (logs or {}).items():
+                record["history"].setdefault(key, []).append(float(value))
+            record["epochs_done"] = epoch + 1
+            previous, state["weights"] = state.get("weights"), name
+            _write_json(os.path.join(directory, STATE_FILE), state)
+            if previous and previous != name:
+                os.remove(os.path.join(directory, previous))
+
+    return EpochCheckpoint()
+
+
+def _history(model, record, first_epoch, fitted):
+    import keras
+
+    history = fitted if fitted is not None else keras.callbacks.History()
+    history.set_model(model)
+    history.history = {key: list(values) for key, values in record["history"].items()}
+    history.epoch = list(range(first_epoch, record["epochs_done"]))
+    return history
+
+
+def resumable_fit(
+    model,
+    train_ds,
+    *,
+    epochs,
+    checkpoint_dir,
+    settings=None,
+    stage="fit",
+    initial_epoch=0,
+    callbacks=None,
+    **fit_kwargs,
+):
+    """`model.fit` that saves a checkpoint after every epoch and resumes from the last one.
+
+    Run the same code again after a crash or a kill (SIGKILL included) and training goes on
+    from the last completed epoch: the weights and the optimizer state (momentum, Adam
+    moments, step count) are restored, and the returned history covers all epochs. Epochs
+    of a resumed run see the data in another order than an uninterrupted run (tf.data
+    reshuffles from the seed in each new process), so results agree within noise, not
+    bit for bit. Several `resumable_fit` calls with different `stage` names can share one
+    folder (as `fine_tune`'s two stages do): a stage already done is skipped.
+
+    Args:
+        model: a compiled `keras.Model`, compiled the same way as in the interrupted run
+            (trainable flags included).
+        train_ds: training data for `model.fit`.
+        epochs: int, the epoch number to stop at (as in `fit`).
+        checkpoint_dir: folder for the checkpoint; created if missing.
+        settings: JSON-able dict describing the run (e.g. epochs, learning rate); a
+            checkpoint written with other settings raises instead of resuming.
+        stage: str, a name for this call within the folder; default `"fit"`.
+        initial_epoch: int, the epoch to start at when nothing is saved (as in `fit`).
+        callbacks: list of Keras callbacks for `fit`.
+        **fit_kwargs: other `fit` arguments (`validation_data`, `class_weight`, `verbose`).
+
+    Returns:
+        `keras.callbacks.History` of the whole stage: `history.history` maps each metric to
+        one float per epoch from `initial_epoch` to `epochs`.
+
+    Raises:
+        ValueError: the checkpoint has other `settings`, or is unreadable.
+    """
+    directory = os.fspath(checkpoint_dir)
+    settings = json.loads(json.dumps(settings or {}, default=str))  # as state.json holds it
+    settings.setdefault("model", f"{model.name}: {len(model.weights)} weights")
+    state = read_checkpoint(directory, settings) or {"settings": settings, "stages": {}}
+    record = state["stages"].get(stage)
+    if record is not None and state.get("weights", "").startswith(f"{stage}-"):
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(os.path.join(directory, state["weights"]))
+        print(f"Resuming {stage!r} from {directory} after epoch {record['epochs_done']}.")
+    elif record is not None and record["epochs_done"] >= epochs:
+        return _history(model, record, initial_epoch, None)  # a later stage holds the weights
+    start = initial_epoch if record is None else record["epochs_done"]
+    fitted = None
+    if start < epochs:
+        callback = _make_callback(directory, stage, state)
+        fitted = model.fit(
+            train_ds,
+            initial_epoch=start,
+            epochs=epochs,
+            callbacks=[*(callbacks or []), callback],
+            **fit_kwargs,
+        )
+    record = state["stages"].get(stage, {"epochs_done": start, "history": {}})
+    return _history(model, record, initial_epoch, fitted)

@@ -1,0 +1,168 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import PROJECT, write_image_folder
+
+import keras_transfer as kt
+
+
+def _run_script(data, checkpoint, result, *kill_at):
+    return subprocess.run(
+        [sys.executable, str(PROJECT / "tests" / "fine_tune_script.py"), data, checkpoint, result]
+        + [str(k) for k in kill_at],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=900,
+    )
+
+
+def _events(result):
+    with open(f"{result}.events") as handle:
+        return [json.loads(line) for line in handle]
+
+
+@pytest.mark.backends("tensorflow")
+def test_fine_tune_resumes_after_sigkill_in_either_stage(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(data / "train", per_class=8)
+    write_image_folder(data / "val", per_class=4)
+    data, checkpoint = str(data), str(tmp_path / "checkpoint")
+
+    baseline = str(tmp_path / "baseline.json")
+    assert _run_script(data, str(tmp_path / "unused"), baseline).returncode == 0
+
+    result = str(tmp_path / "result.json")
+    # Killed mid-epoch 2 of the head stage (epochs 0-2), then mid-epoch 5 of fine-tuning (3-4).
+    for kill_at, done in (((1, 2), {"head": 1}), ((4, 1), {"head": 3, "finetune": 4})):
+        run = _run_script(data, checkpoint, result, *kill_at)
+        assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
+        with open(os.path.join(checkpoint, "state.json")) as handle:
+            state = json.load(handle)
+        assert {s: r["epochs_done"] for s, r in state["stages"].items()} == done
+        assert sorted(os.listdir(checkpoint)) == sorted(["state.json", state["weights"]])
+    run = _run_script(data, checkpoint, result)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Resuming 'finetune'" in run.stdout
+
+    events = _events(result)
+    # Each resumed run starts from the weights and optimizer step of the last completed epoch.
+    starts = [
+        i for i in range(1, len(events)) if events[i - 1]["kind"] == events[i]["kind"] == "begin"
+    ]
+    assert [events[i - 1]["epoch"] for i in starts] == [1, 4]  # the killed epochs
+    for killed_begin in starts:
+        resumed, before = events[killed_begin], events[killed_begin - 2]
+        assert before["kind"] == "end" and resumed["kind"] == "begin"
+        assert resumed["epoch"] == before["epoch"] + 1
+        assert resumed["step"] == before["step"]
+        np.testing.assert_allclose(resumed["weights"], before["weights"], rtol=1e-6, atol=1e-6)
+
+    with open(result) as handle, open(baseline) as handle2:
+        resumed, uninterrupted = json.load(handle), json.load(handle2)
+    assert resumed["epochs"] == uninterrupted["epochs"] == {"head": [0, 1, 2], "finetune": [3, 4]}
+    assert len(resumed["histories"]["head"]["val_accuracy"]) == 3
+    assert len(resumed["histories"]["finetune"]["loss"]) == 2
+    assert resumed["trainable"] == uninterrupted["trainable"]
+    assert abs(resumed["val_accuracy"] - uninterrupted["val_accuracy"]) <= 0.005
+    assert not os.path.exists(checkpoint)  # removed once training completed
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "categorical_crossentropy")
+    x = np.random.default_rng(0).random((8, 3)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(8) % 2, 2)
+    history = kt.resumable_fit(
+        model, x, y=y, epochs=2, checkpoint_dir=tmp_path, settings={"lr": 0.1}, verbose=0
+    )
+    assert len(history.history["loss"]) == 2
+    with pytest.raises(ValueError, match="other settings.*lr: 0.1 then, 0.2 now"):
+        kt.resumable_fit(
+            model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings={"lr": 0.2}, verbose=0
+        )
+    # Same settings: the two epochs done are kept, one more is trained.
+    history = kt.resumable_fit(
+        model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings={"lr": 0.1}, verbose=0
+    )
+    assert history.epoch == [0, 1, 2] and len(history.history["loss"]) == 3
+    (tmp_path / "state.json").write_text("{not json")
+    with pytest.raises(ValueError, match="Cannot read the checkpoint.*delete the folder"):
+        kt.resumable_fit(model, x, y=y, epochs=3, checkpoint_dir=tmp_path, verbose=0)
+
+
+def test_same_seed_gives_the_same_history(tmp_path):
+    write_image_folder(tmp_path / "train", per_class=6)
+    write_image_folder(tmp_path / "val", per_class=2)
+
+    def run():
+        keras.utils.set_random_seed(3)
+        train_ds, val_ds, names = kt.image_folder_datasets(
+            tmp_path, image_size=32, batch_size=4, seed=3
+        )
+        model = kt.build_image_classifier(
+            "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25}
+        )
+        histories = kt.fine_tune(
+            model, train_ds, val_ds, head_epochs=2, finetune_epochs=1, verbose=0
+        )
+        return {stage: h.history for stage, h in histories.items()}
+
+    first, second = run(), run()
+    assert first.keys() == second.keys()
+    for stage in first:
+        for metric, values in first[stage].items():
+            np.testing.assert_allclose(values, second[stage][metric], rtol=1e-5, err_msg=metric)
+
+
+@pytest.mark.backends("tensorflow")
+def test_cli_train_resumes_after_sigkill(tmp_path):
+    data = tmp_path / "data"
+    write_image_folder(data / "train", per_class=16)
+    write_image_folder(data / "val", per_class=4)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "keras_transfer.cli",
+        "train",
+        "image",
+        "--data",
+        str(data),
+        "--backbone",
+        "mobilenet",
+        "--weights",
+        "none",
+        "--backbone-kwargs",
+        '{"alpha": 0.25}',
+        "--image-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "4",
+        "--output",
+        str(out),
+    ]
+    state_path = out / "checkpoint" / "state.json"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not state_path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.kill()  # SIGKILL, just after the first checkpoint: during epoch 2
+    output = process.communicate()[0].decode()
+    assert process.returncode == -signal.SIGKILL, output[-2000:]
+    assert not (out / "model.keras").exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming 'head'" in resumed.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["head"]["loss"]) == 4
+    assert (out / "model.keras").exists() and not (out / "checkpoint").exists()
