@@ -253,6 +253,7 @@ def _train_text(args):
     import keras
 
     import keras_transfer as kt
+    from keras_transfer.text_classifier import count_truncated
 
     keras.utils.set_random_seed(args.seed)
     freeze = args.freeze
@@ -274,6 +275,16 @@ def _train_text(args):
     model = kt.build_text_classifier(
         args.preset, len(class_names), sequence_length=args.sequence_length, freeze=freeze
     )
+    truncated, total = count_truncated(model, train_ds)
+    if truncated:
+        limit = getattr(model.backbone, "max_sequence_length", "?")
+        print(
+            f"keras-transfer: warning: {truncated} of {total} training texts are longer than "
+            f"--sequence-length {args.sequence_length} allows; only their first "
+            f"{args.sequence_length - 2} word pieces are used. Raise --sequence-length (up to "
+            f"{limit} for this encoder) to use more of them.",
+            file=sys.stderr,
+        )
     kt.compile_classifier(model, learning_rate=args.lr)
     class_weight = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
     fit_kwargs = dict(validation_data=val_ds, epochs=args.epochs, class_weight=class_weight)
@@ -418,8 +429,14 @@ def _saved_model_path(path):
 def _read_texts(args):
     inputs = list(args.inputs)
     if args.file:
-        with open(args.file, encoding="utf-8") as handle:
-            inputs += [line.rstrip("\n") for line in handle if line.strip()]
+        try:
+            with open(args.file, encoding="utf-8-sig") as handle:
+                inputs += [line.rstrip("\r\n") for line in handle if line.strip()]
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{args.file}: byte {error.start}: not UTF-8 text; re-save the file as UTF-8 "
+                "(e.g. `iconv -f latin1 -t utf-8`)."
+            ) from None
     if not inputs:
         raise ValueError("Nothing to predict: pass texts as arguments or --file.")
     return inputs

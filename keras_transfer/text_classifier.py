@@ -62,10 +62,10 @@ def _check_preset_folder(folder):
             )
     else:  # a KerasHub preset
         missing = [name for name in ("metadata.json", "tokenizer.json") if name not in files]
-        if not any(
-            name.endswith(".weights.h5") or name.endswith(".weights.json") for name in files
-        ):
-            missing.append("model.weights.h5")
+        if not files.intersection({"model.weights.h5", "model.weights.json"}):
+            missing.append(
+                "model.weights.h5 (the backbone's weights; task.weights.h5 alone is not enough)"
+            )
         if missing:
             raise ValueError(
                 f"KerasHub preset folder {folder!r} is missing {', '.join(missing)}; write "
@@ -180,8 +180,14 @@ def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0
     except Exception as error:  # downloads fail with many kinds (no network, HTTP errors)
         raise ValueError(
             f"KerasHub could not load the text preset {preset!r} ({type(error).__name__}: "
-            f"{error}). Preset names download on first use and need internet; offline, "
-            "pass a local preset folder."
+            f"{error}). "
+            + (
+                "The folder's files may be damaged or from another KerasHub version; write it "
+                "again with `save_to_preset`."
+                if _looks_like_path(preset)
+                else "Preset names download on first use and need internet; offline, pass a "
+                "local preset folder."
+            )
         ) from error
     limit = getattr(model.backbone, "max_sequence_length", None)
     if limit is not None and sequence_length > limit:
@@ -201,3 +207,26 @@ def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0
         unfreeze_backbone(model, top_n=blocks - freeze)
     compile_classifier(model)
     return model
+
+
+def count_truncated(model, dataset):
+    """Count the texts that are longer than the model's `sequence_length` (and get cut).
+
+    BERT-style preprocessors keep the first `sequence_length - 2` word pieces of a text
+    (plus `[CLS]` and `[SEP]`) and drop the rest, silently; this says how often.
+
+    Args:
+        model: a classifier from `build_text_classifier`.
+        dataset: a `tf.data.Dataset` of `(texts, labels)` batches, texts a `tf.string`
+            tensor of shape `(batch,)` (as from `text_csv_datasets`).
+
+    Returns:
+        `(truncated, total)`: ints.
+    """
+    import numpy as np
+
+    tokenizer = model.preprocessor.tokenizer
+    limit = model.preprocessor.sequence_length - 2
+    lengths = dataset.map(lambda texts, labels: tokenizer(texts).row_lengths())
+    lengths = np.concatenate([np.asarray(batch) for batch in lengths.as_numpy_iterator()])
+    return int((lengths > limit).sum()), int(lengths.size)

@@ -43,9 +43,28 @@ def _rows(path, text, fmt):
                 raise ValueError(f"{path}: line {number}: expected a JSON object per line.")
             yield number, row
         return
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
-    for row in reader:
-        yield reader.line_num, row
+    delimiter = "," if fmt == "csv" else "\t"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = None
+    for fields in reader:
+        if header is None:
+            header = [name.strip() for name in fields]  # " label" in a header means "label"
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise ValueError(
+                    f"{path}: line {reader.line_num}: the header names column(s) {repeated} "
+                    "more than once; rename them so that each column has its own name."
+                )
+            continue
+        if not fields:
+            continue  # a blank line, as csv.DictReader skips them
+        if len(fields) > len(header):
+            raise ValueError(
+                f"{path}: line {reader.line_num}: {len(fields)} fields for {len(header)} "
+                f"columns {header}. Quote texts that contain {'commas' if fmt == 'csv' else 'tabs'}"
+                ' ("like, this"), as spreadsheet programs do when they save CSV.'
+            )
+        yield reader.line_num, dict(zip(header, fields, strict=False))
 
 
 def read_labelled_text(path, *, text_column="text", label_column="label", require_labels=True):
@@ -53,7 +72,8 @@ def read_labelled_text(path, *, text_column="text", label_column="label", requir
 
     The format comes from the extension: `.csv` (RFC-4180 quoting, so quoted commas and
     newlines are fine), `.tsv` / `.tab`, `.jsonl` / `.ndjson` (one JSON object per line).
-    The file must be UTF-8 (a BOM is allowed) with a header row (CSV / TSV).
+    The file must be UTF-8 (a BOM is allowed) with a header row (CSV / TSV); spaces around
+    header names are ignored; blank lines are skipped.
 
     Returns:
         `(texts, labels)`: two lists of str of the same length (labels as text, stripped).
@@ -62,11 +82,18 @@ def read_labelled_text(path, *, text_column="text", label_column="label", requir
         FileNotFoundError: no such file.
         ValueError: unknown extension, an empty file, bytes that are not UTF-8 (names the
             line), a missing column (lists the columns found; hints at a TSV read as CSV),
-            empty or whitespace-only texts or missing labels (names the lines).
+            empty or whitespace-only texts or missing labels (names the lines), a row with
+            more fields than the header (an unquoted comma; names the line), a header that
+            repeats a column name, `text_column == label_column`.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Text data file not found: {path!r}.")
+    if text_column == label_column:
+        raise ValueError(
+            f"`text_column` and `label_column` are both {text_column!r}; they must name "
+            "two different columns."
+        )
     fmt = TEXT_FORMATS.get(os.path.splitext(path)[1].lower())
     if fmt is None:
         raise ValueError(

@@ -6,6 +6,7 @@ import pytest
 from conftest import SENTIMENT_ROWS, minilm_folder, write_text_file
 
 import keras_transfer as kt
+from keras_transfer.text_classifier import count_truncated
 
 
 def _texts_and_labels():
@@ -103,6 +104,12 @@ def test_preset_folder_with_a_missing_file(tiny_bert_preset, tmp_path):
     (broken / "tokenizer.json").unlink()
     with pytest.raises(ValueError, match="tokenizer.json"):
         kt.build_text_classifier(str(broken), 2)
+    no_backbone = tmp_path / "no_backbone"
+    shutil.copytree(tiny_bert_preset, no_backbone)
+    (no_backbone / "model.weights.h5").unlink()
+    assert (no_backbone / "task.weights.h5").exists()
+    with pytest.raises(ValueError, match="missing model.weights.h5"):
+        kt.build_text_classifier(str(no_backbone), 2)
 
 
 def test_text_reading_formats_and_errors(tmp_path):
@@ -129,6 +136,16 @@ def test_text_reading_formats_and_errors(tmp_path):
         kt.read_labelled_text(tmp_path / "empty.csv")
     with pytest.raises(FileNotFoundError):
         kt.read_labelled_text(tmp_path / "missing.csv")
+    (tmp_path / "spaced.csv").write_text("text , label\nhi,a\n\nyo,b\n")  # blank line skipped
+    assert kt.read_labelled_text(tmp_path / "spaced.csv") == (["hi", "yo"], ["a", "b"])
+    (tmp_path / "twice.csv").write_text("text,label,text\nhi,a,yo\n")
+    with pytest.raises(ValueError, match="twice.csv: line 1.*\\['text'\\] more than once"):
+        kt.read_labelled_text(tmp_path / "twice.csv")
+    (tmp_path / "comma.csv").write_text("text,label\nok,a\nHello, world,b\n")
+    with pytest.raises(ValueError, match="comma.csv: line 3: 3 fields for 2 columns.*Quote"):
+        kt.read_labelled_text(tmp_path / "comma.csv")
+    with pytest.raises(ValueError, match="both 'text'"):
+        kt.read_labelled_text(tmp_path / "spaced.csv", label_column="text")
 
 
 def test_unseen_validation_label_and_one_class(tmp_path):
@@ -169,6 +186,9 @@ def test_more_text_argument_errors(tiny_bert_preset, tmp_path):
         kt.class_weights(np.array([0, 1, 2]), num_classes=2)
     long_row = write_text_file(tmp_path / "long.csv", [("word " * 40000, "a"), ("b", "b")])
     assert len(kt.read_labelled_text(long_row)[0][0]) == 200000
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    train_ds, _, _ = kt.text_csv_datasets(long_row, batch_size=1)
+    assert count_truncated(model, train_ds) == (1, 2)
     (tmp_path / "x.keras").write_text("not a zip")
     with pytest.raises(ValueError, match="not a .keras file"):
         kt.load_classifier(tmp_path / "x.keras")
