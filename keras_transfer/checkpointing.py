@@ -69,6 +69,44 @@ def clear_checkpoint(directory):
         os.rmdir(directory)
 
 
+def _seed_states(model):
+    """The model's random-number states (dropout, augmentation): `save_weights` omits them."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def _skip_epochs(data, epochs):
+    """Move a tf.data pipeline's reshuffling on by `epochs`, as an uninterrupted run had.
+
+    A `shuffle(..., reshuffle_each_iteration=True)` draws a new order for every iterator and
+    `_one_pass_per_epoch` makes one per epoch, so creating (not reading) `epochs` iterators
+    makes the next epoch see the order it would have seen without the interruption.
+    """
+    import tensorflow as tf
+
+    if isinstance(data, tf.data.Dataset):
+        for _ in range(epochs):
+            iter(data)
+
+
+def _one_pass_per_epoch(data, first, last):
+    """`(dataset, steps_per_epoch)` for `fit`: one new iterator of `data` per epoch.
+
+    How many iterators `fit` itself makes per epoch depends on the backend (tensorflow makes
+    a spare one at each epoch end); feeding `range(first, last).flat_map(lambda _: data)`
+    with `steps_per_epoch` makes it exactly one per epoch, so a resumed run can skip the
+    epochs it does not repeat. Data that is not a `tf.data.Dataset` of known length is
+    returned as it is (with `steps_per_epoch` None).
+    """
+    import tensorflow as tf
+
+    if not isinstance(data, tf.data.Dataset):
+        return data, None
+    steps = int(data.cardinality())
+    if steps <= 0:  # unknown or infinite
+        return data, None
+    return tf.data.Dataset.range(first, last).flat_map(lambda _: data), steps
+
+
 def _make_callback(directory, stage, state):
     import keras
 
@@ -85,6 +123,9 @@ def _make_callback(directory, stage, state):
             for key, value in (logs or {}).items():
                 record["history"].setdefault(key, []).append(float(value))
             record["epochs_done"] = epoch + 1
+            state["seed_states"] = [
+                keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)
+            ]
             previous, state["weights"] = state.get("weights"), name
             _write_json(os.path.join(directory, STATE_FILE), state)
             if previous and previous != name:
@@ -119,11 +160,13 @@ def resumable_fit(
 
     Run the same code again after a crash or a kill (SIGKILL included) and training goes on
     from the last completed epoch: the weights and the optimizer state (momentum, Adam
-    moments, step count) are restored, and the returned history covers all epochs. Epochs
-    of a resumed run see the data in another order than an uninterrupted run (tf.data
-    reshuffles from the seed in each new process), so results agree within noise, not
-    bit for bit. Several `resumable_fit` calls with different `stage` names can share one
-    folder (as `fine_tune`'s two stages do): a stage already done is skipped.
+    moments, step count) are restored, with the random states of dropout and augmentation
+    layers and (for a `tf.data.Dataset`) the reshuffling, so the resumed run trains on the
+    same batches as an uninterrupted one and ends with the same weights up to float noise
+    (see the determinism notes in docs/reliability.md; NumPy inputs are reshuffled by
+    `fit` and do not resume the same order). Several `resumable_fit` calls with different
+    `stage` names can share one folder (as `fine_tune`'s two stages do): a stage already
+    done is skipped.
 
     Args:
         model: a compiled `keras.Model`, compiled the same way as in the interrupted run
@@ -154,6 +197,9 @@ def resumable_fit(
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(directory, state["weights"]))
+        for variable, value in zip(_seed_states(model), state["seed_states"], strict=True):
+            variable.assign(value)
+        _skip_epochs(train_ds, record["epochs_done"])
         print(f"Resuming {stage!r} from {directory} after epoch {record['epochs_done']}.")
     elif record is not None and record["epochs_done"] >= epochs:
         return _history(model, record, initial_epoch, None)  # a later stage holds the weights
@@ -161,8 +207,10 @@ def resumable_fit(
     fitted = None
     if start < epochs:
         callback = _make_callback(directory, stage, state)
+        data, steps_per_epoch = _one_pass_per_epoch(train_ds, start, epochs)
         fitted = model.fit(
-            train_ds,
+            data,
+            steps_per_epoch=steps_per_epoch,
             initial_epoch=start,
             epochs=epochs,
             callbacks=[*(callbacks or []), callback],
