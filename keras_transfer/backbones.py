@@ -144,6 +144,30 @@ def check_input_shape(spec, input_shape, weights):
         )
 
 
+class _WouldDownload(Exception):
+    pass
+
+
+def _expected_file_hint(constructor, kwargs):
+    """`: the file Keras uses for these arguments is X`, found by asking the constructor."""
+    from keras.src.utils import file_utils
+
+    def record(fname=None, origin=None, *args, **kw):
+        raise _WouldDownload(fname or os.path.basename(origin or ""))
+
+    original = file_utils.get_file
+    file_utils.get_file = record
+    try:
+        constructor(**{**kwargs, "weights": "imagenet"})
+    except _WouldDownload as found:
+        return f": the ImageNet file Keras uses for these arguments is {found}"
+    except Exception:  # noqa: BLE001 - only a hint; the caller's error stands
+        return ""
+    finally:
+        file_utils.get_file = original
+    return ""
+
+
 def build_backbone(spec, input_shape, weights="imagenet", **backbone_kwargs):
     """Build the headless `keras.applications` model for `spec`.
 
@@ -195,8 +219,8 @@ def build_backbone(spec, input_shape, weights="imagenet", **backbone_kwargs):
                 f"The weights file {weights!r} does not fit {spec.constructor}"
                 f"(include_top=False, input_shape={tuple(input_shape)}, "
                 f"{backbone_kwargs or 'default arguments'}): {error}. It must be the "
-                "headless ('no_top') weights of the same architecture and width "
-                "multiplier (alpha)."
+                "headless ('no_top') weights of the same architecture, input size and width "
+                f"multiplier (alpha){_expected_file_hint(constructor, kwargs)}."
             ) from error
         raise
     except Exception as error:  # keras.utils.get_file: "URL fetch failure on ..."

@@ -152,11 +152,20 @@ def test_weights_file_that_is_not_hdf5_and_bad_weights_argument(tmp_path):
 
 def test_weights_file_of_another_configuration_is_named():
     with_top = require_shared("weights", "keras", "mobilenet_2_5_128_tf.h5")
-    with pytest.raises(ValueError, match="mobilenet_2_5_128_tf.h5.*no_top"):
+    with pytest.raises(ValueError, match="128_tf.h5.*no_top.*is mobilenet_2_5_128_tf_no_top"):
         kt.build_image_classifier(
             "mobilenet",
             2,
             input_shape=(128, 128, 3),
             weights=str(with_top),
             backbone_kwargs={"alpha": 0.25},
+        )
+    no_top = require_shared("weights", "keras", "mobilenet_2_5_224_tf_no_top.h5")
+    with pytest.raises(ValueError, match="Keras uses for these arguments is mobilenet_5_0_160_tf"):
+        kt.build_image_classifier(  # another alpha and size than the file's
+            "mobilenet",
+            2,
+            input_shape=(160, 160, 3),
+            weights=str(no_top),
+            backbone_kwargs={"alpha": 0.5},
         )
