@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import keras
+
 from keras_transfer.checkpointing import clear_checkpoint, resumable_fit
 from keras_transfer.compiling import compile_classifier
+from keras_transfer.feature_cache import split_for_caching
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 
 FINETUNE_LR_FACTOR = 0.1
@@ -24,12 +27,14 @@ def fine_tune(
     class_weight=None,
     callbacks=None,
     checkpoint_dir=None,
+    cache_features="auto",
     verbose="auto",
 ):
     """Train the head on a frozen backbone, then fine-tune the top of the backbone.
 
     Stage 1 ("head"): `freeze_backbone`, `compile_classifier(optimizer, learning_rate)`,
-    `fit` for `head_epochs`. Stage 2 ("finetune", only if `finetune_epochs` > 0):
+    `fit` for `head_epochs`, on cached backbone outputs where that is exact
+    (`cache_features`). Stage 2 ("finetune", only if `finetune_epochs` > 0):
     `unfreeze_backbone(top_n=unfreeze_top_n)` (BatchNorm stays frozen), recompile at
     `finetune_learning_rate`, `fit` for `finetune_epochs` more epochs (epoch numbers go on
     from stage 1). This is the recipe of the Keras transfer-learning guide.
@@ -56,6 +61,17 @@ def fine_tune(
             `fine_tune` again with the same arguments after a crash or a kill resumes from
             the last completed epoch, in the right stage with the right trainable flags.
             The folder's checkpoint files are deleted when training completes.
+        cache_features: `"auto"` (default), True or False. Stage 1 can run the frozen
+            backbone once over `train_ds` and `val_ds` (one forward pass) and train the
+            head on its cached outputs (see `keras_transfer.feature_cache`): the head's
+            layers are the model's own, so the model is trained in place, and its
+            predictions are those of the same weights. `"auto"` caches when this is exact:
+            nothing below the head is random in training (no augmentation layers, no dropout
+            inside the backbone); otherwise it trains uncached and prints why. True also
+            caches then, with the frozen part in inference mode (no augmentation, no
+            dropout: what the Keras guide's `base_model(x, training=False)` does). False
+            never caches. While cached, stage-1 callbacks see the head model (input:
+            features), not the whole model.
         verbose: `fit`'s verbosity ("auto", 0, 1 or 2).
 
     Returns:
@@ -63,8 +79,9 @@ def fine_tune(
         (`"finetune"` only when `finetune_epochs` > 0).
 
     Raises:
-        ValueError: negative epochs, an optimizer object (use a name), or a checkpoint
-            folder written by a run with other arguments.
+        ValueError: negative epochs, an optimizer object (use a name), a checkpoint
+            folder written by a run with other arguments, or `cache_features=True` for a
+            model that cannot be cut into backbone and head.
     """
     for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -80,9 +97,12 @@ def fine_tune(
             "`fine_tune` needs `optimizer` as a name ('sgd' or 'adam') so that each stage "
             "gets a fresh optimizer; use compile_classifier + model.fit for a custom one."
         )
-    fit_kwargs = dict(
-        validation_data=val_ds, class_weight=class_weight, callbacks=callbacks, verbose=verbose
-    )
+    if cache_features not in ("auto", True, False):
+        raise ValueError(f"`cache_features` must be 'auto', True or False, got {cache_features!r}.")
+    fit_kwargs = dict(class_weight=class_weight, callbacks=callbacks, verbose=verbose)
+    freeze_backbone(model)
+    compile_classifier(model, optimizer, learning_rate)
+    split = _feature_split(model, cache_features, verbose) if head_epochs else None
     if checkpoint_dir is not None:
         settings = dict(
             head_epochs=head_epochs,
@@ -92,11 +112,12 @@ def fine_tune(
             learning_rate=learning_rate,
             finetune_learning_rate=finetune_learning_rate,
             train_batchnorm=train_batchnorm,
+            cached_features=split is not None,
         )
 
-        def fit(data, stage, **kwargs):
+        def fit(trained, data, stage, **kwargs):
             return resumable_fit(
-                model,
+                trained,
                 data,
                 checkpoint_dir=checkpoint_dir,
                 settings=settings,
@@ -106,13 +127,19 @@ def fine_tune(
             )
     else:
 
-        def fit(data, stage, **kwargs):
-            return model.fit(data, **kwargs, **fit_kwargs)
+        def fit(trained, data, stage, **kwargs):
+            return trained.fit(data, **kwargs, **fit_kwargs)
 
     histories = {}
-    freeze_backbone(model)
-    compile_classifier(model, optimizer, learning_rate)
-    histories["head"] = fit(train_ds, "head", epochs=head_epochs)
+    if split is not None:
+        head = split.head
+        head.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
+        train_features, val_features = split.cache(train_ds, val_ds)
+        histories["head"] = fit(
+            head, train_features, "head", epochs=head_epochs, validation_data=val_features
+        )
+    else:
+        histories["head"] = fit(model, train_ds, "head", epochs=head_epochs, validation_data=val_ds)
     if finetune_epochs:
         unfreeze_backbone(model, top_n=unfreeze_top_n, train_batchnorm=train_batchnorm)
         if finetune_learning_rate is None:
@@ -120,8 +147,43 @@ def fine_tune(
             finetune_learning_rate = stage1_lr * FINETUNE_LR_FACTOR
         compile_classifier(model, optimizer, finetune_learning_rate)
         histories["finetune"] = fit(
-            train_ds, "finetune", initial_epoch=head_epochs, epochs=head_epochs + finetune_epochs
+            model,
+            train_ds,
+            "finetune",
+            initial_epoch=head_epochs,
+            epochs=head_epochs + finetune_epochs,
+            validation_data=val_ds,
         )
     if checkpoint_dir is not None:
         clear_checkpoint(checkpoint_dir)
     return histories
+
+
+def _feature_split(model, cache_features, verbose):
+    """The `FeatureSplit` to train stage 1 on, or None (uncached), saying why when relevant."""
+    if cache_features is False:
+        return None
+    split = split_for_caching(model)
+    if split is None:
+        if cache_features is True:
+            raise ValueError(
+                f"cache_features=True, but {model.name!r} is not a chain of layers with a "
+                "backbone (as build_image_classifier makes) or a BERT-style text classifier; "
+                "use cache_features='auto' or False."
+            )
+        return None
+    if not split.exact:
+        shown = ", ".join(split.random_layers[:4]) + (
+            ", ..." if len(split.random_layers) > 4 else ""
+        )
+        if cache_features == "auto":
+            if verbose != 0:
+                print(
+                    f"Training the head without cached features: layers below it are random "
+                    f"in training ({shown}). cache_features=True caches their inference-mode "
+                    "output instead (no augmentation or dropout there)."
+                )
+            return None
+        if verbose != 0:
+            print(f"Caching features in inference mode ({shown} inactive).")
+    return split

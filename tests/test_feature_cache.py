@@ -1,0 +1,128 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import SENTIMENT_ROWS, write_image_folder
+
+import keras_transfer as kt
+from keras_transfer.feature_cache import split_for_caching
+
+
+def _image_data():
+    """Dark vs bright 32x32 images in fixed batches (no reshuffling: both runs see the same)."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(24) % 2
+    images = rng.normal(60 + 120 * labels[:, None, None, None], 30, (24, 32, 32, 3))
+    images = np.clip(images, 0, 255).astype("float32")
+    one_hot = np.eye(2, dtype="float32")[labels]
+    train = tf.data.Dataset.from_tensor_slices((images[:16], one_hot[:16])).batch(4)
+    val = tf.data.Dataset.from_tensor_slices((images[16:], one_hot[16:])).batch(4)
+    return train, val
+
+
+def _image_model():
+    # VGG16: its random (weights=None) features tell dark from bright; MobileNet's are ~0.
+    return kt.build_image_classifier(
+        "vgg16",
+        2,
+        input_shape=(32, 32, 3),
+        weights=None,
+        augmentation=None,
+        dropout=0.3,  # in the head: random in both runs, with the same draws
+    )
+
+
+def _weights(layer):
+    return [keras.ops.convert_to_numpy(w) for w in layer.weights]
+
+
+def test_cached_and_uncached_head_training_give_the_same_model():
+    train, val = _image_data()
+    runs = {}
+    for cache in (False, True):
+        keras.utils.set_random_seed(5)
+        model = _image_model()
+        histories = kt.fine_tune(
+            model, train, val, head_epochs=3, learning_rate=0.05, cache_features=cache, verbose=0
+        )
+        runs[cache] = model, histories["head"].history
+    (uncached, history), (cached, cached_history) = runs[False], runs[True]
+    for a, b in zip(
+        _weights(uncached.get_layer("predictions")),
+        _weights(cached.get_layer("predictions")),
+        strict=True,
+    ):
+        assert not np.allclose(a, 0, atol=1e-4)  # the bias too: the head learned
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert cached_history.keys() == history.keys()
+    for metric, values in history.items():
+        np.testing.assert_allclose(cached_history[metric], values, rtol=1e-4, atol=1e-5)
+    # The returned model is the whole classifier, trained in place: same predictions.
+    images = np.concatenate([x for x, _ in val.as_numpy_iterator()])
+    np.testing.assert_allclose(
+        cached.predict(images, verbose=0), uncached.predict(images, verbose=0), atol=1e-5
+    )
+    assert cached.get_layer("backbone").trainable is False
+
+
+def test_auto_caches_only_when_exact(capsys, tmp_path):
+    write_image_folder(tmp_path / "train", per_class=4)
+    write_image_folder(tmp_path / "val", per_class=2)
+    train_ds, val_ds, _ = kt.image_folder_datasets(tmp_path, image_size=32, batch_size=4)
+    model = kt.build_image_classifier(
+        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25}
+    )  # default augmentation: random below the head
+    split = split_for_caching(model)
+    assert not split.exact and "random_flip" in split.random_layers
+    kt.fine_tune(model, train_ds, val_ds, head_epochs=1, verbose=1)
+    assert "without cached features" in capsys.readouterr().out
+    history = kt.fine_tune(model, train_ds, val_ds, head_epochs=2, cache_features=True, verbose=1)[
+        "head"
+    ]
+    assert "Caching features in inference mode" in capsys.readouterr().out
+    assert len(history.history["val_accuracy"]) == 2
+    with pytest.raises(ValueError, match="cache_features"):
+        kt.fine_tune(model, train_ds, head_epochs=1, cache_features="yes")
+    plain = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten()])
+    assert (
+        split_for_caching(
+            kt.build_image_classifier(
+                "mobilenet",
+                2,
+                input_shape=(32, 32, 3),
+                weights=None,
+                backbone_kwargs={"alpha": 0.25},
+            )
+        )
+        is not None
+        and plain is not None
+    )
+
+
+def test_text_head_on_cached_encoder_outputs(tiny_bert_preset):
+    texts = [text for text, _ in SENTIMENT_ROWS]
+    one_hot = np.array([[label == "neg", label == "pos"] for _, label in SENTIMENT_ROWS], "float32")
+    train_ds = tf.data.Dataset.from_tensor_slices((texts[2:], one_hot[2:])).batch(4)
+    val_ds = tf.data.Dataset.from_tensor_slices((texts[:2], one_hot[:2])).batch(4)
+    runs = {}
+    for cache in (False, True):
+        keras.utils.set_random_seed(5)
+        model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+        for layer in model.backbone._flatten_layers():
+            if isinstance(layer, keras.layers.Dropout):
+                layer.rate = 0.0  # nothing random below the head: caching is exact
+        assert split_for_caching(model).exact
+        history = kt.fine_tune(
+            model,
+            train_ds,
+            val_ds,
+            head_epochs=2,
+            learning_rate=1e-2,
+            cache_features=cache,
+            verbose=0,
+        )["head"].history
+        runs[cache] = model, history
+    (uncached, history), (cached, cached_history) = runs[False], runs[True]
+    np.testing.assert_allclose(cached_history["loss"], history["loss"], rtol=1e-4)
+    for a, b in zip(_weights(uncached.output_dense), _weights(cached.output_dense), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
