@@ -37,12 +37,13 @@ def read_checkpoint(directory, settings):
     try:
         with open(path, encoding="utf-8") as handle:
             state = json.load(handle)
+        _check_state(state, directory)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"Cannot read the checkpoint {path!r} ({error}); delete the folder "
             f"{directory!r} to start training from the beginning."
         ) from None
-    saved = state.get("settings", {})
+    saved = state["settings"]
     if saved != settings:
         changed = sorted(
             key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key)
@@ -56,6 +57,42 @@ def read_checkpoint(directory, settings):
             "checkpoint folder to start over."
         )
     return state
+
+
+def _check_state(state, directory):
+    """Raise ValueError unless `state` is a complete state.json of ours."""
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict):
+        raise ValueError("not a keras-transfer checkpoint state")
+    stages = state.get("stages")
+    if not isinstance(stages, dict) or not all(
+        isinstance(r, dict)
+        and isinstance(r.get("epochs_done"), int)
+        and isinstance(r.get("history"), dict)
+        for r in stages.values()
+    ):
+        raise ValueError("its 'stages' are incomplete")
+    if stages:
+        weights = state.get("weights")
+        if not isinstance(weights, str) or not os.path.isfile(os.path.join(directory, weights)):
+            raise ValueError(f"its weights file {weights!r} is missing")
+        if not isinstance(state.get("seed_states"), list):
+            raise ValueError("its 'seed_states' are missing")
+
+
+def _check_writable(directory):
+    """Create `directory` and make sure files can be written there, before any training."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"Checkpoint folder {directory!r} is a file; pass a folder.")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, ".write-test.tmp")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(
+            f"Cannot write checkpoints to {directory!r} ({error.strerror}); pass a writable folder."
+        ) from None
 
 
 def clear_checkpoint(directory):
@@ -186,9 +223,11 @@ def resumable_fit(
         one float per epoch from `initial_epoch` to `epochs`.
 
     Raises:
-        ValueError: the checkpoint has other `settings`, or is unreadable.
+        ValueError: the checkpoint has other `settings`, is unreadable or incomplete, or
+            the folder is not writable (checked before training).
     """
     directory = os.fspath(checkpoint_dir)
+    _check_writable(directory)
     settings = json.loads(json.dumps(settings or {}, default=str))  # as state.json holds it
     settings.setdefault("model", f"{model.name}: {len(model.weights)} weights")
     state = read_checkpoint(directory, settings) or {"settings": settings, "stages": {}}
@@ -196,9 +235,16 @@ def resumable_fit(
     if record is not None and state.get("weights", "").startswith(f"{stage}-"):
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(directory, state["weights"]))
-        for variable, value in zip(_seed_states(model), state["seed_states"], strict=True):
-            variable.assign(value)
+        weights = os.path.join(directory, state["weights"])
+        try:
+            model.load_weights(weights)
+            for variable, value in zip(_seed_states(model), state["seed_states"], strict=True):
+                variable.assign(value)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"Cannot load the checkpoint {weights!r} ({str(error)[:200]}); delete the "
+                f"folder {directory!r} to start training from the beginning."
+            ) from None
         _skip_epochs(train_ds, record["epochs_done"])
         print(f"Resuming {stage!r} from {directory} after epoch {record['epochs_done']}.")
     elif record is not None and record["epochs_done"] >= epochs:

@@ -19,6 +19,7 @@ import sys
 
 MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
+CACHE_FEATURES = {"auto": "auto", "on": True, "off": False}
 
 
 def _json_object(text):
@@ -177,6 +178,14 @@ def _add_training_arguments(parser, default_epochs):
     parser.add_argument(
         "--no-checkpoint", action="store_true", help="do not save per-epoch checkpoints"
     )
+    parser.add_argument(
+        "--feature-cache",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="train the head on backbone outputs computed once (frozen backbone): auto "
+        "(default) where that is exact, on also with augmentation / dropout below the head "
+        "(then inactive), off never",
+    )
 
 
 def _write_text(path, text):
@@ -287,6 +296,19 @@ def _train_text(args):
         )
     kt.compile_classifier(model, learning_rate=args.lr)
     class_weight = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
+    if freeze == "backbone":  # the head alone: fine_tune's stage 1, with feature caching
+        histories = kt.fine_tune(
+            model,
+            train_ds,
+            val_ds,
+            head_epochs=args.epochs,
+            learning_rate=args.lr,
+            class_weight=class_weight,
+            checkpoint_dir=_checkpoint_dir(args),
+            checkpoint_settings=vars(args),
+            cache_features=CACHE_FEATURES[args.feature_cache],
+        )
+        return _evaluate_and_write(args, model, val_ds, class_names, histories)
     fit_kwargs = dict(validation_data=val_ds, epochs=args.epochs, class_weight=class_weight)
     checkpoint_dir = _checkpoint_dir(args)
     if checkpoint_dir is None:
@@ -320,6 +342,8 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         optimizer=args.optimizer,
         learning_rate=args.lr,
         checkpoint_dir=_checkpoint_dir(args),
+        checkpoint_settings=vars(args),
+        cache_features=CACHE_FEATURES[args.feature_cache],
     )
     return _evaluate_and_write(args, model, val_ds, class_names, histories)
 

@@ -122,7 +122,10 @@ def _image_split(model):
 
     from keras_transfer.freezing import get_backbone
 
-    backbone = get_backbone(model)
+    try:
+        backbone = get_backbone(model)
+    except ValueError:
+        return None
     layers = model.layers
     # Only a plain chain of layers (as build_image_classifier makes) can be cut in two.
     if len(model.inputs) != 1 or len(model.outputs) != 1:

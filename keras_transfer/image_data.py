@@ -56,9 +56,21 @@ def _class_folders(directory):
 
 def _files(folder):
     """The files below `folder` (recursively, as Keras indexes them; not hidden ones), sorted."""
-    found = []
-    for parent, folders, names in os.walk(folder, followlinks=True):
-        folders[:] = [name for name in folders if not name.startswith(".")]
+
+    def unreadable(error):
+        raise ValueError(
+            f"Cannot read the folder {error.filename!r} ({error.strerror}); fix its permissions."
+        ) from None
+
+    found, seen = [], {os.path.realpath(folder)}
+    for parent, folders, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        kept = []
+        for name in folders:
+            real = os.path.realpath(os.path.join(parent, name))
+            if not name.startswith(".") and real not in seen:  # a link loop or a repeat
+                seen.add(real)
+                kept.append(name)
+        folders[:] = kept
         found += [os.path.join(parent, name) for name in names if not name.startswith(".")]
     return sorted(found)
 
@@ -72,7 +84,7 @@ def _undecodable(paths):
     def reason(path):
         try:
             tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        except tf.errors.OpError as error:  # undecodable, unreadable, a broken link
             message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
             return (message.splitlines() or ["cannot decode"])[0][:80]
         return None
@@ -225,8 +237,12 @@ def image_folder_datasets(
     image_size = _image_size(image_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-    if validation_split is not None and not 0 < validation_split < 1:
-        raise ValueError(f"`validation_split` must be in (0, 1), got {validation_split!r}.")
+    if validation_split is not None and not (
+        isinstance(validation_split, (int, float))
+        and not isinstance(validation_split, bool)
+        and 0 < validation_split < 1
+    ):
+        raise ValueError(f"`validation_split` must be a float in (0, 1), got {validation_split!r}.")
 
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
@@ -257,6 +273,13 @@ def image_folder_datasets(
         val = ([paths[i] for i in held_out], [labels[i] for i in held_out])
         kept = order[:-num_val]
         paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
+        lost = [name for i, name in enumerate(class_names) if i not in set(labels)]
+        if lost:
+            raise ValueError(
+                f"`validation_split={validation_split}` holds out every image of class(es) "
+                f"{lost} in {train_dir!r}, leaving none to train on; lower it, add images, "
+                "or give a val/ folder."
+            )
     elif val_dir is not None:
         val = _index_folder(val_dir, class_names)[:2]
     options = dict(

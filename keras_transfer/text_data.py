@@ -32,7 +32,7 @@ def _decode(path):
 def _rows(path, text, fmt):
     """Yield (line_number, dict) for each data row."""
     if fmt == "jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(text.split("\n"), 1):  # not U+2028 etc.: JSON allows them
             if not line.strip():
                 continue
             try:
@@ -48,6 +48,8 @@ def _rows(path, text, fmt):
     header = None
     for fields in reader:
         if header is None:
+            if not fields:
+                continue  # blank lines before the header
             header = [name.strip() for name in fields]  # " label" in a header means "label"
             repeated = sorted({name for name in header if header.count(name) > 1})
             if repeated:
@@ -64,7 +66,8 @@ def _rows(path, text, fmt):
                 f"columns {header}. Quote texts that contain {'commas' if fmt == 'csv' else 'tabs'}"
                 ' ("like, this"), as spreadsheet programs do when they save CSV.'
             )
-        yield reader.line_num, dict(zip(header, fields, strict=False))
+        fields += [None] * (len(header) - len(fields))  # a short row misses its last values
+        yield reader.line_num, dict(zip(header, fields, strict=True))
 
 
 def read_labelled_text(path, *, text_column="text", label_column="label", require_labels=True):
@@ -99,7 +102,7 @@ def read_labelled_text(path, *, text_column="text", label_column="label", requir
         raise ValueError(
             f"{path}: unknown extension; use .csv, .tsv or .jsonl (one JSON object a line)."
         )
-    texts, labels, empty, unlabelled = [], [], [], []
+    texts, labels, empty, unlabelled, label_types = [], [], [], [], {}
     columns_checked = False
     for line, row in _rows(path, _decode(path), fmt):
         if not columns_checked:
@@ -118,11 +121,25 @@ def read_labelled_text(path, *, text_column="text", label_column="label", requir
                     "`text_column=` / `label_column=` (CLI: --text-column / --label-column)."
                 )
             columns_checked = True
-        text = row.get(text_column)
-        text = "" if text is None else str(text)
+        text, label = row.get(text_column), row.get(label_column)
+        if text is not None and not isinstance(text, str):
+            raise ValueError(
+                f"{path}: line {line}: {text_column!r} is {json.dumps(text)[:40]}, not a string."
+            )
+        if label is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
+            raise ValueError(
+                f"{path}: line {line}: {label_column!r} is {json.dumps(label)[:40]}; labels are "
+                "strings or integers."
+            )
+        label_types.setdefault(type(label), line)
+        if len(label_types.keys() - {type(None)}) > 1:
+            raise ValueError(
+                f"{path}: labels mix numbers (line {label_types[int]}) and strings (line "
+                f'{label_types[str]}), e.g. 1 and "1"; use one type so classes do not merge.'
+            )
+        text = "" if text is None else text
         if not text.strip():
             empty.append(line)
-        label = row.get(label_column)
         label = "" if label is None else str(label).strip()
         if require_labels and not label:
             unlabelled.append(line)
@@ -200,9 +217,13 @@ def text_csv_datasets(
     """
     if val_path is not None and validation_split is not None:
         raise ValueError("Pass either `val_path` or `validation_split`, not both.")
-    if validation_split is not None and not 0 < validation_split < 1:
-        raise ValueError(f"`validation_split` must be in (0, 1), got {validation_split!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if validation_split is not None and not (
+        isinstance(validation_split, (int, float))
+        and not isinstance(validation_split, bool)
+        and 0 < validation_split < 1
+    ):
+        raise ValueError(f"`validation_split` must be a float in (0, 1), got {validation_split!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
     columns = dict(text_column=text_column, label_column=label_column)
     texts, labels = read_labelled_text(path, **columns)
@@ -233,6 +254,12 @@ def text_csv_datasets(
             raise ValueError(
                 f"{path}: `validation_split`={validation_split} of {len(order)} rows leaves "
                 "no training rows; use a smaller split or more data."
+            )
+        lost = [name for i, name in enumerate(class_names) if i not in set(ids.tolist())]
+        if lost:
+            raise ValueError(
+                f"{path}: `validation_split`={validation_split} holds out every row of "
+                f"class(es) {lost}, leaving none to train on; lower it or add rows."
             )
     train_ds = _dataset(texts, ids, len(class_names), batch_size, True, seed)
     val_ds = None if val is None else _dataset(*val, len(class_names), batch_size, False, seed)

@@ -27,6 +27,7 @@ def fine_tune(
     class_weight=None,
     callbacks=None,
     checkpoint_dir=None,
+    checkpoint_settings=None,
     cache_features="auto",
     verbose="auto",
 ):
@@ -61,6 +62,9 @@ def fine_tune(
             `fine_tune` again with the same arguments after a crash or a kill resumes from
             the last completed epoch, in the right stage with the right trainable flags.
             The folder's checkpoint files are deleted when training completes.
+        checkpoint_settings: JSON-able dict, default None: more settings of the run (e.g.
+            the data folder and batch size) recorded with the checkpoint; resuming with
+            other values (or other arguments above, or data of another length) raises.
         cache_features: `"auto"` (default), True or False. Stage 1 can run the frozen
             backbone once over `train_ds` and `val_ds` (one forward pass) and train the
             head on its cached outputs (see `keras_transfer.feature_cache`): the head's
@@ -113,7 +117,10 @@ def fine_tune(
             finetune_learning_rate=finetune_learning_rate,
             train_batchnorm=train_batchnorm,
             cached_features=split is not None,
+            train_batches=_length(train_ds),
+            val_batches=_length(val_ds),
         )
+        settings.update(checkpoint_settings or {})
 
         def fit(trained, data, stage, **kwargs):
             return resumable_fit(
@@ -157,6 +164,12 @@ def fine_tune(
     if checkpoint_dir is not None:
         clear_checkpoint(checkpoint_dir)
     return histories
+
+
+def _length(data):
+    """Batches in a tf.data pipeline (None when not known or not a dataset)."""
+    cardinality = getattr(data, "cardinality", None)
+    return int(cardinality()) if callable(cardinality) else None
 
 
 def _feature_split(model, cache_features, verbose):

@@ -99,9 +99,23 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings={"lr": 0.1}, verbose=0
     )
     assert history.epoch == [0, 1, 2] and len(history.history["loss"]) == 3
-    (tmp_path / "state.json").write_text("{not json")
-    with pytest.raises(ValueError, match="Cannot read the checkpoint.*delete the folder"):
-        kt.resumable_fit(model, x, y=y, epochs=3, checkpoint_dir=tmp_path, verbose=0)
+    state = json.loads((tmp_path / "state.json").read_text())
+    for damage in ("{not json", "[]", json.dumps({**state, "stages": None})):
+        (tmp_path / "state.json").write_text(damage)
+        with pytest.raises(ValueError, match="Cannot read the checkpoint.*delete the folder"):
+            kt.resumable_fit(model, x, y=y, epochs=3, checkpoint_dir=tmp_path, verbose=0)
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    (tmp_path / state["weights"]).write_bytes(b"HDF5 cut short")
+    with pytest.raises(ValueError, match="Cannot load the checkpoint.*delete the folder"):
+        kt.resumable_fit(
+            model, x, y=y, epochs=4, checkpoint_dir=tmp_path, settings={"lr": 0.1}, verbose=0
+        )
+    (tmp_path / state["weights"]).unlink()
+    with pytest.raises(ValueError, match="weights file .* is missing"):
+        kt.resumable_fit(model, x, y=y, epochs=4, checkpoint_dir=tmp_path, verbose=0)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="is a file; pass a folder"):
+        kt.resumable_fit(model, x, y=y, epochs=1, checkpoint_dir=tmp_path / "a_file", verbose=0)
 
 
 def test_same_seed_gives_the_same_history(tmp_path):
@@ -166,6 +180,9 @@ def test_cli_train_resumes_after_sigkill(tmp_path):
     output = process.communicate()[0].decode()
     assert process.returncode == -signal.SIGKILL, output[-2000:]
     assert not (out / "model.keras").exists()
+    other = command[:-2] + ["--batch-size", "4", "--output", str(out)]  # another run's settings
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 2 and "batch_size: 2 then, 4 now" in refused.stderr
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming 'head'" in resumed.stdout

@@ -66,6 +66,12 @@ def test_errors_name_the_folder(tmp_path):
         kt.image_folder_datasets(tmp_path / "two", image_size=8, validation_split=0.1)
     with pytest.raises(ValueError, match="image_size"):
         kt.image_folder_datasets(tmp_path / "two", image_size=(0, 3))
+    with pytest.raises(ValueError, match="must be a float in"):
+        kt.image_folder_datasets(tmp_path / "two" / "train", image_size=8, validation_split="0.2")
+    write_image_folder(tmp_path / "few", per_class=1, classes=("a", "b"))
+    write_image_folder(tmp_path / "few", per_class=5, classes=("c",))
+    with pytest.raises(ValueError, match="holds out every image of class"):
+        kt.image_folder_datasets(tmp_path / "few", image_size=8, validation_split=0.5)
 
 
 def test_feeds_fit_on_this_backend(tmp_path):
@@ -103,6 +109,11 @@ def test_undecodable_and_unsupported_files_are_skipped_with_their_names(tmp_path
     for name in ("cats/empty.jpg", "dogs/notes.jpg", "dogs/cut.jpg", "dogs/scan.tiff"):
         assert name in message
     assert "Input is empty" in message and "unsupported format" in message
+    (tmp_path / "train" / "dogs" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "train" / "cats" / "loop").symlink_to(tmp_path / "train" / "cats")
+    with pytest.warns(UserWarning, match="Skipped 5 of 11") as record:  # the loop adds nothing
+        kt.image_folder_datasets(tmp_path, image_size=16, batch_size=2)
+    assert "dogs/gone.png (" in str(record[0].message)
     assert _count(train_ds) == 6  # the good ones, and training would run on them
     for name in ("empty.jpg", "notes.jpg", "cut.jpg"):
         (tmp_path / "val" / "cats").mkdir(parents=True, exist_ok=True)

@@ -144,6 +144,21 @@ def test_text_reading_formats_and_errors(tmp_path):
     (tmp_path / "comma.csv").write_text("text,label\nok,a\nHello, world,b\n")
     with pytest.raises(ValueError, match="comma.csv: line 3: 3 fields for 2 columns.*Quote"):
         kt.read_labelled_text(tmp_path / "comma.csv")
+    (tmp_path / "blank_first.csv").write_text("\ntext,label\nhi,a\n")
+    assert kt.read_labelled_text(tmp_path / "blank_first.csv") == (["hi"], ["a"])
+    (tmp_path / "short.csv").write_text("text,label\nhi\nyo,b\n")
+    with pytest.raises(ValueError, match="no 'label' \\(lines 2\\)"):
+        kt.read_labelled_text(tmp_path / "short.csv")
+    lines = ['{"text": "a\u2028b", "label": "x"}', '{"text": "c", "label": "y"}']
+    (tmp_path / "sep.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    assert kt.read_labelled_text(tmp_path / "sep.jsonl")[0] == ["a\u2028b", "c"]
+    (tmp_path / "num.jsonl").write_text('{"text": 5, "label": "x"}\n')
+    with pytest.raises(ValueError, match="line 1: 'text' is 5, not a string"):
+        kt.read_labelled_text(tmp_path / "num.jsonl")
+    mixed = '{"text": "a", "label": 1}\n{"text": "b", "label": "1"}\n'
+    (tmp_path / "mixed.jsonl").write_text(mixed)
+    with pytest.raises(ValueError, match="labels mix numbers \\(line 1\\) and strings"):
+        kt.read_labelled_text(tmp_path / "mixed.jsonl")
     with pytest.raises(ValueError, match="both 'text'"):
         kt.read_labelled_text(tmp_path / "spaced.csv", label_column="text")
 
