@@ -13,6 +13,7 @@ Training writes to the output folder: `model.keras`, `class_names.json`, `report
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ import sys
 MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
 CACHE_FEATURES = {"auto": "auto", "on": True, "off": False}
+TEXT_PADDING = {"longest": "longest", "bucket": "bucket", "fixed": None}
 
 
 def _json_object(text):
@@ -95,6 +97,13 @@ def _parser():
     text.add_argument("--text-column", default="text")
     text.add_argument("--label-column", default="label")
     text.add_argument("--sequence-length", type=int, default=128)
+    text.add_argument(
+        "--padding",
+        choices=["longest", "bucket", "fixed"],
+        default="longest",
+        help="pad each batch to its longest text (default), also group texts of similar "
+        "length into batches (bucket), or pad all to --sequence-length (fixed)",
+    )
     text.add_argument(
         "--freeze",
         default=None,
@@ -262,7 +271,9 @@ def _train_text(args):
     import keras
 
     import keras_transfer as kt
+    from keras_transfer.checkpointing import clear_checkpoint
     from keras_transfer.text_classifier import count_truncated
+    from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
     keras.utils.set_random_seed(args.seed)
     freeze = args.freeze
@@ -307,18 +318,23 @@ def _train_text(args):
             checkpoint_dir=_checkpoint_dir(args),
             checkpoint_settings=vars(args),
             cache_features=CACHE_FEATURES[args.feature_cache],
+            text_padding=TEXT_PADDING[args.padding],
         )
         return _evaluate_and_write(args, model, val_ds, class_names, histories)
-    fit_kwargs = dict(validation_data=val_ds, epochs=args.epochs, class_weight=class_weight)
+    fit_data, fit_val = train_ds, val_ds
+    if args.padding != "fixed":
+        fit_data = pad_to_longest(model, train_ds, bucket_by_length=args.padding == "bucket")
+        fit_val = None if val_ds is None else pad_to_longest(model, val_ds)
+    fit_kwargs = dict(validation_data=fit_val, epochs=args.epochs, class_weight=class_weight)
     checkpoint_dir = _checkpoint_dir(args)
-    if checkpoint_dir is None:
-        history = model.fit(train_ds, **fit_kwargs)
-    else:
-        from keras_transfer.checkpointing import clear_checkpoint
-
-        history = kt.resumable_fit(
-            model, train_ds, checkpoint_dir=checkpoint_dir, settings=vars(args), **fit_kwargs
-        )
+    with without_preprocessor(model) if args.padding != "fixed" else contextlib.nullcontext():
+        if checkpoint_dir is None:
+            history = model.fit(fit_data, **fit_kwargs)
+        else:
+            history = kt.resumable_fit(
+                model, fit_data, checkpoint_dir=checkpoint_dir, settings=vars(args), **fit_kwargs
+            )
+    if checkpoint_dir is not None:
         clear_checkpoint(checkpoint_dir)
     return _evaluate_and_write(args, model, val_ds, class_names, {"train": history})
 

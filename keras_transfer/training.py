@@ -5,9 +5,10 @@ from __future__ import annotations
 import keras
 
 from keras_transfer.checkpointing import clear_checkpoint, resumable_fit
-from keras_transfer.compiling import compile_classifier
+from keras_transfer.compiling import compile_classifier, is_text_classifier
 from keras_transfer.feature_cache import split_for_caching
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
+from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
 FINETUNE_LR_FACTOR = 0.1
 
@@ -29,6 +30,7 @@ def fine_tune(
     checkpoint_dir=None,
     checkpoint_settings=None,
     cache_features="auto",
+    text_padding="longest",
     verbose="auto",
 ):
     """Train the head on a frozen backbone, then fine-tune the top of the backbone.
@@ -76,6 +78,11 @@ def fine_tune(
             dropout: what the Keras guide's `base_model(x, training=False)` does). False
             never caches. While cached, stage-1 callbacks see the head model (input:
             features), not the whole model.
+        text_padding: text models only: `"longest"` (default) pads each batch to its
+            longest row (`keras_transfer.text_padding.pad_to_longest`; the same results as
+            fixed padding up to float noise, faster on short texts), `"bucket"` also
+            regroups examples into batches of similar length (faster still; other batches),
+            None pads to the preprocessor's `sequence_length` (KerasHub's default).
         verbose: `fit`'s verbosity ("auto", 0, 1 or 2).
 
     Returns:
@@ -101,6 +108,10 @@ def fine_tune(
             "`fine_tune` needs `optimizer` as a name ('sgd' or 'adam') so that each stage "
             "gets a fresh optimizer; use compile_classifier + model.fit for a custom one."
         )
+    if text_padding not in ("longest", "bucket", None):
+        raise ValueError(
+            f"`text_padding` must be 'longest', 'bucket' or None, got {text_padding!r}."
+        )
     if cache_features not in ("auto", True, False):
         raise ValueError(f"`cache_features` must be 'auto', True or False, got {cache_features!r}.")
     fit_kwargs = dict(class_weight=class_weight, callbacks=callbacks, verbose=verbose)
@@ -122,7 +133,7 @@ def fine_tune(
         )
         settings.update(checkpoint_settings or {})
 
-        def fit(trained, data, stage, **kwargs):
+        def run_fit(trained, data, stage, **kwargs):
             return resumable_fit(
                 trained,
                 data,
@@ -134,8 +145,18 @@ def fine_tune(
             )
     else:
 
-        def fit(trained, data, stage, **kwargs):
+        def run_fit(trained, data, stage, **kwargs):
             return trained.fit(data, **kwargs, **fit_kwargs)
+
+    def fit(trained, data, stage, validation_data, **kwargs):
+        if trained is not model or not text_padding or not is_text_classifier(model):
+            return run_fit(trained, data, stage, validation_data=validation_data, **kwargs)
+        # Text: batches padded to their longest row (or bucketed), preprocessed in tf.data.
+        data = pad_to_longest(model, data, bucket_by_length=text_padding == "bucket")
+        if validation_data is not None:
+            validation_data = pad_to_longest(model, validation_data)
+        with without_preprocessor(model):
+            return run_fit(model, data, stage, validation_data=validation_data, **kwargs)
 
     histories = {}
     if split is not None:

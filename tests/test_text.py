@@ -207,3 +207,49 @@ def test_more_text_argument_errors(tiny_bert_preset, tmp_path):
     (tmp_path / "x.keras").write_text("not a zip")
     with pytest.raises(ValueError, match="not a .keras file"):
         kt.load_classifier(tmp_path / "x.keras")
+
+
+def test_padding_to_the_longest_row_gives_the_same_results(tiny_bert_preset):
+    import tensorflow as tf
+
+    from keras_transfer.text_padding import pad_to_longest, without_preprocessor
+
+    texts = [text for text, _ in SENTIMENT_ROWS]
+    labels = np.array([[label == "neg", label == "pos"] for _, label in SENTIMENT_ROWS], "float32")
+    data = tf.data.Dataset.from_tensor_slices((texts, labels)).batch(4)  # fixed batches
+    runs = {}
+    for padding in (None, "longest"):
+        keras.utils.set_random_seed(9)
+        model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=48)
+        for layer in model.backbone._flatten_layers():
+            if isinstance(layer, keras.layers.Dropout):
+                layer.rate = 0.0  # dropout draws depend on the shape; the rest must not
+        history = kt.fine_tune(
+            model,
+            data,
+            data,
+            head_epochs=0,
+            finetune_epochs=2,
+            learning_rate=1e-2,
+            text_padding=padding,
+            verbose=0,
+        )["finetune"].history
+        runs[padding] = model, history
+    (fixed, fixed_history), (longest, history) = runs[None], runs["longest"]
+    for metric in ("loss", "val_loss"):
+        np.testing.assert_allclose(history[metric], fixed_history[metric], rtol=1e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(longest.output_dense.kernel),
+        keras.ops.convert_to_numpy(fixed.output_dense.kernel),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    assert longest.preprocessor is not None  # restored after fit
+    padded = list(pad_to_longest(longest, data).as_numpy_iterator())
+    assert all(x["token_ids"].shape[1] == 16 for x, _ in padded)  # short texts: 16, not 48
+    padded_data = pad_to_longest(longest, data)
+    with without_preprocessor(longest):
+        padded_loss = longest.evaluate(padded_data, verbose=0)[0]
+    np.testing.assert_allclose(padded_loss, longest.evaluate(data, verbose=0)[0], rtol=1e-5)
+    bucketed = list(pad_to_longest(longest, data, bucket_by_length=True).as_numpy_iterator())
+    assert sum(len(y) for _, y in bucketed) == len(texts)
