@@ -119,7 +119,9 @@ def _images_frozen_plain():
     outputs = keras.layers.Dense(2, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     model.compile(
-        keras.optimizers.SGD(1e-3, momentum=0.9), "categorical_crossentropy", ["accuracy"]
+        optimizer=keras.optimizers.SGD(1e-3, momentum=0.9),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
     )
     build = time.perf_counter() - build_start
     history = model.fit(train, validation_data=val, epochs=EPOCHS, verbose=0)
@@ -179,7 +181,9 @@ def _text_frozen_plain():
     train, val, _ = _text_datasets(32)
     build_start = time.perf_counter()
     model, keras = _plain_text_classifier(trainable=False)
-    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", ["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     build = time.perf_counter() - build_start
     history = model.fit(train, validation_data=val, epochs=EPOCHS, verbose=0)
     wall = time.perf_counter() - start - build
@@ -233,7 +237,9 @@ def _text_full_plain():
     train, val, _ = _text_datasets(16)
     build_start = time.perf_counter()
     model, keras = _plain_text_classifier(trainable=True)
-    model.compile(keras.optimizers.Adam(5e-5), "categorical_crossentropy", ["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(5e-5), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     build = time.perf_counter() - build_start
     history = model.fit(train, validation_data=val, epochs=1, verbose=0)
     wall = time.perf_counter() - start - build
@@ -295,7 +301,9 @@ def _image_step_plain():
     outputs = keras.layers.Dense(2, activation="softmax")(x)
     model = keras.Model(inputs, outputs)
     model.compile(
-        keras.optimizers.SGD(1e-4, momentum=0.9), "categorical_crossentropy", ["accuracy"]
+        optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
     )
     return _step_time(model, keras)
 

@@ -77,6 +77,12 @@ def _hub_backbone(preset, input_shape, weights):
     """Backbone and preprocessing layer from a KerasHub image preset."""
     import keras_hub
 
+    looks_like_path = os.sep in preset or preset.startswith((".", "~"))
+    if looks_like_path and not os.path.isdir(os.path.expanduser(preset)):
+        raise FileNotFoundError(
+            f"KerasHub image preset folder not found: {os.path.abspath(preset)!r}. Pass an "
+            "existing preset folder or a KerasHub preset name."
+        )
     try:
         backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=weights is not None)
         converter = keras_hub.layers.ImageConverter.from_preset(preset)

@@ -144,3 +144,21 @@ def test_compile_defaults_are_the_seeds():
         kt.compile_classifier(_tiny(), optimizer="rmsprop-ish")
     with pytest.raises(ValueError, match="learning_rate"):
         kt.compile_classifier(_tiny(), learning_rate=-1)
+
+
+@pytest.mark.backends("torch")
+def test_frozen_layers_cost_no_backward_pass_on_torch():
+    # keras-team/keras#18519: torch must not build gradients for frozen weights.
+    model = _tiny()
+    backbone = model.get_layer("backbone")
+    assert not any(v.value.requires_grad for v in backbone.weights)
+    assert all(v.value.requires_grad for v in model.get_layer("predictions").weights)
+    x, y = _data()
+    model.train_on_batch(x, y)
+    assert all(v.value.grad is None for v in backbone.weights)  # no backward through them
+    assert all(v.value.grad is not None for v in model.get_layer("predictions").weights)
+    kt.unfreeze_backbone(model, top_n=3)
+    trainable = {id(v) for v in backbone.trainable_weights}
+    assert trainable and all(
+        v.value.requires_grad == (id(v) in trainable) for v in backbone.weights
+    )

@@ -137,8 +137,11 @@ def test_keras_hub_preset_folder_as_backbone():
 
 
 def test_unknown_hub_preset_says_what_was_looked_for(tmp_path):
-    with pytest.raises(ValueError, match="no_such_preset"):
+    with pytest.raises(FileNotFoundError, match="preset folder not found.*no_such_preset"):
         kt.build_image_classifier(f"hub:{tmp_path / 'no_such_preset'}", 2)
+    (tmp_path / "empty_preset").mkdir()
+    with pytest.raises(ValueError, match="empty_preset' \\(folder\\)"):
+        kt.build_image_classifier(f"hub:{tmp_path / 'empty_preset'}", 2)
 
 
 def test_weights_file_that_is_not_hdf5_and_bad_weights_argument(tmp_path):
