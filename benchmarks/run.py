@@ -176,22 +176,28 @@ def _plain_text_classifier(trainable):
     return model, keras
 
 
-def _text_frozen_plain():
+def _plain_text_run(*, trainable, batch_size, learning_rate, epochs):
     start = time.perf_counter()
-    train, val, _ = _text_datasets(32)
+    train, val, _ = _text_datasets(batch_size)
     build_start = time.perf_counter()
-    model, keras = _plain_text_classifier(trainable=False)
+    model, keras = _plain_text_classifier(trainable=trainable)
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"]
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
     )
     build = time.perf_counter() - build_start
-    history = model.fit(train, validation_data=val, epochs=EPOCHS, verbose=0)
+    history = model.fit(train, validation_data=val, epochs=epochs, verbose=0)
     wall = time.perf_counter() - start - build
     return dict(
         wall_s=wall,
-        examples=TEXT_TRAIN_ROWS * EPOCHS,
+        examples=TEXT_TRAIN_ROWS * epochs,
         accuracy=history.history["val_accuracy"][-1],
     )
+
+
+def _text_frozen_plain():
+    return _plain_text_run(trainable=False, batch_size=32, learning_rate=1e-3, epochs=EPOCHS)
 
 
 def _text_frozen_keras_transfer():
@@ -233,17 +239,7 @@ def _text_frozen_floor():
 
 
 def _text_full_plain():
-    start = time.perf_counter()
-    train, val, _ = _text_datasets(16)
-    build_start = time.perf_counter()
-    model, keras = _plain_text_classifier(trainable=True)
-    model.compile(
-        optimizer=keras.optimizers.Adam(5e-5), loss="categorical_crossentropy", metrics=["accuracy"]
-    )
-    build = time.perf_counter() - build_start
-    history = model.fit(train, validation_data=val, epochs=1, verbose=0)
-    wall = time.perf_counter() - start - build
-    return dict(wall_s=wall, examples=TEXT_TRAIN_ROWS, accuracy=history.history["val_accuracy"][-1])
+    return _plain_text_run(trainable=True, batch_size=16, learning_rate=5e-5, epochs=1)
 
 
 def _text_full_keras_transfer():
@@ -397,12 +393,13 @@ def main(argv=None):
     results = {}
     for backend in args.backends.split(","):
         for job in args.jobs.split(","):
-            for way in JOBS[job]:
-                runs = []
-                for repeat in range(args.repeats):
-                    runs.append(_run_child(job, way, backend))
-                    print(f"{backend} {job} {way} run {repeat + 1}: {runs[-1]}", flush=True)
-                results.setdefault((job, backend), {})[way] = runs
+            # Ways alternate within each repeat, so that a slow spell of the machine does not
+            # fall on one way only.
+            for repeat in range(args.repeats):
+                for way in JOBS[job]:
+                    run = _run_child(job, way, backend)
+                    results.setdefault((job, backend), {}).setdefault(way, []).append(run)
+                    print(f"{backend} {job} {way} run {repeat + 1}: {run}", flush=True)
                 with open(args.output, "w", encoding="utf-8") as handle:
                     handle.write(_table(results, args.repeats))
     print(_table(results, args.repeats))

@@ -214,8 +214,10 @@ def _feature_split(model, cache_features, verbose):
             if verbose != 0:
                 print(
                     f"Training the head without cached features: layers below it are random "
-                    f"in training ({shown}). cache_features=True caches their inference-mode "
-                    "output instead (no augmentation or dropout there)."
+                    f"in training ({shown}). For the faster cached training, turn "
+                    "augmentation off (augmentation=None, CLI --no-augmentation), or pass "
+                    "cache_features=True (CLI --feature-cache on) to cache their "
+                    "inference-mode output (no augmentation or dropout there)."
                 )
             return None
         if verbose != 0:

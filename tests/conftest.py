@@ -210,6 +210,14 @@ def run_example(script, tmp_path, *args):
     return json.loads(report.read_text()), saved
 
 
+def without_encoder_dropout(model):
+    """Set the text encoder's dropout rates to 0: then nothing below the head is random."""
+    for layer in model.backbone._flatten_layers():
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    return model
+
+
 def batchnorm_statistics(model):
     """Copies of the moving means and variances of the backbone's BatchNorm layers."""
     return [

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SENTIMENT_ROWS, write_image_folder
+from conftest import SENTIMENT_ROWS, without_encoder_dropout, write_image_folder
 
 import keras_transfer as kt
 from keras_transfer.feature_cache import split_for_caching
@@ -101,9 +101,7 @@ def test_text_head_on_cached_encoder_outputs(tiny_bert_preset):
     for cache in (False, True):
         keras.utils.set_random_seed(5)
         model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
-        for layer in model.backbone._flatten_layers():
-            if isinstance(layer, keras.layers.Dropout):
-                layer.rate = 0.0  # nothing random below the head: caching is exact
+        without_encoder_dropout(model)  # nothing random below the head
         assert split_for_caching(model).exact
         history = kt.fine_tune(
             model,

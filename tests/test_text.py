@@ -3,7 +3,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import SENTIMENT_ROWS, minilm_folder, write_text_file
+from conftest import SENTIMENT_ROWS, minilm_folder, without_encoder_dropout, write_text_file
 
 import keras_transfer as kt
 from keras_transfer.text_classifier import count_truncated
@@ -221,9 +221,7 @@ def test_padding_to_the_longest_row_gives_the_same_results(tiny_bert_preset):
     for padding in (None, "longest"):
         keras.utils.set_random_seed(9)
         model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=48)
-        for layer in model.backbone._flatten_layers():
-            if isinstance(layer, keras.layers.Dropout):
-                layer.rate = 0.0  # dropout draws depend on the shape; the rest must not
+        without_encoder_dropout(model)  # dropout draws depend on the shape; the rest must not
         history = kt.fine_tune(
             model,
             data,
