@@ -119,7 +119,7 @@ def _parser():
     text.add_argument("--epochs", type=int, default=3, help="epochs (default 3, the seed's)")
     text.add_argument("--lr", type=float, default=None, help="learning rate (default Adam 2e-5)")
     text.add_argument("--seed", type=int, default=1337)
-    text.add_argument("--output", required=True, help="folder for the model and reports")
+    _add_output_arguments(text)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained model on labelled data")
     evaluate.add_argument("model_dir", help="output folder of `keras-transfer train`")
@@ -177,6 +177,11 @@ def _add_training_arguments(parser, default_epochs):
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None)
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the head stage")
     parser.add_argument("--seed", type=int, default=1337)
+    _add_output_arguments(parser)
+
+
+def _add_output_arguments(parser):
+    """--output, checkpoints and feature caching: for `train image` and `train text`."""
     parser.add_argument("--output", required=True, help="folder for the model and reports")
     parser.add_argument(
         "--checkpoint",

@@ -222,4 +222,6 @@ def _feature_split(model, cache_features, verbose):
             return None
         if verbose != 0:
             print(f"Caching features in inference mode ({shown} inactive).")
+    elif verbose != 0:
+        print("Caching the frozen backbone's outputs: one pass over the data, then the head.")
     return split

@@ -99,3 +99,38 @@ def test_demo_main_job_trains_evaluates_and_exports(tmp_path):
         "negative",
         "positive",
     )
+
+
+def test_train_text_head_on_cached_features_with_a_checkpoint(tiny_bert_preset, tmp_path):
+    from conftest import SENTIMENT_ROWS, write_text_file
+
+    data = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
+    out = tmp_path / "out"
+    result = _cli(
+        "train",
+        "text",
+        "--data",
+        data,
+        "--validation-split",
+        "0.25",
+        "--preset",
+        tiny_bert_preset,
+        "--sequence-length",
+        "16",
+        "--freeze",
+        "backbone",
+        "--feature-cache",
+        "on",
+        "--padding",
+        "bucket",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--output",
+        out,
+    )
+    assert "Caching features in inference mode" in result.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["head"]["val_accuracy"]) == 2
+    assert (out / "model.keras").exists() and not (out / "checkpoint").exists()
