@@ -72,3 +72,25 @@ def test_save_errors_and_files_without_class_names(tmp_path):
     assert kt.load_classifier(tmp_path / "plain.keras")[1] is None
     with pytest.raises(FileNotFoundError):
         kt.load_classifier(tmp_path / "missing.keras")
+
+
+def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
+    model = kt.build_image_classifier(
+        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25}
+    )
+    path = tmp_path / "model.keras"
+    kt.save_classifier(model, path, ["a", "b"])
+    before = path.read_bytes()
+
+    def dies_half_way(target, *args, **kwargs):  # as a kill or a full disk would
+        with open(target, "wb") as handle:
+            handle.write(before[: len(before) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(model, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space"):
+        kt.save_classifier(model, path, ["x", "y"])
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.keras"
+    ]
+    assert kt.load_classifier(path)[1] == ["a", "b"]
