@@ -1,9 +1,10 @@
 """Frozen-feature caching: run the frozen backbone once, train the head on what it outputs.
 
 With the backbone frozen, every epoch pushes the same images (or sentences) through the same
-function. `cache_head_inputs` runs that part of the model once over the training and
-validation data and gives datasets of `(features, labels)` batches, and a head model made of
-the classifier's own head layers: training the head model trains the classifier in place.
+function. `split_for_caching(model)` cuts the classifier into that part and a head model made
+of the classifier's own head layers; `FeatureSplit.cache` runs the frozen part once over the
+training and validation data and gives datasets of `(features, labels)` batches. Training the
+head model trains the classifier in place.
 
 The cached features are looked up per example by a fingerprint of its input
 (`tf.fingerprint`), so each epoch keeps the batches and order of the original pipeline
