@@ -6,10 +6,20 @@ of the classifier's own head layers; `FeatureSplit.cache` runs the frozen part o
 training and validation data and gives datasets of `(features, labels)` batches. Training the
 head model trains the classifier in place.
 
-The cached features are looked up per example by a fingerprint of its input
-(`tf.fingerprint`), so each epoch keeps the batches and order of the original pipeline
-(including its reshuffling); the images or texts still flow through the input pipeline (from
-its in-memory cache), but the backbone does not run again.
+The feature datasets keep the batches and order of the original pipelines, reshuffling
+included, in one of two ways:
+- Pipelines from `image_folder_datasets` and `text_csv_datasets` remember the examples they
+  were made from (`ExampleSource`). The backbone runs once over those examples in file
+  order, and the same pipeline (same seed, same shuffling) is made again over the cached
+  features: epoch for epoch the batches of a fresh uncached run, and the images are not
+  read again.
+- Any other `tf.data` pipeline is run once, and its inputs are looked up per example by a
+  fingerprint (`tf.fingerprint`) in every epoch: the inputs still flow through the pipeline,
+  the backbone does not.
+
+Text is encoded in batches of similar length, each padded to its longest row (the encoder
+masks padding: the same outputs up to float noise), which is faster than the fixed
+`sequence_length` padding of training.
 
 Exact when nothing below the head is random in training: no augmentation layers and no
 dropout inside the backbone (MobileNet, ResNet, ... without augmentation). Otherwise the
@@ -19,7 +29,36 @@ the Keras transfer-learning guide gets by calling the base model with `training=
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import numpy as np
+
+from keras_transfer.text_padding import PAD_MULTIPLE
+
+
+class ExampleSource(NamedTuple):
+    """How a pipeline was made from its examples, so that it can be made again over others.
+
+    Attributes:
+        examples: the per-example sources, in file order (image paths or texts).
+        load: tf function from one source to the model's input (e.g. decode an image).
+        build: `build(examples, load, shuffle)` gives the pipeline's batches of
+            `(load(example), label)` for the same labels, batch size and seed;
+            `shuffle=False` keeps file order.
+        shuffle: whether the pipeline reshuffles every epoch.
+    """
+
+    examples: Any
+    load: Callable
+    build: Callable
+    shuffle: bool
+
+
+def remember_examples(dataset, source):
+    """Attach an `ExampleSource` to `dataset` (kept only by this dataset object)."""
+    dataset._kt_examples = source
+    return dataset
 
 
 class FeatureSplit:
@@ -31,8 +70,9 @@ class FeatureSplit:
             (augmentation, dropout); empty when caching is exact.
     """
 
-    def __init__(self, features, head, random_layers, preprocess=None):
-        self._features = features
+    def __init__(self, extract, head, random_layers, preprocess=None):
+        # Model-input batches (a tf.data.Dataset or another iterable) -> float32 (n, ...).
+        self._extract = extract
         self.head = head
         self.random_layers = random_layers
         self._preprocess = preprocess
@@ -41,10 +81,10 @@ class FeatureSplit:
     def exact(self):
         return not self.random_layers
 
-    def _raw_and_inputs(self, dataset):
-        """`(raw_inputs, model_inputs)` batches, from one pass (one iterator) of `dataset`."""
+    def _keyed_inputs(self, dataset):
+        """numpy batches `(model_inputs, keys)` from one pass (one iterator) of `dataset`."""
         preprocess = self._preprocess or (lambda x: x)
-        return dataset.map(lambda x, *rest: (x, preprocess(x)))
+        return dataset.map(lambda x, *rest: (preprocess(x), _fingerprints(x))).as_numpy_iterator()
 
     def cache(self, train_ds, val_ds=None):
         """Run the feature extractor once over both datasets; return feature datasets.
@@ -55,19 +95,47 @@ class FeatureSplit:
             features, float32 `(batch, *feature_shape)`; `val_features_ds` is None when
             `val_ds` is.
         """
+        datasets = [data for data in (train_ds, val_ds) if data is not None]
+        if all(getattr(data, "_kt_examples", None) is not None for data in datasets):
+            cached = self._cache_examples([data._kt_examples for data in datasets])
+        else:
+            cached = self._cache_by_fingerprint(datasets)
+        return cached[0], (cached[1] if val_ds is not None else None)
+
+    def _cache_examples(self, sources):
         import tensorflow as tf
 
-        keys, features = [], []
-        for dataset in (train_ds, val_ds):
-            if dataset is None:
-                continue
-            for raw, inputs in self._raw_and_inputs(dataset):
-                keys.append(_fingerprints(raw).numpy())
-                inputs = tf.nest.map_structure(lambda t: t.numpy(), inputs)
-                batch = self._features(inputs)
-                features.append(np.asarray(batch, dtype="float32"))
+        preprocess = self._preprocess or (lambda x: x)
+        in_order = [source.build(source.examples, source.load, False) for source in sources]
+        everything = in_order[0]
+        for more in in_order[1:]:
+            everything = everything.concatenate(more)  # one pass: one Keras predict loop
+        features = self._extract(everything.map(lambda x, *rest: preprocess(x)))
+        datasets, start = [], 0
+        for source in sources:
+            count = len(source.examples)
+            store = tf.Variable(features[start : start + count], trainable=False)
+            start += count
+            indices = np.arange(count, dtype="int64")
+            dataset = source.build(
+                indices, lambda index, store=store: tf.gather(store, index), source.shuffle
+            )
+            dataset._kt_cache = store  # keep the variable alive with the dataset
+            datasets.append(dataset)
+        return datasets
+
+    def _cache_by_fingerprint(self, datasets):
+        import tensorflow as tf
+
+        keys = []
+
+        def batches(dataset):
+            for inputs, batch_keys in self._keyed_inputs(dataset):
+                keys.append(batch_keys)
+                yield inputs
+
+        features = np.concatenate([self._extract(batches(data)) for data in datasets])
         keys = np.concatenate(keys)
-        features = np.concatenate(features)
         unique_keys, first = np.unique(keys, return_index=True)  # equal inputs, equal features
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(unique_keys, first.astype("int64")),
@@ -88,13 +156,11 @@ class FeatureSplit:
             return (tf.gather(store, index), *rest)
 
         def feature_dataset(dataset):
-            if dataset is None:
-                return None
             mapped = dataset.map(lambda *element: lookup(*element))
             mapped._kt_cache = (table, store)  # keep the resources alive with the dataset
             return mapped
 
-        return feature_dataset(train_ds), feature_dataset(val_ds)
+        return [feature_dataset(data) for data in datasets]
 
 
 def _fingerprints(inputs):
@@ -157,7 +223,17 @@ def _image_split(model):
     for layer in layers[cut + 1 :]:
         y = layer(y)
     head = keras.Model(features, y, name=f"{model.name}_head")
-    return FeatureSplit(extractor.predict_on_batch, head, _random_layers(layers[1 : cut + 1]))
+
+    def extract(batches):
+        import tensorflow as tf
+
+        if isinstance(batches, tf.data.Dataset):  # Keras' own loop: decoding overlaps compute
+            return np.asarray(extractor.predict(batches, verbose=0), dtype="float32")
+        return np.concatenate(
+            [np.asarray(extractor.predict_on_batch(x), dtype="float32") for x in batches]
+        )
+
+    return FeatureSplit(extract, head, _random_layers(layers[1 : cut + 1]))
 
 
 def _text_split(model):
@@ -172,8 +248,8 @@ def _text_split(model):
     features = keras.Input(shape=(hidden,), name="pooled_output")
     head = keras.Model(features, dense(dropout(features)), name=f"{model.name}_head")
 
-    def extract(inputs):
-        return backbone.predict_on_batch(inputs)["pooled_output"]
+    def extract(batches):
+        return _encode_by_length(backbone, batches, int(model.preprocessor.sequence_length))
 
     return FeatureSplit(extract, head, _random_layers([backbone]), model.preprocessor)
 
@@ -195,3 +271,30 @@ def split_for_caching(model):
     if is_text_classifier(model):
         return _text_split(model)
     return _image_split(model)
+
+
+def _encode_by_length(backbone, batches, sequence_length, batch_size=32):
+    """`pooled_output` float32 `(n, hidden)` of preprocessed text batches, in their order.
+
+    The examples are encoded in batches of `batch_size` sorted by length, each cut to its
+    longest row (rounded up to a multiple of `PAD_MULTIPLE`).
+    """
+    import tensorflow as tf
+
+    if isinstance(batches, tf.data.Dataset):
+        batches = batches.as_numpy_iterator()
+    batches = list(batches)
+    inputs = {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
+    lengths = inputs["padding_mask"].sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    features = None
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        longest = int(lengths[chosen].max())
+        length = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, sequence_length)
+        output = backbone.predict_on_batch({k: v[chosen, :length] for k, v in inputs.items()})
+        output = np.asarray(output["pooled_output"], dtype="float32")
+        if features is None:
+            features = np.empty((len(order), *output.shape[1:]), dtype="float32")
+        features[chosen] = output
+    return features

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import warnings
@@ -163,25 +164,45 @@ def _index_folder(directory, class_names=None):
     return paths, labels, list(class_names)
 
 
-def _dataset(paths, labels, *, image_size, num_classes, batch_size, shuffle, seed, cache):
-    """`(image, one_hot)` batches from file paths, decoded by `decode_and_resize`."""
+def _load_image(path, image_size):
     import tensorflow as tf
 
-    def load(path, label):
-        image = decode_and_resize(tf.io.read_file(path), image_size)
-        return image, tf.one_hot(label, num_classes, dtype="float32")
+    return decode_and_resize(tf.io.read_file(path), image_size)
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+
+def _dataset(sources, labels, load, *, num_classes, batch_size, shuffle, seed, cache):
+    """`(load(source), one_hot)` batches, e.g. images decoded by `decode_and_resize`.
+
+    The dataset remembers how it was made (`feature_cache.ExampleSource`), so that feature
+    caching can make the same pipeline over cached features.
+    """
+    import tensorflow as tf
+
+    from keras_transfer.feature_cache import ExampleSource, remember_examples
+
+    def example(source, label):
+        return load(source), tf.one_hot(label, num_classes, dtype="float32")
+
+    dataset = tf.data.Dataset.from_tensor_slices((sources, labels))
     reshuffle = dict(seed=seed, reshuffle_each_iteration=True)
     if shuffle and not cache:
-        dataset = dataset.shuffle(len(paths), **reshuffle)  # file names: a full shuffle is cheap
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = dataset.shuffle(len(sources), **reshuffle)  # file names: a full shuffle is cheap
+    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if cache:
         dataset = dataset.cache()
         if shuffle:
             # Cached elements are shared, not copied, by the buffer: a full shuffle is free.
-            dataset = dataset.shuffle(len(paths), **reshuffle)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+            # The order is the one of shuffling the file names: same seed, same stream length.
+            dataset = dataset.shuffle(len(sources), **reshuffle)
+    options = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, cache=False)
+
+    def build(other_sources, other_load, other_shuffle):
+        return _dataset(other_sources, labels, other_load, shuffle=other_shuffle, **options)
+
+    return remember_examples(
+        dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+        ExampleSource(sources, load, build, shuffle),
+    )
 
 
 def image_folder_datasets(
@@ -282,9 +303,8 @@ def image_folder_datasets(
             )
     elif val_dir is not None:
         val = _index_folder(val_dir, class_names)[:2]
-    options = dict(
-        image_size=image_size, num_classes=len(class_names), batch_size=batch_size, seed=seed
-    )
-    train_ds = _dataset(paths, labels, shuffle=True, cache=cache, **options)
-    val_ds = None if val is None else _dataset(*val, shuffle=False, cache=cache, **options)
+    load = functools.partial(_load_image, image_size=image_size)
+    options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed, cache=cache)
+    train_ds = _dataset(paths, labels, load, shuffle=True, **options)
+    val_ds = None if val is None else _dataset(*val, load, shuffle=False, **options)
     return train_ds, val_ds, class_names

@@ -168,14 +168,31 @@ def _label_ids(path, labels, class_names):
     return np.array([index[label] for label in labels], dtype="int64")
 
 
-def _dataset(texts, ids, num_classes, batch_size, shuffle, seed):
+def _dataset(sources, ids, num_classes, batch_size, shuffle, seed, load=None):
+    """`(texts, one_hot)` batches (or `(load(source), one_hot)`); remembers how it was made
+    (`feature_cache.ExampleSource`), so that feature caching can make the same pipeline over
+    cached features."""
     import tensorflow as tf
 
+    from keras_transfer.feature_cache import ExampleSource, remember_examples
+
     one_hot = np.eye(num_classes, dtype="float32")[ids]
-    dataset = tf.data.Dataset.from_tensor_slices((np.array(texts, dtype=object), one_hot))
+    if not isinstance(sources, np.ndarray):
+        sources = np.array(sources, dtype=object)
+    dataset = tf.data.Dataset.from_tensor_slices((sources, one_hot))
     if shuffle:
-        dataset = dataset.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        dataset = dataset.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
+    if load is not None:
+        dataset = dataset.map(lambda source, label: (load(source), label))
+
+    def build(other_sources, other_load, other_shuffle):
+        options = dict(seed=seed, load=other_load)
+        return _dataset(other_sources, ids, num_classes, batch_size, other_shuffle, **options)
+
+    return remember_examples(
+        dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+        ExampleSource(sources, load or (lambda text: text), build, shuffle),
+    )
 
 
 def text_csv_datasets(

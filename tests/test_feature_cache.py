@@ -2,7 +2,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SENTIMENT_ROWS, without_encoder_dropout, write_image_folder
+from conftest import (
+    SENTIMENT_ROWS,
+    without_encoder_dropout,
+    write_image_folder,
+    write_text_file,
+)
 
 import keras_transfer as kt
 from keras_transfer.feature_cache import split_for_caching
@@ -116,4 +121,91 @@ def test_text_head_on_cached_encoder_outputs(tiny_bert_preset):
     (uncached, history), (cached, cached_history) = runs[False], runs[True]
     np.testing.assert_allclose(cached_history["loss"], history["loss"], rtol=1e-4)
     for a, b in zip(_weights(uncached.output_dense), _weights(cached.output_dense), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def _head_training(make_data, make_model, cache, **fine_tune_kwargs):
+    """Head weights and history of one seeded `fine_tune` run on fresh datasets."""
+    keras.utils.set_random_seed(5)
+    train_ds, val_ds = make_data()
+    model = make_model()
+    history = kt.fine_tune(
+        model, train_ds, val_ds, cache_features=cache, verbose=0, **fine_tune_kwargs
+    )["head"].history
+    return model, history
+
+
+def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
+    """The reshuffled folder pipeline, remade over features: the uncached run's batches."""
+    write_image_folder(tmp_path / "train", per_class=7)
+    write_image_folder(tmp_path / "val", per_class=3)
+
+    def make_data():
+        train_ds, val_ds, _ = kt.image_folder_datasets(tmp_path, image_size=32, batch_size=4)
+        return train_ds, val_ds
+
+    train_ds, val_ds = make_data()
+    model = _image_model()
+    kt.freeze_backbone(model)
+    split = split_for_caching(model)
+    train_features, val_features = split.cache(train_ds, val_ds)
+    extractor = keras.Model(model.inputs, model.get_layer("pooling").output)
+    fresh_train, _ = make_data()
+    for _ in range(3):  # epochs: every one reshuffled, the same way in both pipelines
+        for (features, labels), (images, image_labels) in zip(
+            train_features.as_numpy_iterator(), fresh_train.as_numpy_iterator(), strict=True
+        ):
+            np.testing.assert_array_equal(labels, image_labels)
+            expected = extractor.predict_on_batch(images)
+            np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    orders = [
+        np.concatenate([y.argmax(1) for _, y in train_features.as_numpy_iterator()])
+        for _ in range(2)
+    ]
+    assert not np.array_equal(*orders)  # reshuffled
+    assert sum(len(y) for _, y in val_features.as_numpy_iterator()) == 6
+
+    runs = {
+        cache: _head_training(make_data, _image_model, cache, head_epochs=3, learning_rate=0.05)
+        for cache in (False, True)
+    }
+    (uncached, history), (cached, cached_history) = runs[False], runs[True]
+    # Losses, not accuracies: the features come from batches of another size, so they differ
+    # in the last float bits (torch), which can flip an example that sits on the boundary.
+    for metric in ("loss", "val_loss"):
+        np.testing.assert_allclose(cached_history[metric], history[metric], rtol=1e-4)
+    for a, b in zip(
+        _weights(uncached.get_layer("predictions")),
+        _weights(cached.get_layer("predictions")),
+        strict=True,
+    ):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(tmp_path, tiny_bert_preset):
+    """Text from `text_csv_datasets`, encoded by length: the uncached run's loss and head."""
+    rows = SENTIMENT_ROWS + [("a " * 40 + "good movie", "pos")]  # one long row: two lengths
+    write_text_file(tmp_path / "train.csv", rows)
+    write_text_file(tmp_path / "val.csv", SENTIMENT_ROWS[:4])
+
+    def make_data():
+        train_ds, val_ds, _ = kt.text_csv_datasets(
+            tmp_path / "train.csv", val_path=tmp_path / "val.csv", batch_size=4
+        )
+        return train_ds, val_ds
+
+    def make_model():
+        model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=64)
+        without_encoder_dropout(model)  # nothing random below the head
+        return model
+
+    runs = {
+        cache: _head_training(make_data, make_model, cache, head_epochs=3, learning_rate=1e-2)
+        for cache in (False, True)
+    }
+    (uncached, history), (cached, cached_history) = runs[False], runs[True]
+    np.testing.assert_allclose(cached_history["loss"], history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(cached_history["val_loss"], history["val_loss"], rtol=1e-4)
+    for a, b in zip(_weights(uncached.output_dense), _weights(cached.output_dense), strict=True):
+        assert not np.allclose(a, 0, atol=1e-4)
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
