@@ -181,8 +181,16 @@ def _add_training_arguments(parser, default_epochs):
 
 
 def _add_output_arguments(parser):
-    """--output, checkpoints and feature caching: for `train image` and `train text`."""
+    """--output, checkpoints, feature caching, precision: for `train image` and `train text`."""
     parser.add_argument("--output", required=True, help="folder for the model and reports")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["bfloat16", "float16"],
+        default=None,
+        help="compute in 16 bits, weights in float32 (default: float32 throughout); "
+        "bfloat16 for CPUs with native support (AVX512-BF16, AMX) and recent GPUs, "
+        "float16 for NVIDIA GPUs",
+    )
     parser.add_argument(
         "--checkpoint",
         default=None,
@@ -268,6 +276,7 @@ def _train_image(args):
         weights=args.weights,
         backbone_kwargs=args.backbone_kwargs,
         augmentation=None if args.no_augmentation else "default",
+        mixed_precision=args.mixed_precision,
     )
     return _fit_and_write(args, model, train_ds, val_ds, class_names)
 
@@ -298,7 +307,11 @@ def _train_text(args):
         max_rows=args.max_rows,
     )
     model = kt.build_text_classifier(
-        args.preset, len(class_names), sequence_length=args.sequence_length, freeze=freeze
+        args.preset,
+        len(class_names),
+        sequence_length=args.sequence_length,
+        freeze=freeze,
+        mixed_precision=args.mixed_precision,
     )
     truncated, total = count_truncated(model, train_ds)
     if truncated:

@@ -10,6 +10,7 @@ from keras_transfer import backbones
 from keras_transfer.compiling import compile_classifier
 from keras_transfer.freezing import BACKBONE_LAYER_NAME, freeze_backbone
 from keras_transfer.layers import ImagePreprocessing
+from keras_transfer.precision import dtype_policy, mixed_precision_policy
 
 
 def default_augmentation():
@@ -113,6 +114,7 @@ def build_image_classifier(
     dropout=0.2,
     augmentation="default",
     freeze="backbone",
+    mixed_precision=None,
 ):
     """Build an image classifier: pretrained backbone, new head, preprocessing inside.
 
@@ -139,6 +141,10 @@ def build_image_classifier(
         freeze: `"backbone"` (default: the whole backbone frozen, BatchNorm in inference
             mode) or `None` (everything trainable except BatchNorm statistics, see
             `unfreeze_backbone`).
+        mixed_precision: None (default: float32), `"bfloat16"` or `"float16"`: the
+            backbone, pooling and dropout compute in 16 bits with float32 weights (see
+            `keras_transfer.precision`); augmentation, preprocessing and the output layer
+            stay float32.
 
     Returns:
         A `keras.Model` taking `(batch, height, width, 3)` RGB pixels in [0, 255] (uint8
@@ -149,8 +155,8 @@ def build_image_classifier(
     Raises:
         ValueError: unknown backbone (lists the closest names), `num_classes` < 2, an
             input shape below the backbone's minimum or without 3 channels while using
-            pretrained weights, a bad `pooling` / `dropout` / `augmentation` / `freeze`,
-            or a weights file that does not fit the architecture.
+            pretrained weights, a bad `pooling` / `dropout` / `augmentation` / `freeze` /
+            `mixed_precision`, or a weights file that does not fit the architecture.
         FileNotFoundError: `weights` names a missing file.
 
     Example:
@@ -170,20 +176,10 @@ def build_image_classifier(
     if freeze not in ("backbone", None):
         raise ValueError(f"`freeze` must be 'backbone' or None, got {freeze!r}.")
     backbone_kwargs = dict(backbone_kwargs or {})
-
-    if isinstance(backbone, str) and backbone.startswith(backbones.HUB_PREFIX):
-        if backbone_kwargs:
-            raise ValueError("`backbone_kwargs` are not used with 'hub:' presets.")
-        preset = backbone[len(backbones.HUB_PREFIX) :]
-        base, preprocessing, input_shape = _hub_backbone(preset, input_shape, weights)
-    else:
-        spec = backbones.get_backbone_spec(backbone)
-        if input_shape is None:
-            input_shape = (spec.default_size, spec.default_size, 3)
-        input_shape = tuple(input_shape)
-        backbones.check_input_shape(spec, input_shape, weights)
-        base = backbones.build_backbone(spec, input_shape, weights, **backbone_kwargs)
-        preprocessing = ImagePreprocessing(spec.module, name="preprocessing")
+    policy = mixed_precision_policy(mixed_precision)
+    base, preprocessing, input_shape = _backbone_and_preprocessing(
+        backbone, input_shape, weights, backbone_kwargs, policy
+    )
     model_name = f"{base.name}_classifier"
     base.name = BACKBONE_LAYER_NAME
 
@@ -193,17 +189,18 @@ def build_image_classifier(
     if block is not None:
         x = block(x)
     x = preprocessing(x)
-    x = base(x)
-    if pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="pooling")(x)
-    else:
-        x = keras.layers.GlobalMaxPooling2D(name="pooling")(x)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="predictions"
-    )(x)
-    model = keras.Model(inputs, outputs, name=model_name)
+    with dtype_policy(policy):
+        x = base(x)
+        if pooling == "avg":
+            x = keras.layers.GlobalAveragePooling2D(name="pooling")(x)
+        else:
+            x = keras.layers.GlobalMaxPooling2D(name="pooling")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name="dropout")(x)
+        outputs = keras.layers.Dense(
+            num_classes, activation="softmax", dtype="float32", name="predictions"
+        )(x)
+        model = keras.Model(inputs, outputs, name=model_name)  # its policy: loss scaling
     if freeze == "backbone":
         freeze_backbone(model)
     else:
@@ -212,3 +209,22 @@ def build_image_classifier(
         unfreeze_backbone(model)
     compile_classifier(model)
     return model
+
+
+def _backbone_and_preprocessing(backbone, input_shape, weights, backbone_kwargs, policy):
+    if isinstance(backbone, str) and backbone.startswith(backbones.HUB_PREFIX):
+        if backbone_kwargs:
+            raise ValueError("`backbone_kwargs` are not used with 'hub:' presets.")
+        preset = backbone[len(backbones.HUB_PREFIX) :]
+        with dtype_policy(policy):
+            base, preprocessing, input_shape = _hub_backbone(preset, input_shape, weights)
+    else:
+        spec = backbones.get_backbone_spec(backbone)
+        if input_shape is None:
+            input_shape = (spec.default_size, spec.default_size, 3)
+        input_shape = tuple(input_shape)
+        backbones.check_input_shape(spec, input_shape, weights)
+        with dtype_policy(policy):
+            base = backbones.build_backbone(spec, input_shape, weights, **backbone_kwargs)
+        preprocessing = ImagePreprocessing(spec.module, name="preprocessing")
+    return base, preprocessing, input_shape

@@ -8,6 +8,7 @@ import os
 
 from keras_transfer.compiling import compile_classifier
 from keras_transfer.freezing import backbone_units, freeze_backbone, unfreeze_backbone
+from keras_transfer.precision import mixed_precision_policy
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 HF_VOCAB_FILES = (
@@ -108,7 +109,9 @@ def resolve_text_preset(preset):
     return preset
 
 
-def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0.1, freeze=None):
+def build_text_classifier(
+    preset, num_classes, *, sequence_length=128, dropout=0.1, freeze=None, mixed_precision=None
+):
     """Build a text classifier on a pretrained KerasHub encoder, preprocessor attached.
 
     The model is a KerasHub `TextClassifier` (a `keras.Model`; `BertTextClassifier` for BERT
@@ -130,6 +133,10 @@ def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0
         freeze: None (default: everything trainable), `"backbone"` (the whole encoder
             frozen, head only), or an int N: the embeddings and the bottom N transformer
             blocks frozen, the rest trained (the seed's "freeze some layers").
+        mixed_precision: None (default: float32), `"bfloat16"` or `"float16"`: the encoder
+            and head compute in 16 bits with float32 weights (KerasHub's `dtype` argument;
+            see `keras_transfer.precision`). KerasHub's head then outputs probabilities in
+            that 16-bit type.
 
     Returns:
         A `keras_hub.models.TextClassifier`: input a string or `(batch,)` strings, output
@@ -141,7 +148,7 @@ def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0
         FileNotFoundError: a preset folder that does not exist.
         ValueError: unknown preset name, a folder with missing files, `num_classes` < 2,
             bad `sequence_length` (or longer than the encoder's positions) / `dropout` /
-            `freeze`, or a preset KerasHub cannot load
+            `freeze` / `mixed_precision`, or a preset KerasHub cannot load
             (the message says which and why, e.g. no internet for a download).
     """
     import keras_hub
@@ -162,6 +169,7 @@ def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0
         or (isinstance(freeze, int) and not isinstance(freeze, bool) and freeze >= 0)
     ):
         raise ValueError(f"`freeze` must be None, 'backbone' or an int >= 0, got {freeze!r}.")
+    policy = mixed_precision_policy(mixed_precision)
     preset = resolve_text_preset(preset)
     try:
         preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
@@ -174,6 +182,7 @@ def build_text_classifier(preset, num_classes, *, sequence_length=128, dropout=0
             activation="softmax",
             dropout=dropout,
             compile=False,
+            dtype=policy,
         )
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(f"KerasHub could not load the text preset {preset!r}: {error}") from error

@@ -46,6 +46,8 @@ def test_train_evaluate_predict_on_a_tiny_folder(tmp_path):
         2,
         "--batch-size",
         4,
+        "--mixed-precision",
+        "bfloat16",
         "--output",
         out,
     )
@@ -127,6 +129,8 @@ def test_train_text_head_on_cached_features_with_a_checkpoint(tiny_bert_preset, 
         "2",
         "--batch-size",
         "4",
+        "--mixed-precision",
+        "bfloat16",
         "--output",
         out,
     )
