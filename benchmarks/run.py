@@ -12,7 +12,9 @@ warms another's caches); the table reports medians over `--repeats` runs. Jobs:
   (`image_dataset_from_directory`, `base_model.trainable = False`, `base_model(x,
   training=False)`, compile, fit). keras-transfer: `image_folder_datasets`,
   `build_image_classifier(augmentation=None)`, `fine_tune(head_epochs=10)` (cached features).
-  floor: one forward pass of the backbone over the train and val images (decoded beforehand).
+  floor: one forward pass of the backbone over the train and val images (decoded beforehand,
+  Keras `predict` on the in-memory images, its function built before the timing).
+  bfloat16: keras-transfer with `mixed_precision="bfloat16"`.
 - text_frozen: sms_spam (first 256 training rows, first 128 test rows), MiniLM, sequence
   length 128, frozen encoder + head, 10 epochs, Adam 1e-3. plain: KerasHub's
   `BertTextClassifier.from_preset`, `backbone.trainable = False`, fit. keras-transfer:
@@ -21,8 +23,13 @@ warms another's caches); the table reports medians over `--repeats` runs. Jobs:
 - text_full: the same rows, full fine-tuning, 1 epoch, batch 16, Adam 5e-5. plain: fixed
   padding to 128; keras-transfer: `fine_tune(text_padding="bucket")`.
 - image_step: full fine-tuning of MobileNet alpha=0.25 224 (whole backbone trainable, BN
-  frozen), batch 32: median time of a training step (`train_on_batch`, after 3 warm-up steps).
+  frozen), batch 32: median time of a training step (`train_on_batch`, after 3 warm-up steps);
+  bfloat16: keras-transfer with `mixed_precision="bfloat16"`; jit_compile: keras-transfer
+  compiled with `jit_compile=True` (XLA on tensorflow and jax, `torch.compile` on torch;
+  Keras' default "auto" uses XLA on jax always, on tensorflow only with a GPU, never on torch).
 
+Every run starts with `keras.utils.set_random_seed(1)`: the accuracies compare seeded runs
+(each way still draws its own head initialisation).
 Wall times cover data reading, training and validation, not imports or model building.
 """
 
@@ -42,11 +49,12 @@ SHARED = os.environ.get("KERAS_TRANSFER_SHARED", os.path.join(HERE, "..", "..", 
 HYMENOPTERA = os.path.join(SHARED, "data", "hymenoptera")
 SMS = os.path.join(SHARED, "data", "sms_spam")
 JOBS = {
-    "images_frozen": ("plain", "keras_transfer", "floor"),
+    "images_frozen": ("plain", "keras_transfer", "floor", "bfloat16"),
     "text_frozen": ("plain", "keras_transfer", "floor"),
     "text_full": ("plain", "keras_transfer"),
-    "image_step": ("plain", "keras_transfer"),
+    "image_step": ("plain", "keras_transfer", "bfloat16", "jit_compile"),
 }
+SEED = 1
 EPOCHS = 10
 
 
@@ -130,20 +138,28 @@ def _images_frozen_plain():
     return dict(wall_s=wall, examples=examples, accuracy=history.history["val_accuracy"][-1])
 
 
-def _images_frozen_keras_transfer():
+def _images_frozen_keras_transfer(mixed_precision=None):
     import keras_transfer as kt
 
     start = time.perf_counter()
     train, val, names = kt.image_folder_datasets(HYMENOPTERA, image_size=224, seed=1)
     build_start = time.perf_counter()
     model = kt.build_image_classifier(
-        "mobilenet", len(names), backbone_kwargs={"alpha": 0.25}, augmentation=None
+        "mobilenet",
+        len(names),
+        backbone_kwargs={"alpha": 0.25},
+        augmentation=None,
+        mixed_precision=mixed_precision,
     )
     build = time.perf_counter() - build_start
     history = kt.fine_tune(model, train, val, head_epochs=EPOCHS, verbose=0)["head"]
     wall = time.perf_counter() - start - build
     examples = _count_images(f"{HYMENOPTERA}/train") * EPOCHS
     return dict(wall_s=wall, examples=examples, accuracy=history.history["val_accuracy"][-1])
+
+
+def _images_frozen_bfloat16():
+    return _images_frozen_keras_transfer(mixed_precision="bfloat16")
 
 
 def _images_frozen_floor():
@@ -304,7 +320,28 @@ def _image_step_plain():
     return _step_time(model, keras)
 
 
-def _image_step_keras_transfer():
+def _image_step_keras_transfer(mixed_precision=None):
+    import keras
+
+    import keras_transfer as kt
+
+    model = kt.build_image_classifier(
+        "mobilenet",
+        2,
+        backbone_kwargs={"alpha": 0.25},
+        augmentation=None,
+        mixed_precision=mixed_precision,
+    )
+    kt.unfreeze_backbone(model)
+    kt.compile_classifier(model, learning_rate=1e-4)
+    return _step_time(model, keras)
+
+
+def _image_step_bfloat16():
+    return _image_step_keras_transfer(mixed_precision="bfloat16")
+
+
+def _image_step_jit_compile():
     import keras
 
     import keras_transfer as kt
@@ -314,11 +351,17 @@ def _image_step_keras_transfer():
     )
     kt.unfreeze_backbone(model)
     kt.compile_classifier(model, learning_rate=1e-4)
+    model.compile(
+        optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], jit_compile=True
+    )
     return _step_time(model, keras)
 
 
 def measure(job, way):
     """Run one measurement in this process; return its numbers."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
     return globals()[f"_{job}_{way}"]()
 
 
@@ -351,8 +394,8 @@ def _table(results, repeats):
         f"{os.cpu_count()} CPU cores, {platform.platform()}; Python {platform.python_version()}.",
         "",
         "| job | backend | plain Keras | keras-transfer | floor | speed-up | keras-transfer / "
-        "floor | accuracy plain / keras-transfer |",
-        "|---|---|---|---|---|---|---|---|",
+        "floor | accuracy plain / keras-transfer | keras-transfer, other settings |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (job, backend), ways in results.items():
         plain, ours, floor = (ways.get(w) for w in ("plain", "keras_transfer", "floor"))
@@ -372,9 +415,16 @@ def _table(results, repeats):
                 accuracy = f"{_median(plain, 'accuracy'):.3f} / {_median(ours, 'accuracy'):.3f}"
         if floor and ours:
             over_floor = f"{_median(ours, 'wall_s') / _median(floor, 'wall_s'):.2f}x"
+        others = []
+        for way in ("bfloat16", "jit_compile"):
+            if ways.get(way):
+                accuracy_of = _median(ways[way], "accuracy")
+                shown = "" if accuracy_of is None else f", accuracy {accuracy_of:.3f}"
+                others.append(f"{way}: {fmt(ways[way])}{shown}")
+        other = "; ".join(others) or "–"
         lines.append(
             f"| {job} | {backend} | {fmt(plain)} | {fmt(ours)} | {fmt(floor)} | {speedup} | "
-            f"{over_floor} | {accuracy} |"
+            f"{over_floor} | {accuracy} | {other} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -384,6 +434,7 @@ def main(argv=None):
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--jobs", default=",".join(JOBS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ways", default=None, help="only these ways, e.g. plain,keras_transfer")
     parser.add_argument("--output", default=os.path.join(HERE, "results.md"))
     parser.add_argument("--one", nargs=2, metavar=("JOB", "WAY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -397,6 +448,8 @@ def main(argv=None):
             # fall on one way only.
             for repeat in range(args.repeats):
                 for way in JOBS[job]:
+                    if args.ways and way not in args.ways.split(","):
+                        continue
                     run = _run_child(job, way, backend)
                     results.setdefault((job, backend), {}).setdefault(way, []).append(run)
                     print(f"{backend} {job} {way} run {repeat + 1}: {run}", flush=True)
