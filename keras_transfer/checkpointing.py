@@ -111,11 +111,11 @@ def _seed_states(model):
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
-def _skip_epochs(data, epochs):
+def skip_epochs(data, epochs):
     """Move a tf.data pipeline's reshuffling on by `epochs`, as an uninterrupted run had.
 
     A `shuffle(..., reshuffle_each_iteration=True)` draws a new order for every iterator and
-    `_one_pass_per_epoch` makes one per epoch, so creating (not reading) `epochs` iterators
+    `one_pass_per_epoch` makes one per epoch, so creating (not reading) `epochs` iterators
     makes the next epoch see the order it would have seen without the interruption.
     """
     import tensorflow as tf
@@ -125,7 +125,18 @@ def _skip_epochs(data, epochs):
             iter(data)
 
 
-def _one_pass_per_epoch(data, first, last):
+def saved_stage(directory):
+    """The stage whose weights the checkpoint in `directory` holds, or None (no checkpoint,
+    or one `resumable_fit` will refuse with a clear error)."""
+    try:
+        with open(os.path.join(directory, STATE_FILE), encoding="utf-8") as handle:
+            weights = json.load(handle).get("weights", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return weights.split("-epoch")[0] if isinstance(weights, str) and weights else None
+
+
+def one_pass_per_epoch(data, first, last):
     """`(dataset, steps_per_epoch)` for `fit`: one new iterator of `data` per epoch.
 
     How many iterators `fit` itself makes per epoch depends on the backend (tensorflow makes
@@ -245,7 +256,7 @@ def resumable_fit(
                 f"Cannot load the checkpoint {weights!r} ({str(error)[:200]}); delete the "
                 f"folder {directory!r} to start training from the beginning."
             ) from None
-        _skip_epochs(train_ds, record["epochs_done"])
+        skip_epochs(train_ds, record["epochs_done"])
         print(f"Resuming {stage!r} from {directory} after epoch {record['epochs_done']}.")
     elif record is not None and record["epochs_done"] >= epochs:
         return _history(model, record, initial_epoch, None)  # a later stage holds the weights
@@ -253,7 +264,7 @@ def resumable_fit(
     fitted = None
     if start < epochs:
         callback = _make_callback(directory, stage, state)
-        data, steps_per_epoch = _one_pass_per_epoch(train_ds, start, epochs)
+        data, steps_per_epoch = one_pass_per_epoch(train_ds, start, epochs)
         fitted = model.fit(
             data,
             steps_per_epoch=steps_per_epoch,

@@ -11,8 +11,8 @@ included, in one of two ways:
 - Pipelines from `image_folder_datasets` and `text_csv_datasets` remember the examples they
   were made from (`ExampleSource`). The backbone runs once over those examples in file
   order, and the same pipeline (same seed, same shuffling) is made again over the cached
-  features: epoch for epoch the batches of a fresh uncached run, and the images are not
-  read again.
+  features: epoch for epoch the batches that the original pipeline gives when `fit` is its
+  first reader (under the same global seed), and the images are not read again.
 - Any other `tf.data` pipeline is run once, and its inputs are looked up per example by a
   fingerprint (`tf.fingerprint`) in every epoch: the inputs still flow through the pipeline,
   the backbone does not.
@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from keras_transfer.precision import dtype_policy
 from keras_transfer.text_padding import PAD_MULTIPLE
 
 DECODE_CHUNK = 256  # examples decoded before the backbone runs on them (150 MB at 224x224)
@@ -71,6 +72,9 @@ class FeatureSplit:
         head: `keras.Model` from features to probabilities, sharing the classifier's layers.
         random_layers: names of the layers below the head that are random in training
             (augmentation, dropout); empty when caching is exact.
+        remade_pipelines: after `cache`, True when the feature datasets are remade
+            pipelines (which never read the original datasets), False when they look the
+            features up by fingerprint (each epoch reads the original dataset once).
     """
 
     def __init__(self, extract, head, random_layers, preprocess=None):
@@ -79,6 +83,7 @@ class FeatureSplit:
         self.head = head
         self.random_layers = random_layers
         self._preprocess = preprocess
+        self.remade_pipelines = None
 
     @property
     def exact(self):
@@ -99,7 +104,10 @@ class FeatureSplit:
             `val_ds` is.
         """
         datasets = [data for data in (train_ds, val_ds) if data is not None]
-        if all(getattr(data, "_kt_examples", None) is not None for data in datasets):
+        self.remade_pipelines = all(
+            getattr(data, "_kt_examples", None) is not None for data in datasets
+        )
+        if self.remade_pipelines:
             cached = self._cache_examples([data._kt_examples for data in datasets])
         else:
             cached = self._cache_by_fingerprint(datasets)
@@ -145,6 +153,7 @@ class FeatureSplit:
                 yield inputs
 
         features = np.concatenate([self._extract(batches(data)) for data in datasets])
+        keys = keys or [np.zeros([0], "int64")]
         keys = np.concatenate(keys)
         unique_keys, first = np.unique(keys, return_index=True)  # equal inputs, equal features
         table = tf.lookup.StaticHashTable(
@@ -232,11 +241,15 @@ def _image_split(model):
     y = features
     for layer in layers[cut + 1 :]:
         y = layer(y)
-    head = keras.Model(features, y, name=f"{model.name}_head")
+    with dtype_policy(model.dtype_policy.name):  # mixed_float16: compile scales the loss
+        head = keras.Model(features, y, name=f"{model.name}_head")
 
     def extract(batches):
         # predict_on_batch, not predict: Keras' torch predict loop took 1.7x as long here.
-        return np.concatenate([_predict_full_batch(extractor, x) for x in batches])
+        outputs = [_predict_full_batch(extractor, x) for x in batches]
+        if not outputs:
+            return np.zeros((0, *extractor.output.shape[1:]), dtype="float32")
+        return np.concatenate(outputs)
 
     return FeatureSplit(extract, head, _random_layers(layers[1 : cut + 1]))
 
@@ -262,7 +275,8 @@ def _text_split(model):
         return None
     hidden = backbone.output["pooled_output"].shape[-1]
     features = keras.Input(shape=(hidden,), name="pooled_output")
-    head = keras.Model(features, dense(dropout(features)), name=f"{model.name}_head")
+    with dtype_policy(model.dtype_policy.name):  # mixed_float16: compile scales the loss
+        head = keras.Model(features, dense(dropout(features)), name=f"{model.name}_head")
 
     def extract(batches):
         return _encode_by_length(backbone, batches, int(model.preprocessor.sequence_length))
@@ -289,13 +303,18 @@ def split_for_caching(model):
     return _image_split(model)
 
 
-def _encode_by_length(backbone, batches, sequence_length, batch_size=EXTRACT_BATCH):
+def _encode_by_length(backbone, batches, sequence_length, batch_size=None):
     """`pooled_output` float32 `(n, hidden)` of preprocessed text batches, in their order.
 
-    The examples are encoded in batches of `batch_size` sorted by length, each cut to its
-    longest row (rounded up to a multiple of `PAD_MULTIPLE`).
+    The examples are encoded in batches of `batch_size` (default `EXTRACT_BATCH`) sorted by
+    length, each cut to its longest row (rounded up to a multiple of `PAD_MULTIPLE`; BERT-style
+    preprocessors pad on the right). All token ids are held at once: 4 bytes per token.
     """
+    batch_size = batch_size or EXTRACT_BATCH
     batches = list(batches)
+    if not batches:
+        hidden = backbone.output["pooled_output"].shape[-1]
+        return np.zeros((0, hidden), dtype="float32")
     inputs = {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
     lengths = inputs["padding_mask"].sum(axis=1)
     order = np.argsort(lengths, kind="stable")

@@ -74,8 +74,9 @@ def default_image_size(backbone):
     return (size, size)
 
 
-def _hub_backbone(preset, input_shape, weights):
-    """Backbone and preprocessing layer from a KerasHub image preset."""
+def _hub_backbone(preset, input_shape, weights, policy=None):
+    """Backbone (with dtype policy `policy`, a name or None) and preprocessing layer
+    (float32) from a KerasHub image preset."""
     import keras_hub
 
     looks_like_path = os.sep in preset or preset.startswith((".", "~"))
@@ -85,7 +86,10 @@ def _hub_backbone(preset, input_shape, weights):
             "existing preset folder or a KerasHub preset name."
         )
     try:
-        backbone = keras_hub.models.Backbone.from_preset(preset, load_weights=weights is not None)
+        dtype = {} if policy is None else {"dtype": policy}
+        backbone = keras_hub.models.Backbone.from_preset(
+            preset, load_weights=weights is not None, **dtype
+        )
         converter = keras_hub.layers.ImageConverter.from_preset(preset)
     except Exception as error:  # KerasHub raises many kinds for a bad preset
         where = "folder" if os.path.isdir(preset) else "preset name"
@@ -216,8 +220,7 @@ def _backbone_and_preprocessing(backbone, input_shape, weights, backbone_kwargs,
         if backbone_kwargs:
             raise ValueError("`backbone_kwargs` are not used with 'hub:' presets.")
         preset = backbone[len(backbones.HUB_PREFIX) :]
-        with dtype_policy(policy):
-            base, preprocessing, input_shape = _hub_backbone(preset, input_shape, weights)
+        base, preprocessing, input_shape = _hub_backbone(preset, input_shape, weights, policy)
     else:
         spec = backbones.get_backbone_spec(backbone)
         if input_shape is None:

@@ -223,7 +223,10 @@ def image_folder_datasets(
     a GIF gives its first frame) and resized (squashed, bilinear) to `image_size` with the
     ops of `keras.utils.image_dataset_from_directory`, by `decode_and_resize`, which the
     exported serving signature uses too. Datasets feed `model.fit` on tensorflow, jax and
-    torch.
+    torch. Each dataset remembers the files it was made from, so that `fine_tune`'s feature
+    caching can read every image once and remake the same pipeline (same batches, same
+    reshuffling) over the cached backbone outputs; a dataset derived from it (`.map`,
+    `.take`, ...) is cached by input fingerprints instead.
 
     Args:
         root: path of the data folder.

@@ -226,6 +226,8 @@ def text_csv_datasets(
         `(batch,)` tf.string (raw; the model's preprocessor tokenises them inside `tf.data`,
         so they feed `fit` on every backend), labels `(batch, num_classes)` float32 one-hot;
         training data reshuffled every epoch; `val_ds` None without validation data.
+        Each dataset remembers its texts, so that `fine_tune`'s feature caching can remake
+        the same pipeline over the cached encoder outputs.
 
     Raises:
         FileNotFoundError, ValueError: see `read_labelled_text`; also labels outside

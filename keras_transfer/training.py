@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import keras
 
-from keras_transfer.checkpointing import clear_checkpoint, resumable_fit
+from keras_transfer.checkpointing import (
+    clear_checkpoint,
+    one_pass_per_epoch,
+    resumable_fit,
+    saved_stage,
+    skip_epochs,
+)
 from keras_transfer.compiling import compile_classifier, is_text_classifier
 from keras_transfer.feature_cache import split_for_caching
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
@@ -146,7 +152,10 @@ def fine_tune(
     else:
 
         def run_fit(trained, data, stage, **kwargs):
-            return trained.fit(data, **kwargs, **fit_kwargs)
+            # One iterator per epoch on every backend (as with checkpoints), so that the
+            # reshuffles an epoch sees do not depend on how `fit` makes its iterators.
+            data, steps = one_pass_per_epoch(data, kwargs.get("initial_epoch", 0), kwargs["epochs"])
+            return trained.fit(data, steps_per_epoch=steps, **kwargs, **fit_kwargs)
 
     def fit(trained, data, stage, validation_data, **kwargs):
         if trained is not model or not text_padding or not is_text_classifier(model):
@@ -160,12 +169,18 @@ def fine_tune(
 
     histories = {}
     if split is not None:
+        resumes_finetune = checkpoint_dir is not None and saved_stage(checkpoint_dir) == "finetune"
         head = split.head
         head.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
         train_features, val_features = split.cache(train_ds, val_ds)
         histories["head"] = fit(
             head, train_features, "head", epochs=head_epochs, validation_data=val_features
         )
+        if split.remade_pipelines and finetune_epochs and not resumes_finetune:
+            # The head trained on a remade pipeline: move the original's reshuffling on by
+            # the head epochs, as an uncached run has it (a resumed fine-tuning stage skips
+            # them itself), so that fine-tuning sees the uncached run's batches.
+            skip_epochs(train_ds, head_epochs)
     else:
         histories["head"] = fit(model, train_ds, "head", epochs=head_epochs, validation_data=val_ds)
     if finetune_epochs:

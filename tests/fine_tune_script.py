@@ -2,6 +2,9 @@
 
     python fine_tune_script.py DATA CHECKPOINT_DIR RESULT_JSON [KILL_EPOCH KILL_BATCH]
 
+With the environment variable KT_TEST_CACHED=1 the model has no augmentation, so the head
+stage trains on cached features.
+
 Writes one JSON line per epoch boundary to RESULT_JSON.events (a fingerprint of the weights
 and the optimizer's step count), and the histories, trainable flags and validation accuracy
 to RESULT_JSON at the end. With KILL_EPOCH / KILL_BATCH it SIGKILLs itself mid-epoch.
@@ -51,7 +54,10 @@ class Events(keras.callbacks.Callback):
 keras.utils.set_random_seed(7)
 train_ds, val_ds, names = kt.image_folder_datasets(data, image_size=32, batch_size=4, seed=7)
 # VGG16: its random (weights=None) features tell the classes apart; MobileNet's are ~0.
-model = kt.build_image_classifier("vgg16", len(names), input_shape=(32, 32, 3), weights=None)
+augmentation = None if os.environ.get("KT_TEST_CACHED") == "1" else "default"
+model = kt.build_image_classifier(
+    "vgg16", len(names), input_shape=(32, 32, 3), weights=None, augmentation=augmentation
+)
 histories = kt.fine_tune(
     model,
     train_ds,

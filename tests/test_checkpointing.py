@@ -13,13 +13,13 @@ from conftest import PROJECT, write_image_folder
 import keras_transfer as kt
 
 
-def _run_script(data, checkpoint, result, *kill_at):
+def _run_script(data, checkpoint, result, *kill_at, cached=False):
     return subprocess.run(
         [sys.executable, str(PROJECT / "tests" / "fine_tune_script.py"), data, checkpoint, result]
         + [str(k) for k in kill_at],
         capture_output=True,
         text=True,
-        env=dict(os.environ),
+        env=dict(os.environ, KT_TEST_CACHED="1" if cached else "0"),
         timeout=900,
     )
 
@@ -30,25 +30,26 @@ def _events(result):
 
 
 @pytest.mark.backends("tensorflow")
-def test_fine_tune_resumes_after_sigkill_in_either_stage(tmp_path):
+@pytest.mark.parametrize("cached", [False, True], ids=["augmented", "cached_features"])
+def test_fine_tune_resumes_after_sigkill_in_either_stage(tmp_path, cached):
     data = tmp_path / "data"
     write_image_folder(data / "train", per_class=8)
     write_image_folder(data / "val", per_class=4)
     data, checkpoint = str(data), str(tmp_path / "checkpoint")
 
     baseline = str(tmp_path / "baseline.json")
-    assert _run_script(data, str(tmp_path / "unused"), baseline).returncode == 0
+    assert _run_script(data, str(tmp_path / "unused"), baseline, cached=cached).returncode == 0
 
     result = str(tmp_path / "result.json")
     # Killed mid-epoch 2 of the head stage (epochs 0-2), then mid-epoch 5 of fine-tuning (3-4).
     for kill_at, done in (((1, 2), {"head": 1}), ((4, 1), {"head": 3, "finetune": 4})):
-        run = _run_script(data, checkpoint, result, *kill_at)
+        run = _run_script(data, checkpoint, result, *kill_at, cached=cached)
         assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
         with open(os.path.join(checkpoint, "state.json")) as handle:
             state = json.load(handle)
         assert {s: r["epochs_done"] for s, r in state["stages"].items()} == done
         assert sorted(os.listdir(checkpoint)) == sorted(["state.json", state["weights"]])
-    run = _run_script(data, checkpoint, result)
+    run = _run_script(data, checkpoint, result, cached=cached)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Resuming 'finetune'" in run.stdout
 

@@ -182,6 +182,45 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
+def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, monkeypatch):
+    """Stage 2 goes on with the reshuffles an uncached run's stage 2 gets; and small decode
+    chunks and extraction batches (padded at the end) give the same features."""
+    from keras_transfer import feature_cache
+
+    write_image_folder(tmp_path / "train", per_class=7)
+    write_image_folder(tmp_path / "val", per_class=3)
+
+    def make_data():
+        train_ds, val_ds, _ = kt.image_folder_datasets(tmp_path, image_size=32, batch_size=4)
+        return train_ds, val_ds
+
+    histories = {}
+    for cache in (False, True):
+        if cache:
+            monkeypatch.setattr(feature_cache, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
+            monkeypatch.setattr(feature_cache, "EXTRACT_BATCH", 4)  # a short batch per chunk
+        keras.utils.set_random_seed(5)
+        train_ds, val_ds = make_data()
+        histories[cache] = kt.fine_tune(
+            _image_model(),
+            train_ds,
+            val_ds,
+            head_epochs=2,
+            finetune_epochs=2,
+            learning_rate=0.05,
+            cache_features=cache,
+            verbose=0,
+        )
+    for stage in ("head", "finetune"):
+        for metric in ("loss", "val_loss"):
+            np.testing.assert_allclose(
+                histories[True][stage].history[metric],
+                histories[False][stage].history[metric],
+                rtol=1e-4,
+                err_msg=f"{stage} {metric}",
+            )
+
+
 def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(tmp_path, tiny_bert_preset):
     """Text from `text_csv_datasets`, encoded by length: the uncached run's loss and head."""
     rows = SENTIMENT_ROWS + [("a " * 40 + "good movie", "pos")]  # one long row: two lengths
@@ -209,3 +248,19 @@ def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(tmp_path, tiny
     for a, b in zip(_weights(uncached.output_dense), _weights(cached.output_dense), strict=True):
         assert not np.allclose(a, 0, atol=1e-4)
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_text_encoded_by_length_matches_fixed_padding(tiny_bert_preset):
+    from keras_transfer.feature_cache import _encode_by_length
+
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=64)
+    texts = [text for text, _ in SENTIMENT_ROWS] + ["a " * 40 + "good movie", "ok"]
+    inputs = {
+        key: keras.ops.convert_to_numpy(value)
+        for key, value in model.preprocessor(tf.constant(texts)).items()
+    }
+    expected = keras.ops.convert_to_numpy(model.backbone.predict_on_batch(inputs)["pooled_output"])
+    batches = [{key: value[i : i + 5] for key, value in inputs.items()} for i in (0, 5, 10)]
+    encoded = _encode_by_length(model.backbone, batches, 64, batch_size=2)  # 6 lengths
+    np.testing.assert_allclose(encoded, expected, rtol=1e-4, atol=1e-5)
+    assert _encode_by_length(model.backbone, [], 64).shape == (0, expected.shape[1])

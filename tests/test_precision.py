@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
+from keras_transfer.feature_cache import split_for_caching
 
 
 def _image_model(mixed_precision):
@@ -51,6 +52,9 @@ def test_float16_scales_the_loss_in_every_stage(tmp_path):
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     kt.unfreeze_backbone(model)  # recompiles: loss scaling again
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    head = split_for_caching(model).head  # as fine_tune compiles the cached head
+    head.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
+    assert isinstance(head.optimizer, keras.optimizers.LossScaleOptimizer)
 
 
 def test_bad_mixed_precision_is_refused():
