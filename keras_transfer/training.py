@@ -6,7 +6,6 @@ import keras
 
 from keras_transfer.checkpointing import (
     clear_checkpoint,
-    one_pass_per_epoch,
     resumable_fit,
     saved_stage,
     skip_epochs,
@@ -136,6 +135,8 @@ def fine_tune(
             cached_features=split is not None,
             train_batches=_length(train_ds),
             val_batches=_length(val_ds),
+            # The whole model in both stages (stage 1 may train the cached head model).
+            model=f"{model.name}: {len(model.weights)} weights",
         )
         settings.update(checkpoint_settings or {})
 
@@ -152,10 +153,7 @@ def fine_tune(
     else:
 
         def run_fit(trained, data, stage, **kwargs):
-            # One iterator per epoch on every backend (as with checkpoints), so that the
-            # reshuffles an epoch sees do not depend on how `fit` makes its iterators.
-            data, steps = one_pass_per_epoch(data, kwargs.get("initial_epoch", 0), kwargs["epochs"])
-            return trained.fit(data, steps_per_epoch=steps, **kwargs, **fit_kwargs)
+            return trained.fit(data, **kwargs, **fit_kwargs)
 
     def fit(trained, data, stage, validation_data, **kwargs):
         if trained is not model or not text_padding or not is_text_classifier(model):
@@ -178,8 +176,8 @@ def fine_tune(
         )
         if split.remade_pipelines and finetune_epochs and not resumes_finetune:
             # The head trained on a remade pipeline: move the original's reshuffling on by
-            # the head epochs, as an uncached run has it (a resumed fine-tuning stage skips
-            # them itself), so that fine-tuning sees the uncached run's batches.
+            # the head epochs, as an uncached checkpointed run has it (`resumable_fit` makes
+            # one iterator per epoch; a resumed fine-tuning stage skips them itself).
             skip_epochs(train_ds, head_epochs)
     else:
         histories["head"] = fit(model, train_ds, "head", epochs=head_epochs, validation_data=val_ds)
