@@ -255,10 +255,13 @@ def _image_split(model):
 
 
 def _predict_full_batch(extractor, images):
-    """float32 outputs for `images`; a short batch is padded to `EXTRACT_BATCH` rows, so that
-    tensorflow and jax compile the extractor for one batch shape only."""
+    """float32 outputs for `images`; on tensorflow and jax a short batch is padded to
+    `EXTRACT_BATCH` rows, so that they compile the extractor for one batch shape only
+    (torch runs any shape as it comes)."""
+    import keras
+
     count = len(images)
-    if count < EXTRACT_BATCH:
+    if count < EXTRACT_BATCH and keras.backend.backend() != "torch":
         images = np.concatenate(
             [images, np.zeros_like(images[:1]).repeat(EXTRACT_BATCH - count, 0)]
         )

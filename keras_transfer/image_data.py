@@ -76,23 +76,38 @@ def _files(folder):
     return sorted(found)
 
 
-def _undecodable(paths):
-    """`{path: reason}` for the files among `paths` that TensorFlow cannot decode."""
+def _decode_all(paths, image_size=None):
+    """Decode every file among `paths` once, with TensorFlow's decoders, in threads.
+
+    Args:
+        paths: list of file paths.
+        image_size: `(height, width)` to also keep every image as `decode_and_resize` gives
+            it, or None to only check that the files decode.
+
+    Returns:
+        `(reasons, images)`: `{path: reason}` for the files that cannot be decoded, and
+        a list (in the order of `paths`) of `(height, width, 3)` float32 tensors in
+        [0, 255] (None for an undecodable file), or None without `image_size`.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import tensorflow as tf
 
-    def reason(path):
+    def decode(path):
         try:
-            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            encoded = tf.io.read_file(path)
+            if image_size is not None:
+                return decode_and_resize(encoded, image_size), None
+            tf.io.decode_image(encoded, channels=3, expand_animations=False)
         except tf.errors.OpError as error:  # undecodable, unreadable, a broken link
             message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
-            return (message.splitlines() or ["cannot decode"])[0][:80]
-        return None
+            return None, (message.splitlines() or ["cannot decode"])[0][:80]
+        return None, None
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        reasons = list(pool.map(reason, paths))  # TF ops release the GIL
-    return {path: why for path, why in zip(paths, reasons, strict=True) if why is not None}
+        results = list(pool.map(decode, paths))  # TF ops release the GIL
+    reasons = {path: why for path, (_, why) in zip(paths, results, strict=True) if why}
+    return reasons, None if image_size is None else [image for image, _ in results]
 
 
 def _warn_skipped(directory, skipped, total):
@@ -106,7 +121,7 @@ def _warn_skipped(directory, skipped, total):
     )
 
 
-def _index_folder(directory, class_names=None):
+def _index_folder(directory, class_names=None, image_size=None):
     """The usable images of a labelled folder, with a clear error for a folder that cannot be one.
 
     Checks the class folders (at least 2; for validation, exactly the training classes),
@@ -114,7 +129,9 @@ def _index_folder(directory, class_names=None):
     an unsupported format and files that cannot be decoded; every class must keep an image.
 
     Returns:
-        `(paths, labels, class_names)`: lists of str and int, in sorted file order.
+        `(paths, labels, class_names, images)`: lists of str and int, in sorted file order;
+        `images` is None, or with `image_size` the decoded, resized images of `paths`
+        (a list of float32 tensors, see `_decode_all`).
     """
     found = _class_folders(directory)
     if class_names is None:
@@ -139,7 +156,7 @@ def _index_folder(directory, class_names=None):
     files = {name: _files(os.path.join(directory, name)) for name in class_names}
     everything = [path for paths in files.values() for path in paths]
     candidates = [path for path in everything if path.lower().endswith(IMAGE_EXTENSIONS)]
-    bad = _undecodable(candidates)
+    bad, decoded = _decode_all(candidates, image_size)
     skipped = [
         f"{os.path.relpath(path, directory)} (unsupported format)"
         for path in everything
@@ -160,8 +177,9 @@ def _index_folder(directory, class_names=None):
             f"Class folder(s) {empty} in {directory!r} hold no usable images "
             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)."
         )
+    images = None if decoded is None else [image for image in decoded if image is not None]
     print(f"Found {len(paths)} images belonging to {len(class_names)} classes in {directory}.")
-    return paths, labels, list(class_names)
+    return paths, labels, list(class_names), images
 
 
 def _load_image(path, image_size):
@@ -170,8 +188,15 @@ def _load_image(path, image_size):
     return decode_and_resize(tf.io.read_file(path), image_size)
 
 
-def _dataset(sources, labels, load, *, num_classes, batch_size, shuffle, seed, cache):
-    """`(load(source), one_hot)` batches, e.g. images decoded by `decode_and_resize`.
+def _stored_image(index, store):
+    import tensorflow as tf
+
+    return tf.gather(store, index)
+
+
+def _dataset(sources, labels, load, *, num_classes, batch_size, shuffle, seed):
+    """`(load(source), one_hot)` batches: images decoded from their paths by
+    `decode_and_resize`, or taken by index from the decoded images in memory.
 
     The dataset remembers how it was made (`feature_cache.ExampleSource`), so that feature
     caching can make the same pipeline over cached features.
@@ -184,17 +209,10 @@ def _dataset(sources, labels, load, *, num_classes, batch_size, shuffle, seed, c
         return load(source), tf.one_hot(label, num_classes, dtype="float32")
 
     dataset = tf.data.Dataset.from_tensor_slices((sources, labels))
-    reshuffle = dict(seed=seed, reshuffle_each_iteration=True)
-    if shuffle and not cache:
-        dataset = dataset.shuffle(len(sources), **reshuffle)  # file names: a full shuffle is cheap
+    if shuffle:  # paths or indices: a full shuffle is cheap
+        dataset = dataset.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache:
-        dataset = dataset.cache()
-        if shuffle:
-            # Cached elements are shared, not copied, by the buffer: a full shuffle is free.
-            # The order is the one of shuffling the file names: same seed, same stream length.
-            dataset = dataset.shuffle(len(sources), **reshuffle)
-    options = dict(num_classes=num_classes, batch_size=batch_size, seed=seed, cache=False)
+    options = dict(num_classes=num_classes, batch_size=batch_size, seed=seed)
 
     def build(other_sources, other_load, other_shuffle):
         return _dataset(other_sources, labels, other_load, shuffle=other_shuffle, **options)
@@ -216,17 +234,18 @@ def image_folder_datasets(
     - `root/train/<class>/*` alone, or `root/<class>/*`: split by `validation_split`, or
       no validation data when `validation_split` is None.
 
-    Every image is decoded once up front. Files of another format (not JPEG, PNG, GIF, BMP)
-    and files that do not decode (empty, truncated, not an image) are skipped with one
-    `UserWarning` per folder that counts and names them. Images are decoded to RGB
-    (grayscale, palette and 16-bit PNGs and CMYK JPEGs are converted; RGBA loses its alpha;
-    a GIF gives its first frame) and resized (squashed, bilinear) to `image_size` with the
-    ops of `keras.utils.image_dataset_from_directory`, by `decode_and_resize`, which the
-    exported serving signature uses too. Datasets feed `model.fit` on tensorflow, jax and
-    torch. Each dataset remembers the files it was made from, so that `fine_tune`'s feature
-    caching can read every image once and remake the same pipeline (same batches, same
-    reshuffling) over the cached backbone outputs; a dataset derived from it (`.map`,
-    `.take`, ...) is cached by input fingerprints instead.
+    Every image is decoded once up front (with `cache=True`, the default, that decoding is
+    the one the datasets use: they never read the files again). Files of another format (not
+    JPEG, PNG, GIF, BMP) and files that do not decode (empty, truncated, not an image) are
+    skipped with one `UserWarning` per folder that counts and names them. Images are decoded
+    to RGB (grayscale, palette and 16-bit PNGs and CMYK JPEGs are converted; RGBA loses its
+    alpha; a GIF gives its first frame) and resized (squashed, bilinear) to `image_size`
+    with the ops of `keras.utils.image_dataset_from_directory`, by `decode_and_resize`,
+    which the exported serving signature uses too. Datasets feed `model.fit` on tensorflow,
+    jax and torch. Each dataset remembers the images it was made from, so that `fine_tune`'s
+    feature caching can run the backbone once over them and remake the same pipeline (same
+    batches, same reshuffling) over the cached backbone outputs; a dataset derived from it
+    (`.map`, `.take`, ...) is cached by input fingerprints instead.
 
     Args:
         root: path of the data folder.
@@ -236,9 +255,10 @@ def image_folder_datasets(
             held out for validation when there is no `val/` folder (a random pick of the
             files with `seed`, as Keras does).
         seed: int, default 1337: the shuffle and split seed.
-        cache: bool, default True: keep the decoded, resized images in memory after the
-            first epoch (`height * width * 3 * 4` bytes per image, 0.6 MB at 224x224);
-            False decodes every epoch.
+        cache: bool, default True: keep the decoded, resized images of the up-front check
+            in memory, for every epoch (`height * width * 3 * 4` bytes per image, 0.6 MB at
+            224x224; the memory is taken when this function returns); False decodes the
+            files again in every epoch (for data that does not fit in memory).
 
     Returns:
         `(train_ds, val_ds, class_names)`: datasets of `(images, labels)` batches, images
@@ -283,7 +303,12 @@ def image_folder_datasets(
         raise ValueError(
             f"{root!r} has a validation folder {val_dir!r}; do not also pass `validation_split`."
         )
-    paths, labels, class_names = _index_folder(train_dir)
+    kept_size = image_size if cache else None
+    paths, labels, class_names, images = _index_folder(train_dir, image_size=kept_size)
+    if cache:  # the decoded images are the sources, by index
+        paths, load = np.arange(len(paths)), _loader(images)
+    else:
+        load = functools.partial(_load_image, image_size=image_size)
     val = None
     if validation_split is not None:
         order = np.random.RandomState(seed).permutation(len(paths))
@@ -294,7 +319,7 @@ def image_folder_datasets(
                 f"{'no validation' if num_val == 0 else 'no training'} images; change it."
             )
         held_out = sorted(order[-num_val:])
-        val = ([paths[i] for i in held_out], [labels[i] for i in held_out])
+        val = ([paths[i] for i in held_out], [labels[i] for i in held_out], load)
         kept = order[:-num_val]
         paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
         lost = [name for i, name in enumerate(class_names) if i not in set(labels)]
@@ -305,9 +330,20 @@ def image_folder_datasets(
                 "or give a val/ folder."
             )
     elif val_dir is not None:
-        val = _index_folder(val_dir, class_names)[:2]
-    load = functools.partial(_load_image, image_size=image_size)
-    options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed, cache=cache)
+        val_paths, val_labels, _, val_images = _index_folder(val_dir, class_names, kept_size)
+        if cache:
+            val = (np.arange(len(val_paths)), val_labels, _loader(val_images))
+        else:
+            val = (val_paths, val_labels, load)
+    options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed)
     train_ds = _dataset(paths, labels, load, shuffle=True, **options)
-    val_ds = None if val is None else _dataset(*val, load, shuffle=False, **options)
+    val_ds = None if val is None else _dataset(*val, shuffle=False, **options)
     return train_ds, val_ds, class_names
+
+
+def _loader(images):
+    """A `load` for `_dataset` that takes images by index from `images` (a list of tensors),
+    stacked into one tensor."""
+    import tensorflow as tf
+
+    return functools.partial(_stored_image, store=tf.stack(images))

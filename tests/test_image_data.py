@@ -46,6 +46,27 @@ def test_training_data_is_reshuffled_every_epoch(tmp_path):
     assert sorted(first) == sorted(second) and first.tolist() != second.tolist()
 
 
+def test_images_kept_in_memory_are_the_ones_decoded_every_epoch(tmp_path):
+    # cache=True keeps the images of the up-front check; cache=False decodes every epoch:
+    # the same pixels, batches and reshuffling either way.
+    write_image_folder(tmp_path / "train", per_class=5, fmt="JPEG")
+    write_image_folder(tmp_path / "val", per_class=2, fmt="JPEG")
+    for root, split in ((tmp_path, None), (tmp_path / "train", 0.4)):
+        kept, read = (
+            kt.image_folder_datasets(
+                root, image_size=(20, 24), batch_size=3, validation_split=split, cache=cache
+            )[:2]
+            for cache in (True, False)
+        )
+        for kept_ds, read_ds in zip(kept, read, strict=True):
+            for _ in range(2):  # two epochs: the reshuffled order too
+                pairs = zip(kept_ds.as_numpy_iterator(), read_ds.as_numpy_iterator(), strict=True)
+                for (x_kept, y_kept), (x_read, y_read) in pairs:
+                    assert x_kept.dtype == "float32" and x_kept.shape[1:] == (20, 24, 3)
+                    np.testing.assert_array_equal(x_kept, x_read)
+                    np.testing.assert_array_equal(y_kept, y_read)
+
+
 def test_single_folder_split(tmp_path):
     write_image_folder(tmp_path, per_class=10)
     train_ds, val_ds, _ = kt.image_folder_datasets(tmp_path, image_size=8, validation_split=0.2)
