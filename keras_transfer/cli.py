@@ -116,7 +116,7 @@ def _parser():
     text.add_argument(
         "--class-weights", action="store_true", help="balanced class weights for imbalanced data"
     )
-    text.add_argument("--epochs", type=int, default=3, help="epochs (default 3, the seed's)")
+    text.add_argument("--epochs", type=_count, default=3, help="epochs (default 3, the seed's)")
     text.add_argument("--lr", type=float, default=None, help="learning rate (default Adam 2e-5)")
     text.add_argument("--seed", type=int, default=1337)
     _add_output_arguments(text)
@@ -151,26 +151,37 @@ def _parser():
         "demo", help="offline main job: fine-tune MiniLM on a small review set we ship"
     )
     demo.add_argument("--output", default="runs/demo", help="folder for data, model, reports")
-    demo.add_argument("--epochs", type=int, default=3)
+    demo.add_argument("--epochs", type=_count, default=3)
     return parser
+
+
+def _count(text):
+    """argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
 
 
 def _add_training_arguments(parser, default_epochs):
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=_count,
         default=default_epochs,
         help=f"epochs on a frozen backbone (default {default_epochs})",
     )
     parser.add_argument(
         "--finetune-epochs",
-        type=int,
+        type=_count,
         default=0,
         help="epochs with the top of the backbone unfrozen (default 0)",
     )
     parser.add_argument(
         "--unfreeze-top-n",
-        type=int,
+        type=_count,
         default=None,
         help="units unfrozen for fine-tuning, from the top (default all)",
     )
@@ -257,6 +268,7 @@ def _train_image(args):
 
     import keras_transfer as kt
 
+    _check_output(args.output)
     keras.utils.set_random_seed(args.seed)
     if args.image_size is not None:
         image_size = (args.image_size, args.image_size)
@@ -289,6 +301,7 @@ def _train_text(args):
     from keras_transfer.text_classifier import count_truncated
     from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
+    _check_output(args.output)
     keras.utils.set_random_seed(args.seed)
     freeze = args.freeze
     if freeze is not None and freeze != "backbone":
@@ -357,6 +370,14 @@ def _train_text(args):
     return _evaluate_and_write(args, model, val_ds, class_names, {"train": history})
 
 
+def _check_output(output):
+    """Refuse an --output that cannot become the output folder before any training."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise FileExistsError(
+            f"--output {output!r} is a file; pass a folder (it is made if missing)."
+        )
+
+
 def _checkpoint_dir(args):
     if args.no_checkpoint:
         return None
@@ -390,7 +411,13 @@ def _evaluate_and_write(args, model, val_ds, class_names, histories):
         report = kt.evaluate_classifier(model, val_ds, class_names)
         print(report)
     write_outputs(args.output, model, class_names, report, histories)
-    print(f"Wrote {os.path.join(args.output, MODEL_FILE)} and reports to {args.output}")
+    if report is None:
+        print(
+            f"Wrote {os.path.join(args.output, MODEL_FILE)}, {CLASS_NAMES_FILE} and "
+            f"history.json to {args.output} (no validation data: no report)"
+        )
+    else:
+        print(f"Wrote {os.path.join(args.output, MODEL_FILE)} and reports to {args.output}")
     return 0
 
 

@@ -95,7 +95,8 @@ def fine_tune(
         (`"finetune"` only when `finetune_epochs` > 0).
 
     Raises:
-        ValueError: negative epochs, an optimizer object (use a name), a checkpoint
+        ValueError: negative epochs, `unfreeze_top_n=0` with fine-tuning epochs (it would
+            unfreeze nothing), an optimizer object (use a name), a checkpoint
             folder written by a run with other arguments, or `cache_features=True` for a
             model that cannot be cut into backbone and head.
     """
@@ -108,6 +109,12 @@ def fine_tune(
         or unfreeze_top_n < 0
     ):
         raise ValueError(f"`unfreeze_top_n` must be None or an int >= 0, got {unfreeze_top_n!r}.")
+    if unfreeze_top_n == 0 and finetune_epochs:
+        raise ValueError(
+            "`unfreeze_top_n=0` unfreezes no part of the backbone, so the fine-tuning stage "
+            "would only train the head further; pass unfreeze_top_n >= 1 (None: the whole "
+            "backbone), or finetune_epochs=0."
+        )
     if optimizer is not None and not isinstance(optimizer, str):
         raise ValueError(
             "`fine_tune` needs `optimizer` as a name ('sgd' or 'adam') so that each stage "

@@ -85,6 +85,15 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert "Traceback" not in result.stderr
     result = _cli("predict", tmp_path, "x.jpg", check=False)
     assert result.returncode == 2 and "model.keras" in result.stderr
+    write_image_folder(tmp_path / "data", per_class=2)
+    train = ("train", "image", "--data", tmp_path / "data", "--backbone", "mobilenet")
+    result = _cli(*train, "--epochs", -1, "--output", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "--epochs: must be an int >= 0, got '-1'" in result.stderr
+    (tmp_path / "taken").write_text("")
+    # Refused before the data is read or a model is built.
+    result = _cli(*train, "--weights", "none", "--output", tmp_path / "taken", check=False)
+    assert result.returncode == 2 and "is a file; pass a folder" in result.stderr
+    assert "Found" not in result.stdout
 
 
 @pytest.mark.backends("tensorflow")

@@ -125,6 +125,11 @@ def test_top_n_counts_backbone_layers_from_the_top():
 def test_top_n_validation():
     with pytest.raises(ValueError, match="top_n"):
         kt.unfreeze_backbone(_tiny(), top_n=-1)
+    model = _tiny()
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="unfreeze_top_n=0.*unfreezes no part"):
+        kt.fine_tune(model, _data(), head_epochs=1, finetune_epochs=1, unfreeze_top_n=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
 def test_model_without_backbone_is_refused():
