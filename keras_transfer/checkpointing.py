@@ -111,6 +111,46 @@ def _seed_states(model):
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
+def _torch_random_state():
+    """On torch, the global torch random state as a list of ints, else None: Keras' torch
+    dropout without a seed (the default `Dropout`) draws from it, not from a seed state."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.get_rng_state().tolist()
+
+
+def _restore_torch_random_state(value):
+    import keras
+
+    if value is not None and keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_rng_state(torch.tensor(value, dtype=torch.uint8))
+
+
+def _torch_random_state_at_first_batch(value):
+    """A callback that restores torch's global random state just before the first training
+    step: Keras' torch `fit` draws from it when it starts reading the data, which an
+    uninterrupted run did once at the start of the stage, not at the resumed epoch."""
+    import keras
+
+    class RestoreTorchRandomState(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.value = value
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.value is not None:
+                _restore_torch_random_state(self.value)
+                self.value = None
+
+    return RestoreTorchRandomState()
+
+
 def skip_epochs(data, epochs):
     """Move a tf.data pipeline's reshuffling on by `epochs`, as an uninterrupted run had.
 
@@ -174,6 +214,7 @@ def _make_callback(directory, stage, state):
             state["seed_states"] = [
                 keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)
             ]
+            state["torch_random_state"] = _torch_random_state()
             previous, state["weights"] = state.get("weights"), name
             _write_json(os.path.join(directory, STATE_FILE), state)
             if previous and previous != name:
@@ -209,7 +250,8 @@ def resumable_fit(
     Run the same code again after a crash or a kill (SIGKILL included) and training goes on
     from the last completed epoch: the weights and the optimizer state (momentum, Adam
     moments, step count) are restored, with the random states of dropout and augmentation
-    layers and (for a `tf.data.Dataset`) the reshuffling, so the resumed run trains on the
+    layers (on torch also torch's global random state, which Keras' unseeded dropout draws
+    from) and (for a `tf.data.Dataset`) the reshuffling, so the resumed run trains on the
     same batches as an uninterrupted one and ends with the same weights up to float noise
     (see the determinism notes in docs/reliability.md; NumPy inputs are reshuffled by
     `fit` and do not resume the same order). Several `resumable_fit` calls with different
@@ -243,6 +285,7 @@ def resumable_fit(
     settings.setdefault("model", f"{model.name}: {len(model.weights)} weights")
     state = read_checkpoint(directory, settings) or {"settings": settings, "stages": {}}
     record = state["stages"].get(stage)
+    resumed_random_state = None
     if record is not None and state.get("weights", "").startswith(f"{stage}-"):
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
@@ -256,6 +299,7 @@ def resumable_fit(
                 f"Cannot load the checkpoint {weights!r} ({str(error)[:200]}); delete the "
                 f"folder {directory!r} to start training from the beginning."
             ) from None
+        resumed_random_state = state.get("torch_random_state")
         skip_epochs(train_ds, record["epochs_done"])
         print(f"Resuming {stage!r} from {directory} after epoch {record['epochs_done']}.")
     elif record is not None and record["epochs_done"] >= epochs:
@@ -265,13 +309,16 @@ def resumable_fit(
     if start < epochs:
         callback = _make_callback(directory, stage, state)
         data, steps_per_epoch = one_pass_per_epoch(train_ds, start, epochs)
+        restore = _torch_random_state_at_first_batch(resumed_random_state)
         fitted = model.fit(
             data,
             steps_per_epoch=steps_per_epoch,
             initial_epoch=start,
             epochs=epochs,
-            callbacks=[*(callbacks or []), callback],
+            callbacks=[restore, *(callbacks or []), callback],
             **fit_kwargs,
         )
+    else:  # this stage is done; the next one starts from its random state
+        _restore_torch_random_state(resumed_random_state)
     record = state["stages"].get(stage, {"epochs_done": start, "history": {}})
     return _history(model, record, initial_epoch, fitted)

@@ -29,7 +29,7 @@ def _events(result):
         return [json.loads(line) for line in handle]
 
 
-@pytest.mark.backends("tensorflow")
+@pytest.mark.backends("tensorflow", "torch")  # jax: the same code, 10x slower convolutions
 @pytest.mark.parametrize("cached", [False, True], ids=["augmented", "cached_features"])
 def test_fine_tune_resumes_after_sigkill_in_either_stage(tmp_path, cached):
     data = tmp_path / "data"
