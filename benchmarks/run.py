@@ -14,6 +14,9 @@ warms another's caches); the table reports medians over `--repeats` runs. Jobs:
   `build_image_classifier(augmentation=None)`, `fine_tune(head_epochs=10)` (cached features).
   floor: one forward pass of the backbone over the train and val images (decoded beforehand,
   Keras `predict` on the in-memory images, its function built before the timing).
+  floor_reading: the same pass with the reading: `image_dataset_from_directory` (train and
+  val) into `predict`, so the JPEGs are decoded in tf.data beside the backbone (function
+  built before the timing).
   bfloat16: keras-transfer with `mixed_precision="bfloat16"`.
 - text_frozen: sms_spam (first 256 training rows, first 128 test rows), MiniLM, sequence
   length 128, frozen encoder + head, 10 epochs, Adam 3e-2 (at 1e-3 neither way learned the
@@ -29,8 +32,9 @@ warms another's caches); the table reports medians over `--repeats` runs. Jobs:
   compiled with `jit_compile=True` (XLA on tensorflow and jax, `torch.compile` on torch;
   Keras' default "auto" uses XLA on jax always, on tensorflow only with a GPU, never on torch).
 
-Every run starts with `keras.utils.set_random_seed(1)`: the accuracies compare seeded runs
-(each way still draws its own head initialisation).
+Run r (r = 0, 1, 2, ...) of every way uses seed 1 + r: `keras.utils.set_random_seed`, and
+the seed of the datasets' shuffling. The medians are over differently seeded runs (each way
+draws its own head initialisation), so that an accuracy comparison is not one draw's luck.
 Wall times cover data reading, training and validation, not imports or model building.
 """
 
@@ -50,7 +54,7 @@ SHARED = os.environ.get("KERAS_TRANSFER_SHARED", os.path.join(HERE, "..", "..", 
 HYMENOPTERA = os.path.join(SHARED, "data", "hymenoptera")
 SMS = os.path.join(SHARED, "data", "sms_spam")
 JOBS = {
-    "images_frozen": ("plain", "keras_transfer", "floor", "bfloat16"),
+    "images_frozen": ("plain", "keras_transfer", "floor", "floor_reading", "bfloat16"),
     "text_frozen": ("plain", "keras_transfer", "floor"),
     "text_full": ("plain", "keras_transfer"),
     "image_step": ("plain", "keras_transfer", "bfloat16", "jit_compile"),
@@ -103,7 +107,7 @@ def _text_datasets(batch_size):
         one_hot = np.eye(len(names), dtype="float32")[[names.index(v) for v in y]]
         data = tf.data.Dataset.from_tensor_slices((x, one_hot))
         if shuffle:
-            data = data.shuffle(len(x), seed=1, reshuffle_each_iteration=True)
+            data = data.shuffle(len(x), seed=SEED, reshuffle_each_iteration=True)
         return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     return dataset(texts, labels, True), dataset(val_texts, val_labels, False), names
@@ -113,7 +117,7 @@ def _images_frozen_plain():
     import keras
 
     start = time.perf_counter()
-    options = dict(image_size=(224, 224), batch_size=32, label_mode="categorical", seed=1)
+    options = dict(image_size=(224, 224), batch_size=32, label_mode="categorical", seed=SEED)
     train = keras.utils.image_dataset_from_directory(f"{HYMENOPTERA}/train", **options)
     val = keras.utils.image_dataset_from_directory(f"{HYMENOPTERA}/val", shuffle=False, **options)
     build_start = time.perf_counter()
@@ -144,7 +148,7 @@ def _images_frozen_keras_transfer(mixed_precision=None):
     import keras_transfer as kt
 
     start = time.perf_counter()
-    train, val, names = kt.image_folder_datasets(HYMENOPTERA, image_size=224, seed=1)
+    train, val, names = kt.image_folder_datasets(HYMENOPTERA, image_size=224, seed=SEED)
     build_start = time.perf_counter()
     model = kt.build_image_classifier(
         "mobilenet",
@@ -180,6 +184,23 @@ def _images_frozen_floor():
     start = time.perf_counter()
     base.predict(x, batch_size=32, verbose=0)
     return dict(wall_s=time.perf_counter() - start, examples=len(images))
+
+
+def _images_frozen_floor_reading():
+    import keras
+
+    base = keras.applications.MobileNet(
+        input_shape=(224, 224, 3), alpha=0.25, include_top=False, weights="imagenet"
+    )
+    base.predict(keras.ops.zeros((32, 224, 224, 3)), verbose=0)  # build predict outside
+    start = time.perf_counter()
+    options = dict(image_size=(224, 224), batch_size=32, shuffle=False)
+    count = 0
+    for split in ("train", "val"):
+        data = keras.utils.image_dataset_from_directory(f"{HYMENOPTERA}/{split}", **options)
+        data = data.map(lambda x, y: keras.applications.mobilenet.preprocess_input(x))
+        count += len(base.predict(data, verbose=0))
+    return dict(wall_s=time.perf_counter() - start, examples=count)
 
 
 def _plain_text_classifier(trainable):
@@ -361,21 +382,24 @@ def _image_step_jit_compile():
     return _step_time(model, keras)
 
 
-def measure(job, way):
-    """Run one measurement in this process; return its numbers."""
+def measure(job, way, seed=SEED):
+    """Run one measurement in this process with `seed` (global and shuffling); return its
+    numbers."""
     import keras
 
-    keras.utils.set_random_seed(SEED)
+    global SEED
+    SEED = seed
+    keras.utils.set_random_seed(seed)
     return globals()[f"_{job}_{way}"]()
 
 
 # ---------------------------------------------------------------- the driver (parent)
 
 
-def _run_child(job, way, backend):
+def _run_child(job, way, backend, seed):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--one", job, way],
+        [sys.executable, os.path.abspath(__file__), "--one", job, way, str(seed)],
         capture_output=True,
         text=True,
         env=env,
@@ -397,12 +421,15 @@ def _table(results, repeats):
         f"Medians of {repeats} run(s), one process each. Machine: {platform.machine()}, "
         f"{os.cpu_count()} CPU cores, {platform.platform()}; Python {platform.python_version()}.",
         "",
-        "| job | backend | plain Keras | keras-transfer | floor | speed-up | keras-transfer / "
-        "floor | accuracy plain / keras-transfer | keras-transfer, other settings |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| job | backend | plain Keras | keras-transfer | floor | floor with reading | "
+        "speed-up | keras-transfer / floor (with reading) | accuracy plain / keras-transfer | "
+        "keras-transfer, other settings |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (job, backend), ways in results.items():
-        plain, ours, floor = (ways.get(w) for w in ("plain", "keras_transfer", "floor"))
+        plain, ours, floor, reading = (
+            ways.get(w) for w in ("plain", "keras_transfer", "floor", "floor_reading")
+        )
 
         def fmt(runs, job=job):
             if not runs:
@@ -419,6 +446,8 @@ def _table(results, repeats):
                 accuracy = f"{_median(plain, 'accuracy'):.3f} / {_median(ours, 'accuracy'):.3f}"
         if floor and ours:
             over_floor = f"{_median(ours, 'wall_s') / _median(floor, 'wall_s'):.2f}x"
+            if reading:
+                over_floor += f" ({_median(ours, 'wall_s') / _median(reading, 'wall_s'):.2f}x)"
         others = []
         for way in ("bfloat16", "jit_compile"):
             if ways.get(way):
@@ -427,7 +456,8 @@ def _table(results, repeats):
                 others.append(f"{way}: {fmt(ways[way])}{shown}")
         other = "; ".join(others) or "–"
         lines.append(
-            f"| {job} | {backend} | {fmt(plain)} | {fmt(ours)} | {fmt(floor)} | {speedup} | "
+            f"| {job} | {backend} | {fmt(plain)} | {fmt(ours)} | {fmt(floor)} | {fmt(reading)} | "
+            f"{speedup} | "
             f"{over_floor} | {accuracy} | {other} |"
         )
     return "\n".join(lines) + "\n"
@@ -440,10 +470,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ways", default=None, help="only these ways, e.g. plain,keras_transfer")
     parser.add_argument("--output", default=os.path.join(HERE, "results.md"))
-    parser.add_argument("--one", nargs=2, metavar=("JOB", "WAY"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("JOB", "WAY", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(measure(*args.one)), flush=True)
+        job, way, seed = args.one
+        print("RESULT " + json.dumps(measure(job, way, int(seed))), flush=True)
         return 0
     results = {}
     for backend in args.backends.split(","):
@@ -454,7 +485,7 @@ def main(argv=None):
                 for way in JOBS[job]:
                     if args.ways and way not in args.ways.split(","):
                         continue
-                    run = _run_child(job, way, backend)
+                    run = _run_child(job, way, backend, SEED + repeat)
                     results.setdefault((job, backend), {}).setdefault(way, []).append(run)
                     print(f"{backend} {job} {way} run {repeat + 1}: {run}", flush=True)
                 with open(args.output, "w", encoding="utf-8") as handle:
