@@ -51,12 +51,16 @@ class ExampleSource(NamedTuple):
             `(load(example), label)` for the same labels, batch size and seed;
             `shuffle=False` keeps file order.
         shuffle: whether the pipeline reshuffles every epoch.
+        in_memory: whether `load` also takes a vector of examples and gives their batch
+            straight from memory (e.g. decoded images taken by index); the caching pass
+            then reads them without a pipeline.
     """
 
     examples: Any
     load: Callable
     build: Callable
     shuffle: bool
+    in_memory: bool = False
 
 
 def remember_examples(dataset, source):
@@ -117,6 +121,15 @@ class FeatureSplit:
         import tensorflow as tf
 
         preprocess = self._preprocess or (lambda x: x)
+        if all(source.in_memory for source in sources):
+            features = self._extract(
+                tf.nest.map_structure(
+                    np.asarray, preprocess(source.load(source.examples[i : i + EXTRACT_BATCH]))
+                )
+                for source in sources
+                for i in range(0, len(source.examples), EXTRACT_BATCH)
+            )
+            return self._feature_datasets(sources, features)
         in_order = [source.build(source.examples, source.load, False) for source in sources]
         everything = in_order[0]
         for more in in_order[1:]:
@@ -129,6 +142,13 @@ class FeatureSplit:
             for chunk in chunks.as_numpy_iterator()
             for start in range(0, len(tf.nest.flatten(chunk)[0]), EXTRACT_BATCH)
         )
+        return self._feature_datasets(sources, features)
+
+    @staticmethod
+    def _feature_datasets(sources, features):
+        """Each source's pipeline remade over its rows of `features` (in source order)."""
+        import tensorflow as tf
+
         datasets, start = [], 0
         for source in sources:
             count = len(source.examples)

@@ -194,7 +194,7 @@ def _stored_image(index, store):
     return tf.gather(store, index)
 
 
-def _dataset(sources, labels, load, *, num_classes, batch_size, shuffle, seed):
+def _dataset(sources, labels, load, *, num_classes, batch_size, shuffle, seed, in_memory=False):
     """`(load(source), one_hot)` batches: images decoded from their paths by
     `decode_and_resize`, or taken by index from the decoded images in memory.
 
@@ -219,7 +219,7 @@ def _dataset(sources, labels, load, *, num_classes, batch_size, shuffle, seed):
 
     return remember_examples(
         dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE),
-        ExampleSource(sources, load, build, shuffle),
+        ExampleSource(sources, load, build, shuffle, in_memory),
     )
 
 
@@ -306,7 +306,7 @@ def image_folder_datasets(
     kept_size = image_size if cache else None
     paths, labels, class_names, images = _index_folder(train_dir, image_size=kept_size)
     if cache:  # the decoded images are the sources, by index
-        paths, load = np.arange(len(paths)), _loader(images)
+        paths, load = np.arange(len(paths)), _loader(images)  # `load` takes index vectors too
     else:
         load = functools.partial(_load_image, image_size=image_size)
     val = None
@@ -335,7 +335,7 @@ def image_folder_datasets(
             val = (np.arange(len(val_paths)), val_labels, _loader(val_images))
         else:
             val = (val_paths, val_labels, load)
-    options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed)
+    options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed, in_memory=cache)
     train_ds = _dataset(paths, labels, load, shuffle=True, **options)
     val_ds = None if val is None else _dataset(*val, shuffle=False, **options)
     return train_ds, val_ds, class_names

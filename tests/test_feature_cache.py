@@ -145,6 +145,7 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
         return train_ds, val_ds
 
     train_ds, val_ds = make_data()
+    assert train_ds._kt_examples.in_memory  # decoded images, read by index
     model = _image_model()
     kt.freeze_backbone(model)
     split = split_for_caching(model)
@@ -184,15 +185,20 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
 
 @pytest.mark.backends("tensorflow")  # torch's fit reads the data once more per stage
 def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, monkeypatch):
-    """Stage 2 goes on with the reshuffles an uncached run's stage 2 gets; and small decode
-    chunks and extraction batches (padded at the end) give the same features."""
+    """Stage 2 goes on with the reshuffles an uncached run's stage 2 gets; and pipelines
+    that decode their files every epoch (`cache=False`: the caching pass decodes them in
+    chunks), with small decode chunks and extraction batches (padded at the end), give the
+    same features as images kept in memory (the other tests)."""
     from keras_transfer import feature_cache
 
     write_image_folder(tmp_path / "train", per_class=7)
     write_image_folder(tmp_path / "val", per_class=3)
 
     def make_data():
-        train_ds, val_ds, _ = kt.image_folder_datasets(tmp_path, image_size=32, batch_size=4)
+        train_ds, val_ds, _ = kt.image_folder_datasets(
+            tmp_path, image_size=32, batch_size=4, cache=False
+        )
+        assert not train_ds._kt_examples.in_memory  # the chunked decoding pass
         return train_ds, val_ds
 
     histories = {}
