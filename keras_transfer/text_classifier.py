@@ -140,7 +140,8 @@ def build_text_classifier(
 
     Returns:
         A `keras_hub.models.TextClassifier`: input a string or `(batch,)` strings, output
-        `(batch, num_classes)` float32 softmax probabilities (as for image models; see
+        `(batch, num_classes)` softmax probabilities, float32 (16-bit with
+        `mixed_precision`, see above; image models keep float32) (see
         `compile_classifier`), compiled with `compile_classifier`'s text defaults (Adam
         lr 2e-5, categorical cross-entropy on one-hot labels); compile again to change them.
 
