@@ -11,7 +11,9 @@ warms another's caches); the table reports medians over `--repeats` runs. Jobs:
   SGD 1e-3 momentum 0.9, no augmentation. plain: the Keras guide's way
   (`image_dataset_from_directory`, `base_model.trainable = False`, `base_model(x,
   training=False)`, compile, fit). keras-transfer: `image_folder_datasets`,
-  `build_image_classifier(augmentation=None)`, `fine_tune(head_epochs=10)` (cached features).
+  `build_image_classifier(augmentation=None)`, `fine_tune(head_epochs=10)` (cached features);
+  its phases: read (`image_folder_datasets`, which decodes every image), cache (the
+  backbone's pass, with tracing or compiling), head (the 10 epochs' `fit`).
   floor: one forward pass of the backbone over the train and val images (decoded beforehand,
   Keras `predict` on the in-memory images, its function built before the timing).
   floor_reading: the same pass with the reading: `image_dataset_from_directory` (train and
@@ -158,10 +160,31 @@ def _images_frozen_keras_transfer(mixed_precision=None):
         mixed_precision=mixed_precision,
     )
     build = time.perf_counter() - build_start
-    history = kt.fine_tune(model, train, val, head_epochs=EPOCHS, verbose=0)["head"]
+    fit_time = _fit_timer()
+    history = kt.fine_tune(model, train, val, head_epochs=EPOCHS, verbose=0, callbacks=[fit_time])
     wall = time.perf_counter() - start - build
     examples = _count_images(f"{HYMENOPTERA}/train") * EPOCHS
-    return dict(wall_s=wall, examples=examples, accuracy=history.history["val_accuracy"][-1])
+    read = build_start - start
+    phases = dict(read_s=read, cache_s=wall - read - fit_time.seconds, head_s=fit_time.seconds)
+    return dict(
+        wall_s=wall, examples=examples, accuracy=history.history["val_accuracy"][-1], **phases
+    )
+
+
+def _fit_timer():
+    """A Keras callback that measures the time from the start to the end of `fit`."""
+    import keras
+
+    class FitTime(keras.callbacks.Callback):
+        seconds = 0.0
+
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            self.seconds += time.perf_counter() - self.start
+
+    return FitTime()
 
 
 def _images_frozen_bfloat16():
@@ -454,6 +477,14 @@ def _table(results, repeats):
                 accuracy_of = _median(ways[way], "accuracy")
                 shown = "" if accuracy_of is None else f", accuracy {accuracy_of:.3f}"
                 others.append(f"{way}: {fmt(ways[way])}{shown}")
+        if ours and _median(ours, "head_s") is not None:
+            others.append(
+                "phases: "
+                + ", ".join(
+                    f"{name} {_median(ours, key):.2f} s"
+                    for name, key in (("read", "read_s"), ("cache", "cache_s"), ("head", "head_s"))
+                )
+            )
         other = "; ".join(others) or "–"
         lines.append(
             f"| {job} | {backend} | {fmt(plain)} | {fmt(ours)} | {fmt(floor)} | {fmt(reading)} | "
