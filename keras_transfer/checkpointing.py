@@ -157,42 +157,77 @@ def skip_epochs(data, epochs):
     A `shuffle(..., reshuffle_each_iteration=True)` draws a new order for every iterator and
     `one_pass_per_epoch` makes one per epoch, so creating (not reading) `epochs` iterators
     makes the next epoch see the order it would have seen without the interruption.
+    Pipelines that `one_pass_per_epoch` makes anew for every epoch need no skipping.
     """
     import tensorflow as tf
 
-    if isinstance(data, tf.data.Dataset):
+    from keras_transfer.feature_cache import remade_per_epoch
+
+    if isinstance(data, tf.data.Dataset) and not remade_per_epoch(data):
         for _ in range(epochs):
             iter(data)
 
 
-def saved_stage(directory):
-    """The stage whose weights the checkpoint in `directory` holds, or None (no checkpoint,
-    or one `resumable_fit` will refuse with a clear error)."""
-    try:
-        with open(os.path.join(directory, STATE_FILE), encoding="utf-8") as handle:
-            weights = json.load(handle).get("weights", "")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return weights.split("-epoch")[0] if isinstance(weights, str) and weights else None
-
-
 def one_pass_per_epoch(data, first, last):
-    """`(dataset, steps_per_epoch)` for `fit`: one new iterator of `data` per epoch.
+    """`(dataset, steps_per_epoch)` for `fit`: epochs `first` to `last - 1` of `data`, each
+    one pass, whatever iterators `fit` makes.
 
     How many iterators `fit` itself makes per epoch depends on the backend (tensorflow makes
-    a spare one at each epoch end); feeding `range(first, last).flat_map(lambda _: data)`
-    with `steps_per_epoch` makes it exactly one per epoch, so a resumed run can skip the
-    epochs it does not repeat. Data that is not a `tf.data.Dataset` of known length is
-    returned as it is (with `steps_per_epoch` None).
+    a spare one at each epoch end, torch reads a batch before the first epoch), and a
+    reshuffling `tf.data` pipeline draws a new order for each. Pipelines from
+    `image_folder_datasets` and `text_csv_datasets` (and those remade over cached features)
+    are made anew for every epoch, in the order `feature_cache.epoch_order` draws from
+    `(seed, epoch)`: epoch e sees the same batches with or without checkpoints, feature
+    caching or a resume, on every backend. Other datasets of known length get one new
+    iterator per epoch (`range(first, last).flat_map(lambda _: data)` with
+    `steps_per_epoch`), so a resumed run can skip the epochs it does not repeat
+    (`skip_epochs`). Data that is not a `tf.data.Dataset` of known length is returned as it
+    is (with `steps_per_epoch` None).
     """
     import tensorflow as tf
+
+    from keras_transfer.feature_cache import epoch_pipeline
 
     if not isinstance(data, tf.data.Dataset):
         return data, None
     steps = int(data.cardinality())
-    if steps <= 0:  # unknown or infinite
+    if steps <= 0 or last <= first:  # unknown or infinite; or no epochs (fit still builds)
         return data, None
-    return tf.data.Dataset.range(first, last).flat_map(lambda _: data), steps
+
+    @tf.autograph.experimental.do_not_convert  # plain Python: builds one epoch's pipeline
+    def epoch_data(epoch):
+        remade = epoch_pipeline(data, epoch)
+        return data if remade is None else remade
+
+    epochs = tf.data.Dataset.range(first, last)
+    return epochs.flat_map(epoch_data).prefetch(tf.data.AUTOTUNE), steps
+
+
+def fit_one_pass_per_epoch(model, data, *, epochs, initial_epoch=0, **fit_kwargs):
+    """`model.fit(data, ...)` with each epoch one pass of `data` (`one_pass_per_epoch`):
+    the batches a checkpointed run (`resumable_fit`) sees, without checkpoints.
+
+    Returns:
+        The `keras.callbacks.History` of `fit`.
+    """
+    data, steps = one_pass_per_epoch(data, initial_epoch, epochs)
+    return model.fit(
+        data,
+        initial_epoch=initial_epoch,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        **dataset_fit_kwargs(data, fit_kwargs),
+    )
+
+
+def dataset_fit_kwargs(data, fit_kwargs):
+    """`fit_kwargs` with `shuffle=False` added for a `tf.data.Dataset` (which shuffles
+    itself: Keras ignores `shuffle` for it, and warns when it is True, its default)."""
+    import tensorflow as tf
+
+    if isinstance(data, tf.data.Dataset):
+        return {"shuffle": False, **fit_kwargs}
+    return fit_kwargs
 
 
 def _make_callback(directory, stage, state):
@@ -316,7 +351,7 @@ def resumable_fit(
             initial_epoch=start,
             epochs=epochs,
             callbacks=[restore, *(callbacks or []), callback],
-            **fit_kwargs,
+            **dataset_fit_kwargs(data, fit_kwargs),
         )
     else:  # this stage is done; the next one starts from its random state
         _restore_torch_random_state(resumed_random_state)

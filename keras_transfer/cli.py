@@ -297,7 +297,7 @@ def _train_text(args):
     import keras
 
     import keras_transfer as kt
-    from keras_transfer.checkpointing import clear_checkpoint
+    from keras_transfer.checkpointing import clear_checkpoint, fit_one_pass_per_epoch
     from keras_transfer.text_classifier import count_truncated
     from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
@@ -359,8 +359,8 @@ def _train_text(args):
     fit_kwargs = dict(validation_data=fit_val, epochs=args.epochs, class_weight=class_weight)
     checkpoint_dir = _checkpoint_dir(args)
     with without_preprocessor(model) if args.padding != "fixed" else contextlib.nullcontext():
-        if checkpoint_dir is None:
-            history = model.fit(fit_data, **fit_kwargs)
+        if checkpoint_dir is None:  # the batches of a checkpointed run
+            history = fit_one_pass_per_epoch(model, fit_data, **fit_kwargs)
         else:
             history = kt.resumable_fit(
                 model, fit_data, checkpoint_dir=checkpoint_dir, settings=vars(args), **fit_kwargs

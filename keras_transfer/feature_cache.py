@@ -11,8 +11,9 @@ included, in one of two ways:
 - Pipelines from `image_folder_datasets` and `text_csv_datasets` remember the examples they
   were made from (`ExampleSource`). The backbone runs once over those examples in file
   order, and the same pipeline (same seed, same shuffling) is made again over the cached
-  features: epoch for epoch the batches that the original pipeline gives when `fit` is its
-  first reader (under the same global seed), and the images are not read again.
+  features, and the images are not read again. Under `fine_tune` (`one_pass_per_epoch`)
+  every epoch of either pipeline is made anew in the order `epoch_order` draws from the seed
+  and the epoch, so epoch for epoch the head sees the batches of an uncached run.
 - Any other `tf.data` pipeline is run once, and its inputs are looked up per example by a
   fingerprint (`tf.fingerprint`) in every epoch: the inputs still flow through the pipeline,
   the backbone does not.
@@ -47,9 +48,10 @@ class ExampleSource(NamedTuple):
     Attributes:
         examples: the per-example sources, in file order (image paths or texts).
         load: tf function from one source to the model's input (e.g. decode an image).
-        build: `build(examples, load, shuffle)` gives the pipeline's batches of
+        build: `build(examples, load, shuffle, epoch=None)` gives the pipeline's batches of
             `(load(example), label)` for the same labels, batch size and seed;
-            `shuffle=False` keeps file order.
+            `shuffle=False` keeps file order; with `epoch` (an int64 scalar tensor) the
+            batches of that epoch alone, in the order `epoch_order` gives.
         shuffle: whether the pipeline reshuffles every epoch.
         in_memory: whether `load` also takes a vector of examples and gives their batch
             straight from memory (e.g. decoded images taken by index); the caching pass
@@ -67,6 +69,66 @@ def remember_examples(dataset, source):
     """Attach an `ExampleSource` to `dataset` (kept only by this dataset object)."""
     dataset._kt_examples = source
     return dataset
+
+
+def remember_derivation(dataset, parent, transform):
+    """Note that `dataset` is `transform(parent)` (a per-batch transformation), so that
+    `epoch_pipeline` can make it for one epoch from `parent`'s pipeline of that epoch."""
+    dataset._kt_derived = (parent, transform)
+    return dataset
+
+
+def shuffle_seed(seed):
+    """`seed` of a dataset function checked: an int in [0, 2**32), or None for one drawn
+    from NumPy's global generator (which `keras.utils.set_random_seed` seeds).
+
+    Raises:
+        ValueError: `seed` is not such an int or None.
+    """
+    if seed is None:
+        return int(np.random.randint(2**31 - 1))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise ValueError(f"`seed` must be an int in [0, 2**32) or None, got {seed!r}.")
+    return int(seed)
+
+
+def epoch_order(count, seed, epoch):
+    """The order of `count` examples in epoch `epoch`: a permutation drawn from `(seed,
+    epoch)` alone (`tf.random.experimental.stateless_shuffle`), so it does not depend on how
+    many iterators of the dataset were made before (by `fit`, a resume, feature caching).
+
+    Returns:
+        int64 tensor `(count,)`.
+    """
+    import tensorflow as tf
+
+    seed = tf.stack([tf.constant(seed, "int64"), tf.cast(epoch, "int64")])
+    return tf.random.experimental.stateless_shuffle(tf.range(count, dtype="int64"), seed)
+
+
+def remade_per_epoch(dataset):
+    """Whether `epoch_pipeline` can make `dataset`'s batches of any epoch."""
+    if getattr(dataset, "_kt_examples", None) is not None:
+        return True
+    parent, _ = getattr(dataset, "_kt_derived", (None, None))
+    return parent is not None and remade_per_epoch(parent)
+
+
+def epoch_pipeline(dataset, epoch):
+    """The batches `dataset` gives in epoch `epoch` (an int64 scalar tensor), or None.
+
+    For pipelines from `image_folder_datasets` and `text_csv_datasets` (and those remade over
+    cached features, and `pad_to_longest` of them): the same pipeline over the examples in
+    `epoch_order` (file order without shuffling). None for any other dataset.
+    """
+    source = getattr(dataset, "_kt_examples", None)
+    if source is not None:
+        return source.build(source.examples, source.load, source.shuffle, epoch)
+    parent, transform = getattr(dataset, "_kt_derived", (None, None))
+    if parent is None:
+        return None
+    parent_epoch = epoch_pipeline(parent, epoch)
+    return None if parent_epoch is None else transform(parent_epoch)
 
 
 class FeatureSplit:

@@ -194,28 +194,40 @@ def _stored_image(index, store):
     return tf.gather(store, index)
 
 
-def _dataset(sources, labels, load, *, num_classes, batch_size, shuffle, seed, in_memory=False):
+def _dataset(
+    sources, labels, load, *, num_classes, batch_size, shuffle, seed, in_memory=False, epoch=None
+):
     """`(load(source), one_hot)` batches: images decoded from their paths by
     `decode_and_resize`, or taken by index from the decoded images in memory.
 
-    The dataset remembers how it was made (`feature_cache.ExampleSource`), so that feature
-    caching can make the same pipeline over cached features.
+    Reshuffled by every iterator; with `epoch` (an int64 scalar tensor) the batches of that
+    epoch alone, in `feature_cache.epoch_order`. The dataset remembers how it was made
+    (`feature_cache.ExampleSource`), so that feature caching can make the same pipeline over
+    cached features, and `fine_tune` the pipeline of each epoch.
     """
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import ExampleSource, remember_examples
+    from keras_transfer.feature_cache import ExampleSource, epoch_order, remember_examples
 
     def example(source, label):
         return load(source), tf.one_hot(label, num_classes, dtype="float32")
 
-    dataset = tf.data.Dataset.from_tensor_slices((sources, labels))
-    if shuffle:  # paths or indices: a full shuffle is cheap
+    if shuffle and epoch is not None:
+        order = epoch_order(len(sources), seed, epoch)
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (tf.gather(sources, order), tf.gather(labels, order))
+        )
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((sources, labels))
+    if shuffle and epoch is None:  # paths or indices: a full shuffle is cheap
         dataset = dataset.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = dict(num_classes=num_classes, batch_size=batch_size, seed=seed)
 
-    def build(other_sources, other_load, other_shuffle):
-        return _dataset(other_sources, labels, other_load, shuffle=other_shuffle, **options)
+    def build(other_sources, other_load, other_shuffle, other_epoch=None):
+        return _dataset(
+            other_sources, labels, other_load, shuffle=other_shuffle, epoch=other_epoch, **options
+        )
 
     return remember_examples(
         dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE),
@@ -254,7 +266,8 @@ def image_folder_datasets(
         validation_split: float in (0, 1) or None; the fraction of the (training) folder
             held out for validation when there is no `val/` folder (a random pick of the
             files with `seed`, as Keras does).
-        seed: int, default 1337: the shuffle and split seed.
+        seed: int in [0, 2**32), default 1337: the shuffle and split seed (None: drawn
+            from NumPy's global generator).
         cache: bool, default True: keep the decoded, resized images of the up-front check
             in memory, for every epoch (`height * width * 3 * 4` bytes per image, 0.6 MB at
             224x224; the memory is taken when this function returns); False decodes the
@@ -263,7 +276,9 @@ def image_folder_datasets(
     Returns:
         `(train_ds, val_ds, class_names)`: datasets of `(images, labels)` batches, images
         `(batch, height, width, 3)` float32 in [0, 255], labels `(batch, num_classes)`
-        float32 one-hot; the training data fully reshuffled every epoch, the validation data
+        float32 one-hot; the training data fully reshuffled every epoch (under `fine_tune`
+        and `resumable_fit`, epoch e in an order drawn from `(seed, e)` alone, the same with
+        or without checkpoints and feature caching, on every backend), the validation data
         in file order; `val_ds` is None when there is no validation data; `class_names` a
         list of str.
 
@@ -275,6 +290,9 @@ def image_folder_datasets(
     """
     import numpy as np
 
+    from keras_transfer.feature_cache import shuffle_seed
+
+    seed = shuffle_seed(seed)
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder not found: {root!r}.")

@@ -168,25 +168,33 @@ def _label_ids(path, labels, class_names):
     return np.array([index[label] for label in labels], dtype="int64")
 
 
-def _dataset(sources, ids, num_classes, batch_size, shuffle, seed, load=None):
-    """`(texts, one_hot)` batches (or `(load(source), one_hot)`); remembers how it was made
-    (`feature_cache.ExampleSource`), so that feature caching can make the same pipeline over
-    cached features."""
+def _dataset(sources, ids, num_classes, batch_size, shuffle, seed, load=None, epoch=None):
+    """`(texts, one_hot)` batches (or `(load(source), one_hot)`), reshuffled by every
+    iterator; with `epoch` (an int64 scalar tensor) the batches of that epoch alone, in
+    `feature_cache.epoch_order`. Remembers how it was made (`feature_cache.ExampleSource`), so
+    that feature caching can make the same pipeline over cached features, and `fine_tune` the
+    pipeline of each epoch."""
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import ExampleSource, remember_examples
+    from keras_transfer.feature_cache import ExampleSource, epoch_order, remember_examples
 
     one_hot = np.eye(num_classes, dtype="float32")[ids]
     if not isinstance(sources, np.ndarray):
         sources = np.array(sources, dtype=object)
-    dataset = tf.data.Dataset.from_tensor_slices((sources, one_hot))
-    if shuffle:
+    if shuffle and epoch is not None:
+        order = epoch_order(len(sources), seed, epoch)
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (tf.gather(sources, order), tf.gather(one_hot, order))
+        )
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((sources, one_hot))
+    if shuffle and epoch is None:
         dataset = dataset.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
     if load is not None:
         dataset = dataset.map(lambda source, label: (load(source), label))
 
-    def build(other_sources, other_load, other_shuffle):
-        options = dict(seed=seed, load=other_load)
+    def build(other_sources, other_load, other_shuffle, other_epoch=None):
+        options = dict(seed=seed, load=other_load, epoch=other_epoch)
         return _dataset(other_sources, ids, num_classes, batch_size, other_shuffle, **options)
 
     return remember_examples(
@@ -217,7 +225,8 @@ def text_csv_datasets(
             seeded) when there is no `val_path`.
         batch_size: int, default 32.
         class_names: list of str, or None (default: the sorted distinct training labels).
-        seed: int, default 1337: shuffle and split seed.
+        seed: int in [0, 2**32), default 1337: shuffle and split seed (None: drawn from
+            NumPy's global generator).
         max_rows: int or None: use only the first `max_rows` rows of `path` (before any
             split), e.g. to train on a small budget.
 
@@ -225,7 +234,8 @@ def text_csv_datasets(
         `(train_ds, val_ds, class_names)`: datasets of `(texts, labels)` batches, texts
         `(batch,)` tf.string (raw; the model's preprocessor tokenises them inside `tf.data`,
         so they feed `fit` on every backend), labels `(batch, num_classes)` float32 one-hot;
-        training data reshuffled every epoch; `val_ds` None without validation data.
+        training data reshuffled every epoch (under `fine_tune`, epoch e in an order drawn
+        from `(seed, e)`); `val_ds` None without validation data.
         Each dataset remembers its texts, so that `fine_tune`'s feature caching can remake
         the same pipeline over the cached encoder outputs.
 
@@ -234,6 +244,9 @@ def text_csv_datasets(
         `class_names` or a validation label training never saw (names the file), fewer than
         2 classes, both `val_path` and `validation_split`.
     """
+    from keras_transfer.feature_cache import shuffle_seed
+
+    seed = shuffle_seed(seed)
     if val_path is not None and validation_split is not None:
         raise ValueError("Pass either `val_path` or `validation_split`, not both.")
     if validation_split is not None and not (

@@ -35,6 +35,8 @@ def pad_to_longest(model, dataset, multiple=PAD_MULTIPLE, bucket_by_length=False
     """
     import tensorflow as tf
 
+    from keras_transfer.feature_cache import remember_derivation
+
     preprocessor = model.preprocessor
     limit = int(preprocessor.sequence_length)
 
@@ -45,7 +47,11 @@ def pad_to_longest(model, dataset, multiple=PAD_MULTIPLE, bucket_by_length=False
         return ({key: value[:, :length] for key, value in inputs.items()}, *rest)
 
     if not bucket_by_length:
-        return dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+
+        def padded(batches):
+            return batches.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
+
+        return remember_derivation(padded(dataset), dataset, padded)
     batch_size = int(tf.shape(next(iter(dataset))[0])[0])
 
     def trim_one(inputs, *rest):

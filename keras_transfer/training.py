@@ -6,9 +6,8 @@ import keras
 
 from keras_transfer.checkpointing import (
     clear_checkpoint,
+    fit_one_pass_per_epoch,
     resumable_fit,
-    saved_stage,
-    skip_epochs,
 )
 from keras_transfer.compiling import compile_classifier, is_text_classifier
 from keras_transfer.feature_cache import split_for_caching
@@ -46,6 +45,11 @@ def fine_tune(
     `unfreeze_backbone(top_n=unfreeze_top_n)` (BatchNorm stays frozen), recompile at
     `finetune_learning_rate`, `fit` for `finetune_epochs` more epochs (epoch numbers go on
     from stage 1). This is the recipe of the Keras transfer-learning guide.
+
+    Each epoch is one pass over `train_ds`. Pipelines from `image_folder_datasets` and
+    `text_csv_datasets` are made anew for every epoch, shuffled in an order drawn from the
+    dataset's seed and the epoch number (`checkpointing.one_pass_per_epoch`): the same
+    batches with or without `checkpoint_dir` and `cache_features`, on every backend.
 
     Args:
         model: a classifier from `build_image_classifier` or `build_text_classifier`.
@@ -160,7 +164,8 @@ def fine_tune(
     else:
 
         def run_fit(trained, data, stage, **kwargs):
-            return trained.fit(data, **kwargs, **fit_kwargs)
+            # The batches of a checkpointed run: one pass per epoch, in each epoch's order.
+            return fit_one_pass_per_epoch(trained, data, **kwargs, **fit_kwargs)
 
     def fit(trained, data, stage, validation_data, **kwargs):
         if trained is not model or not text_padding or not is_text_classifier(model):
@@ -174,18 +179,12 @@ def fine_tune(
 
     histories = {}
     if split is not None:
-        resumes_finetune = checkpoint_dir is not None and saved_stage(checkpoint_dir) == "finetune"
         head = split.head
         head.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
         train_features, val_features = split.cache(train_ds, val_ds)
         histories["head"] = fit(
             head, train_features, "head", epochs=head_epochs, validation_data=val_features
         )
-        if split.remade_pipelines and finetune_epochs and not resumes_finetune:
-            # The head trained on a remade pipeline: move the original's reshuffling on by
-            # the head epochs, as an uncached checkpointed run has it (`resumable_fit` makes
-            # one iterator per epoch; a resumed fine-tuning stage skips them itself).
-            skip_epochs(train_ds, head_epochs)
     else:
         histories["head"] = fit(model, train_ds, "head", epochs=head_epochs, validation_data=val_ds)
     if finetune_epochs:

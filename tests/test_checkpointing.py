@@ -190,3 +190,29 @@ def test_cli_train_resumes_after_sigkill(tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert len(history["head"]["loss"]) == 4
     assert (out / "model.keras").exists() and not (out / "checkpoint").exists()
+
+
+def test_each_epoch_order_is_drawn_from_the_seed_and_the_epoch(tmp_path):
+    """`one_pass_per_epoch` remakes the pipeline of each epoch: every epoch a new order, the
+    same one whatever iterators of the dataset were made before (a resume from epoch 1 sees
+    epochs 1 and 2 as the uninterrupted run did), and another one for another seed."""
+    from keras_transfer.checkpointing import one_pass_per_epoch
+
+    write_image_folder(tmp_path, per_class=8)
+
+    def epochs(seed, first, last, iterators_before=0):
+        train_ds, _, _ = kt.image_folder_datasets(tmp_path, image_size=4, batch_size=4, seed=seed)
+        for _ in range(iterators_before):
+            iter(train_ds)  # moves the dataset's own reshuffling on
+        data, steps = one_pass_per_epoch(train_ds, first, last)
+        images = np.concatenate([x for x, _ in data.as_numpy_iterator()])
+        assert steps == 4 and len(images) == 16 * (last - first)
+        keys = images.reshape(len(images), -1).sum(axis=1)  # one number per image
+        return keys.reshape(last - first, 16)
+
+    run = epochs(seed=7, first=0, last=3)
+    for epoch in run:
+        np.testing.assert_array_equal(np.sort(epoch), np.sort(run[0]))  # each image once
+    assert not np.array_equal(run[0], run[1]) and not np.array_equal(run[1], run[2])
+    np.testing.assert_array_equal(epochs(seed=7, first=1, last=3, iterators_before=2), run[1:])
+    assert not np.array_equal(epochs(seed=8, first=0, last=1)[0], run[0])

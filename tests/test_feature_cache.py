@@ -183,50 +183,51 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.backends("tensorflow")  # torch's fit reads the data once more per stage
 def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, monkeypatch):
-    """Stage 2 goes on with the reshuffles an uncached run's stage 2 gets; and pipelines
-    that decode their files every epoch (`cache=False`: the caching pass decodes them in
-    chunks), with small decode chunks and extraction batches (padded at the end), give the
-    same features as images kept in memory (the other tests)."""
+    """Both stages see the same batches with and without cached features and checkpoints,
+    on every backend (each epoch's order is drawn from the seed and the epoch, not from how
+    many iterators `fit` made); and pipelines that decode their files every epoch
+    (`cache=False`: the caching pass decodes them in chunks), with small decode chunks and
+    extraction batches (padded at the end), give the same features as images kept in memory
+    (the other tests)."""
     from keras_transfer import feature_cache
 
     write_image_folder(tmp_path / "train", per_class=7)
     write_image_folder(tmp_path / "val", per_class=3)
-
-    def make_data():
+    runs = {
+        "uncached": dict(cache_features=False),
+        "checkpointed": dict(cache_features=False, checkpoint_dir=tmp_path / "checkpoint"),
+        "cached": dict(cache_features=True),
+    }
+    histories = {}
+    for name, options in runs.items():
+        if name == "cached":
+            monkeypatch.setattr(feature_cache, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
+            monkeypatch.setattr(feature_cache, "EXTRACT_BATCH", 4)  # a short batch per chunk
+        keras.utils.set_random_seed(5)
         train_ds, val_ds, _ = kt.image_folder_datasets(
             tmp_path, image_size=32, batch_size=4, cache=False
         )
         assert not train_ds._kt_examples.in_memory  # the chunked decoding pass
-        return train_ds, val_ds
-
-    histories = {}
-    for cache in (False, True):
-        if cache:
-            monkeypatch.setattr(feature_cache, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
-            monkeypatch.setattr(feature_cache, "EXTRACT_BATCH", 4)  # a short batch per chunk
-        keras.utils.set_random_seed(5)
-        train_ds, val_ds = make_data()
-        histories[cache] = kt.fine_tune(
+        histories[name] = kt.fine_tune(
             _image_model(),
             train_ds,
             val_ds,
             head_epochs=2,
             finetune_epochs=2,
             learning_rate=0.05,
-            cache_features=cache,
-            checkpoint_dir=tmp_path / f"checkpoint-{cache}",  # one iterator per epoch
             verbose=0,
+            **options,
         )
-    for stage in ("head", "finetune"):
-        for metric in ("loss", "val_loss"):
-            np.testing.assert_allclose(
-                histories[True][stage].history[metric],
-                histories[False][stage].history[metric],
-                rtol=1e-4,
-                err_msg=f"{stage} {metric}",
-            )
+    for name in ("checkpointed", "cached"):
+        for stage in ("head", "finetune"):
+            for metric in ("loss", "val_loss"):
+                np.testing.assert_allclose(
+                    histories[name][stage].history[metric],
+                    histories["uncached"][stage].history[metric],
+                    rtol=1e-4,
+                    err_msg=f"{name}: {stage} {metric}",
+                )
 
 
 def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(tmp_path, tiny_bert_preset):

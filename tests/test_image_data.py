@@ -89,6 +89,9 @@ def test_errors_name_the_folder(tmp_path):
         kt.image_folder_datasets(tmp_path / "two", image_size=(0, 3))
     with pytest.raises(ValueError, match="must be a float in"):
         kt.image_folder_datasets(tmp_path / "two" / "train", image_size=8, validation_split="0.2")
+    for seed in ("1", 1.5, True, -1, 2**32):
+        with pytest.raises(ValueError, match="`seed` must be an int in"):
+            kt.image_folder_datasets(tmp_path / "two" / "train", image_size=8, seed=seed)
     write_image_folder(tmp_path / "few", per_class=1, classes=("a", "b"))
     write_image_folder(tmp_path / "few", per_class=5, classes=("c",))
     with pytest.raises(ValueError, match="holds out every image of class"):
