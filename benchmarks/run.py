@@ -161,7 +161,8 @@ def _images_frozen_keras_transfer(mixed_precision=None):
     )
     build = time.perf_counter() - build_start
     fit_time = _fit_timer()
-    history = kt.fine_tune(model, train, val, head_epochs=EPOCHS, verbose=0, callbacks=[fit_time])
+    histories = kt.fine_tune(model, train, val, head_epochs=EPOCHS, verbose=0, callbacks=[fit_time])
+    history = histories["head"]
     wall = time.perf_counter() - start - build
     examples = _count_images(f"{HYMENOPTERA}/train") * EPOCHS
     read = build_start - start
