@@ -106,6 +106,25 @@ def epoch_order(count, seed, epoch):
     return tf.random.experimental.stateless_shuffle(tf.range(count, dtype="int64"), seed)
 
 
+def shuffled_slices(examples, labels, *, shuffle, seed, epoch=None):
+    """`tf.data.Dataset.from_tensor_slices((examples, labels))` in the order a pipeline of
+    ours gives them: file order without `shuffle`; with `shuffle`, the order of epoch
+    `epoch` (an int64 scalar tensor, `epoch_order`), or without `epoch` a full reshuffle by
+    every iterator (with `seed`).
+    """
+    import tensorflow as tf
+
+    if not shuffle:
+        return tf.data.Dataset.from_tensor_slices((examples, labels))
+    if epoch is not None:
+        order = epoch_order(len(examples), seed, epoch)
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.gather(examples, order), tf.gather(labels, order))
+        )
+    dataset = tf.data.Dataset.from_tensor_slices((examples, labels))
+    return dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+
+
 def remade_per_epoch(dataset):
     """Whether `epoch_pipeline` can make `dataset`'s batches of any epoch."""
     if getattr(dataset, "_kt_examples", None) is not None:

@@ -207,20 +207,13 @@ def _dataset(
     """
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import ExampleSource, epoch_order, remember_examples
+    from keras_transfer.feature_cache import ExampleSource, remember_examples, shuffled_slices
 
     def example(source, label):
         return load(source), tf.one_hot(label, num_classes, dtype="float32")
 
-    if shuffle and epoch is not None:
-        order = epoch_order(len(sources), seed, epoch)
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (tf.gather(sources, order), tf.gather(labels, order))
-        )
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices((sources, labels))
-    if shuffle and epoch is None:  # paths or indices: a full shuffle is cheap
-        dataset = dataset.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
+    # Paths or indices: a full shuffle is cheap.
+    dataset = shuffled_slices(sources, labels, shuffle=shuffle, seed=seed, epoch=epoch)
     dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = dict(num_classes=num_classes, batch_size=batch_size, seed=seed)
 

@@ -176,20 +176,12 @@ def _dataset(sources, ids, num_classes, batch_size, shuffle, seed, load=None, ep
     pipeline of each epoch."""
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import ExampleSource, epoch_order, remember_examples
+    from keras_transfer.feature_cache import ExampleSource, remember_examples, shuffled_slices
 
     one_hot = np.eye(num_classes, dtype="float32")[ids]
     if not isinstance(sources, np.ndarray):
         sources = np.array(sources, dtype=object)
-    if shuffle and epoch is not None:
-        order = epoch_order(len(sources), seed, epoch)
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (tf.gather(sources, order), tf.gather(one_hot, order))
-        )
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices((sources, one_hot))
-    if shuffle and epoch is None:
-        dataset = dataset.shuffle(len(sources), seed=seed, reshuffle_each_iteration=True)
+    dataset = shuffled_slices(sources, one_hot, shuffle=shuffle, seed=seed, epoch=epoch)
     if load is not None:
         dataset = dataset.map(lambda source, label: (load(source), label))
 
