@@ -40,6 +40,7 @@ from keras_transfer.text_padding import PAD_MULTIPLE
 
 DECODE_CHUNK = 256  # examples decoded before the backbone runs on them (150 MB at 224x224)
 EXTRACT_BATCH = 32  # examples per backbone call
+CHECK_BATCH = 4  # examples on which a channels-first copy of a backbone is checked (torch)
 
 
 class ExampleSource(NamedTuple):
@@ -338,6 +339,7 @@ def _image_split(model):
     for layer in layers[1 : cut + 1]:
         x = layer(x)
     extractor = keras.Model(image, x, name=f"{model.name}_features")
+    below, above = layers[1 : layers.index(backbone)], layers[layers.index(backbone) : cut + 1]
     features = keras.Input(shape=x.shape[1:], name="features")
     y = features
     for layer in layers[cut + 1 :]:
@@ -345,14 +347,101 @@ def _image_split(model):
     with dtype_policy(model.dtype_policy.name):  # mixed_float16: compile scales the loss
         head = keras.Model(features, y, name=f"{model.name}_head")
 
+    chosen = []  # the extractor to use, once the first batch has tried the faster layout
+
     def extract(batches):
         # predict_on_batch, not predict: Keras' torch predict loop took 1.7x as long here.
-        outputs = [_predict_full_batch(extractor, x) for x in batches]
+        outputs = []
+        for x in batches:
+            if not chosen:
+                fast = None
+                if keras.backend.backend() == "torch":  # checked on the first few images
+                    sample = x[:CHECK_BATCH]
+                    expected = _predict_full_batch(extractor, sample)
+                    fast = _channels_first_extractor(below, above, sample, expected)
+                chosen.append(extractor if fast is None else fast)
+            outputs.append(_predict_full_batch(chosen[0], x))
         if not outputs:
             return np.zeros((0, *extractor.output.shape[1:]), dtype="float32")
         return np.concatenate(outputs)
 
     return FeatureSplit(extract, head, _random_layers(layers[1 : cut + 1]))
+
+
+def _channels_first_extractor(below, above, images, expected):
+    """The extractor with the backbone (and the layers above it) rebuilt in
+    `channels_first` layout, with the same weights, or None; used on torch.
+
+    Keras' torch convolutions take channels-last inputs by transposing them to
+    channels-first and back around every call; a channels-first copy of the frozen backbone
+    runs without those copies (on 2 CPU cores, batches of 32 at 224x224: ResNet50 2.0x,
+    EfficientNetB0 1.8x, MobileNet alpha=0.25 about 1.3x as fast). The copy is made from
+    the layers' configs (`data_format`, the channel axis of normalization and
+    concatenation layers, the `(1, 1, channels)` reshapes of squeeze-and-excitation blocks)
+    and used only when it gives `expected` (the channels-last features of `images`) up to
+    float noise; any other backbone (ConvNeXt, KerasHub presets, or one that cannot be
+    rebuilt so) keeps the channels-last extractor. The copy holds a second set of the
+    backbone's weights while the features are computed.
+    """
+    import keras
+
+    if not above:
+        return None
+    try:
+        inputs = keras.Input(shape=images.shape[1:], dtype="float32")
+        x = inputs
+        for layer in below:  # preprocessing: per-pixel, in the model's channels-last layout
+            x = layer(x)
+        x = keras.layers.Permute((3, 1, 2))(x)
+        for layer in above:
+            copy = keras.saving.deserialize_keras_object(
+                _channels_first_config(keras.saving.serialize_keras_object(layer))
+            )
+            x = copy(x)
+            copy.set_weights(layer.get_weights())
+        fast = keras.Model(inputs, x, name="channels_first_features")
+        features = _predict_full_batch(fast, images)
+    except Exception:  # a layer without a channels-first form: keep channels-last
+        return None
+    float32 = keras.backend.standardize_dtype(above[0].compute_dtype) == "float32"
+    tolerance = 1e-4 if float32 else 5e-2  # of the largest feature: float noise
+    scale = float(np.abs(expected).max()) or 1.0
+    if features.shape != expected.shape or not (
+        np.abs(features - expected).max() <= tolerance * scale
+    ):
+        return None
+    return fast
+
+
+def _channels_first_config(config):
+    """A serialized layer's config (nested models too) with channels-last settings turned
+    channels-first (see `_channels_first_extractor`, which checks the result)."""
+    if isinstance(config, list):
+        return [_channels_first_config(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    # Without the recorded (channels-last) build shapes: the copies build on their inputs.
+    config = {
+        key: _channels_first_config(value) for key, value in config.items() if key != "build_config"
+    }
+    if config.get("data_format") == "channels_last":
+        config["data_format"] = "channels_first"
+    inner = config.get("config")
+    if isinstance(inner, dict):
+        kind = config.get("class_name")
+        shape = inner.get("batch_shape")
+        if kind == "InputLayer" and shape is not None and len(shape) == 4:
+            inner["batch_shape"] = [shape[0], shape[3], shape[1], shape[2]]
+        axis_layers = ("BatchNormalization", "LayerNormalization", "Normalization", "Concatenate")
+        axis = inner.get("axis")
+        axis = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        if kind in axis_layers and axis in ([-1], [3]):
+            inner["axis"] = 1
+        target = inner.get("target_shape")
+        if kind == "Reshape" and target is not None and len(target) == 3 and target[0] == 1:
+            if target[1] == 1:  # a per-channel vector as a 1x1 map
+                inner["target_shape"] = [target[2], 1, 1]
+    return config
 
 
 def _predict_full_batch(extractor, images):

@@ -97,6 +97,52 @@ def test_auto_caches_only_when_exact(capsys, tmp_path):
         kt.fine_tune(two_paths, train_ds, head_epochs=1, cache_features=True)
 
 
+@pytest.mark.parametrize("backbone", ["vgg16", "mobilenet_v2", "efficientnet_b0"])
+def test_torch_extracts_features_in_the_channels_first_layout(backbone, monkeypatch):
+    """On torch the caching pass runs a channels-first copy of the backbone (no transposes
+    around each convolution) when it gives the channels-last features; elsewhere, and for
+    a copy that computes something else, the model's own layout."""
+    from keras_transfer import feature_cache
+
+    if keras.backend.backend() != "torch" and backbone != "vgg16":
+        pytest.skip("torch-only copies; vgg16 checks that other backends keep their layout")
+    made = []
+    original = feature_cache._channels_first_extractor
+
+    def spy(*args):
+        made.append(original(*args))
+        return made[-1]
+
+    monkeypatch.setattr(feature_cache, "_channels_first_extractor", spy)
+    model = kt.build_image_classifier(
+        backbone, 2, input_shape=(32, 32, 3), weights=None, augmentation=None
+    )
+    kt.freeze_backbone(model)
+    train, val = _image_data()
+    train_features, _ = split_for_caching(model).cache(train, val)
+    images = np.concatenate([x for x, _ in train.as_numpy_iterator()])
+    features = np.concatenate([x for x, _ in train_features.as_numpy_iterator()])
+    extractor = keras.Model(model.inputs, model.get_layer("pooling").output)
+    expected = extractor.predict_on_batch(images)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5 * scale)
+    if keras.backend.backend() == "torch":
+        assert len(made) == 1 and made[0] is not None  # tried once, on the first batch
+        layers = [layer for layer in made[0]._flatten_layers() if hasattr(layer, "data_format")]
+        assert layers and all(layer.data_format == "channels_first" for layer in layers)
+    else:
+        assert made == []  # tensorflow and jax convolve channels-last natively
+
+    # A layer that builds in the other layout but computes something else there (a Dense
+    # on the last axis of 4x4 maps with 4 channels) is caught by the check: not used.
+    inputs = keras.Input((4, 4, 3))
+    maps = keras.layers.Dense(4)(keras.layers.Conv2D(4, 1)(inputs))
+    backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(maps))
+    images = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
+    expected = backbone.predict_on_batch(images)
+    assert original([], [backbone], images, expected) is None
+
+
 def test_text_head_on_cached_encoder_outputs(tiny_bert_preset):
     texts = [text for text, _ in SENTIMENT_ROWS]
     one_hot = np.array([[label == "neg", label == "pos"] for _, label in SENTIMENT_ROWS], "float32")
