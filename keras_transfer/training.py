@@ -99,10 +99,11 @@ def fine_tune(
         (`"finetune"` only when `finetune_epochs` > 0).
 
     Raises:
-        ValueError: negative epochs, `unfreeze_top_n=0` with fine-tuning epochs (it would
-            unfreeze nothing), an optimizer object (use a name), a checkpoint
-            folder written by a run with other arguments, or `cache_features=True` for a
-            model that cannot be cut into backbone and head.
+        ValueError: data given as arrays or tuples (not a dataset), negative epochs,
+            `unfreeze_top_n=0` with fine-tuning epochs (it would unfreeze nothing), an
+            optimizer object (use a name), a checkpoint folder written by a run with other
+            arguments, or `cache_features=True` for a model that cannot be cut into
+            backbone and head.
     """
     for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -130,6 +131,13 @@ def fine_tune(
         )
     if cache_features not in ("auto", True, False):
         raise ValueError(f"`cache_features` must be 'auto', True or False, got {cache_features!r}.")
+    for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
+        if isinstance(data, (tuple, list, dict)) or hasattr(data, "__array__"):
+            raise ValueError(
+                f"`{name}` must be a tf.data.Dataset of (inputs, one_hot_labels) batches "
+                f"(e.g. from image_folder_datasets), got a {type(data).__name__}; for NumPy "
+                "arrays pass tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
+            )
     fit_kwargs = dict(class_weight=class_weight, callbacks=callbacks, verbose=verbose)
     freeze_backbone(model)
     compile_classifier(model, optimizer, learning_rate)

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import batchnorm_statistics, require_shared
 
 import keras_transfer as kt
@@ -130,6 +131,18 @@ def test_top_n_validation():
     with pytest.raises(ValueError, match="unfreeze_top_n=0.*unfreezes no part"):
         kt.fine_tune(model, _data(), head_epochs=1, finetune_epochs=1, unfreeze_top_n=0)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_fine_tune_refuses_arrays_with_a_clear_error():
+    model = _tiny()
+    images = np.zeros((4, *model.input_shape[1:]), "float32")
+    labels = np.eye(2, dtype="float32")[[0, 1, 0, 1]]
+    with pytest.raises(ValueError, match="`train_ds` must be a tf.data.Dataset.*tuple"):
+        kt.fine_tune(model, (images, labels), head_epochs=1)
+    with pytest.raises(ValueError, match="`val_ds` must be a tf.data.Dataset.*ndarray"):
+        kt.fine_tune(
+            model, tf.data.Dataset.from_tensor_slices(_data()).batch(4), images, head_epochs=1
+        )
 
 
 def test_model_without_backbone_is_refused():
