@@ -18,6 +18,10 @@ included, in one of two ways:
   fingerprint (`tf.fingerprint`) in every epoch: the inputs still flow through the pipeline,
   the backbone does not.
 
+On torch, images go through a channels-first copy of the frozen backbone where one can be
+made that gives the same features (`_channels_first_extractor`): Keras' torch convolutions
+transpose channels-last inputs around every call, which took up to half the backbone's time.
+
 Text is encoded in batches of similar length, each padded to its longest row (the encoder
 masks padding: the same outputs up to float noise), which is faster than the fixed
 `sequence_length` padding of training.
@@ -40,7 +44,7 @@ from keras_transfer.text_padding import PAD_MULTIPLE
 
 DECODE_CHUNK = 256  # examples decoded before the backbone runs on them (150 MB at 224x224)
 EXTRACT_BATCH = 32  # examples per backbone call
-CHECK_BATCH = 4  # examples on which a channels-first copy of a backbone is checked (torch)
+CHECK_BATCH = 4  # images (and 2 of noise) on which a channels-first copy is checked (torch)
 
 
 class ExampleSource(NamedTuple):
@@ -254,7 +258,7 @@ class FeatureSplit:
                 keys.append(batch_keys)
                 yield inputs
 
-        features = np.concatenate([self._extract(batches(data)) for data in datasets])
+        features = self._extract(batch for data in datasets for batch in batches(data))
         keys = keys or [np.zeros([0], "int64")]
         keys = np.concatenate(keys)
         unique_keys, first = np.unique(keys, return_index=True)  # equal inputs, equal features
@@ -347,20 +351,19 @@ def _image_split(model):
     with dtype_policy(model.dtype_policy.name):  # mixed_float16: compile scales the loss
         head = keras.Model(features, y, name=f"{model.name}_head")
 
-    chosen = []  # the extractor to use, once the first batch has tried the faster layout
-
     def extract(batches):
         # predict_on_batch, not predict: Keras' torch predict loop took 1.7x as long here.
-        outputs = []
+        outputs, chosen = [], None  # a copy of the current weights lives for this call only
         for x in batches:
-            if not chosen:
+            if chosen is None:
                 fast = None
-                if keras.backend.backend() == "torch":  # checked on the first few images
-                    sample = x[:CHECK_BATCH]
+                if keras.backend.backend() == "torch":  # checked on the first images and noise
+                    noise = np.random.default_rng(0).uniform(0, 255, (2, *x.shape[1:]))
+                    sample = np.concatenate([x[:CHECK_BATCH], noise.astype(x.dtype)])
                     expected = _predict_full_batch(extractor, sample)
                     fast = _channels_first_extractor(below, above, sample, expected)
-                chosen.append(extractor if fast is None else fast)
-            outputs.append(_predict_full_batch(chosen[0], x))
+                chosen = extractor if fast is None else fast
+            outputs.append(_predict_full_batch(chosen, x))
         if not outputs:
             return np.zeros((0, *extractor.output.shape[1:]), dtype="float32")
         return np.concatenate(outputs)
@@ -378,10 +381,12 @@ def _channels_first_extractor(below, above, images, expected):
     EfficientNetB0 1.8x, MobileNet alpha=0.25 about 1.3x as fast). The copy is made from
     the layers' configs (`data_format`, the channel axis of normalization and
     concatenation layers, the `(1, 1, channels)` reshapes of squeeze-and-excitation blocks)
-    and used only when it gives `expected` (the channels-last features of `images`) up to
-    float noise; any other backbone (ConvNeXt, KerasHub presets, or one that cannot be
-    rebuilt so) keeps the channels-last extractor. The copy holds a second set of the
-    backbone's weights while the features are computed.
+    and used only when it gives `expected` (the channels-last features of `images`: the
+    first images of the data and two of uniform noise in [0, 255], so that uniform images
+    cannot hide a layer that the copy computes over another axis) up to float noise; any
+    other backbone (ConvNeXt, KerasHub presets, or one that cannot be rebuilt so) keeps
+    the channels-last extractor. The copy holds a second set of the backbone's weights
+    while the features are computed (one `FeatureSplit.cache` call).
     """
     import keras
 

@@ -119,28 +119,46 @@ def test_torch_extracts_features_in_the_channels_first_layout(backbone, monkeypa
     )
     kt.freeze_backbone(model)
     train, val = _image_data()
-    train_features, _ = split_for_caching(model).cache(train, val)
-    images = np.concatenate([x for x, _ in train.as_numpy_iterator()])
-    features = np.concatenate([x for x, _ in train_features.as_numpy_iterator()])
-    extractor = keras.Model(model.inputs, model.get_layer("pooling").output)
-    expected = extractor.predict_on_batch(images)
-    scale = np.abs(expected).max()
-    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5 * scale)
+    split = split_for_caching(model)
+    _assert_cached_features_are_the_models(model, split, train, val)
     if keras.backend.backend() == "torch":
         assert len(made) == 1 and made[0] is not None  # tried once, on the first batch
         layers = [layer for layer in made[0]._flatten_layers() if hasattr(layer, "data_format")]
         assert layers and all(layer.data_format == "channels_first" for layer in layers)
     else:
         assert made == []  # tensorflow and jax convolve channels-last natively
+    # Caching again after the weights changed: the copy is made anew from them.
+    kernel = model.get_layer("backbone").weights[0]
+    kernel.assign(kernel * 1.5)
+    _assert_cached_features_are_the_models(model, split, train, val)
 
-    # A layer that builds in the other layout but computes something else there (a Dense
-    # on the last axis of 4x4 maps with 4 channels) is caught by the check: not used.
-    inputs = keras.Input((4, 4, 3))
-    maps = keras.layers.Dense(4)(keras.layers.Conv2D(4, 1)(inputs))
-    backbone = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(maps))
-    images = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype("float32")
-    expected = backbone.predict_on_batch(images)
-    assert original([], [backbone], images, expected) is None
+    # A layer that builds in the other layout but computes something else there (a softmax
+    # over the last axis, the width of 8x8 maps with 8 channels) is caught by the check,
+    # even when the first images are all black (uniform maps: equal in both layouts).
+    inputs = keras.Input((8, 8, 3))
+    maps = keras.layers.Conv2D(8, 1, use_bias=False)(inputs)
+    odd = keras.Model(inputs, keras.layers.Softmax(axis=-1)(maps), name="backbone")
+    image = keras.Input((8, 8, 3))
+    features = keras.layers.GlobalAveragePooling2D(name="pooling")(odd(image))
+    model = keras.Model(image, keras.layers.Dense(2, activation="softmax")(features))
+    kt.freeze_backbone(model)
+    images = np.random.default_rng(0).uniform(0, 255, (12, 8, 8, 3)).astype("float32")
+    images[:4] = 0
+    labels = np.eye(2, dtype="float32")[np.arange(12) % 2]
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
+    made.clear()
+    _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
+    assert made in ([None], [])  # rejected on torch, not tried elsewhere
+
+
+def _assert_cached_features_are_the_models(model, split, train, val):
+    train_features, _ = split.cache(train, val)
+    images = np.concatenate([x for x, _ in train.as_numpy_iterator()])
+    features = np.concatenate([x for x, _ in train_features.as_numpy_iterator()])
+    extractor = keras.Model(model.inputs, model.get_layer("pooling").output)
+    expected = extractor.predict_on_batch(images)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_text_head_on_cached_encoder_outputs(tiny_bert_preset):
