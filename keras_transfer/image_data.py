@@ -228,6 +228,20 @@ def _dataset(
     )
 
 
+def split_folders(root):
+    """The training and validation folders of a data folder, as `image_folder_datasets`
+    reads them: `(root/train, root/val or root/validation or None)`, or `(root, None)`
+    when there is no `root/train/`.
+    """
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        return root, None
+    for name in ("val", "validation"):
+        if os.path.isdir(os.path.join(root, name)):
+            return train_dir, os.path.join(root, name)
+    return train_dir, None
+
+
 def image_folder_datasets(
     root, *, image_size, batch_size=32, validation_split=None, seed=1337, cache=True
 ):
@@ -299,17 +313,7 @@ def image_folder_datasets(
     ):
         raise ValueError(f"`validation_split` must be a float in (0, 1), got {validation_split!r}.")
 
-    train_dir = os.path.join(root, "train")
-    if not os.path.isdir(train_dir):
-        train_dir = root
-    val_dir = next(
-        (
-            os.path.join(root, name)
-            for name in ("val", "validation")
-            if train_dir != root and os.path.isdir(os.path.join(root, name))
-        ),
-        None,
-    )
+    train_dir, val_dir = split_folders(root)
     if val_dir is not None and validation_split is not None:
         raise ValueError(
             f"{root!r} has a validation folder {val_dir!r}; do not also pass `validation_split`."

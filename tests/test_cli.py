@@ -60,6 +60,9 @@ def test_train_evaluate_predict_on_a_tiny_folder(tmp_path):
 
     result = _cli("evaluate", out, "--data", data)
     assert "accuracy:" in result.stdout
+    # Only the scored folder (val/) is read.
+    assert f"Found 4 images belonging to 2 classes in {data / 'val'}." in result.stdout
+    assert str(data / "train") not in result.stdout
 
     image = next((data / "val" / "dogs").iterdir())
     result = _cli("predict", out, image, "--top-k", 2, "--json")
