@@ -620,6 +620,13 @@ def main(argv=None):
 
             print("\n".join(kt.list_backbones()))
             return 0
+        import keras
+
+        print(
+            f"keras-transfer: Keras {keras.__version__}, {keras.backend.backend()} backend "
+            "(KERAS_BACKEND chooses it)",
+            file=sys.stderr,
+        )
         if args.command == "train":
             return _train_image(args) if args.kind == "image" else _train_text(args)
         if args.command == "demo":

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import keras
 import pytest
 from conftest import minilm_folder, write_image_folder
 
@@ -60,6 +61,7 @@ def test_train_evaluate_predict_on_a_tiny_folder(tmp_path):
 
     result = _cli("evaluate", out, "--data", data)
     assert "accuracy:" in result.stdout
+    assert f"{keras.backend.backend()} backend" in result.stderr
     # Only the scored folder (val/) is read.
     assert f"Found 4 images belonging to 2 classes in {data / 'val'}." in result.stdout
     assert str(data / "train") not in result.stdout
