@@ -119,15 +119,14 @@ def shuffled_slices(examples, labels, *, shuffle, seed, epoch=None):
     """
     import tensorflow as tf
 
-    if not shuffle:
-        return tf.data.Dataset.from_tensor_slices((examples, labels))
-    if epoch is not None:
-        order = epoch_order(len(examples), seed, epoch)
-        return tf.data.Dataset.from_tensor_slices(
-            (tf.gather(examples, order), tf.gather(labels, order))
-        )
+    count = len(examples)
+    if shuffle and epoch is not None:
+        order = epoch_order(count, seed, epoch)
+        examples, labels = tf.gather(examples, order), tf.gather(labels, order)
     dataset = tf.data.Dataset.from_tensor_slices((examples, labels))
-    return dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    if shuffle and epoch is None:
+        dataset = dataset.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    return dataset
 
 
 def remade_per_epoch(dataset):
@@ -443,9 +442,8 @@ def _channels_first_config(config):
         if kind in axis_layers and axis in ([-1], [3]):
             inner["axis"] = 1
         target = inner.get("target_shape")
-        if kind == "Reshape" and target is not None and len(target) == 3 and target[0] == 1:
-            if target[1] == 1:  # a per-channel vector as a 1x1 map
-                inner["target_shape"] = [target[2], 1, 1]
+        if kind == "Reshape" and len(target or ()) == 3 and list(target[:2]) == [1, 1]:
+            inner["target_shape"] = [target[2], 1, 1]  # a per-channel vector as a 1x1 map
     return config
 
 
