@@ -459,7 +459,7 @@ def _demo(args):
 
 def _evaluate(args):
     import keras_transfer as kt
-    from keras_transfer.image_data import split_folders
+    from keras_transfer.image_data import evaluation_dataset, split_folders
 
     model, class_names = load_trained(args.model_dir)
     if kt.compiling.is_text_classifier(model):
@@ -472,16 +472,13 @@ def _evaluate(args):
         if args.output:
             write_outputs(args.output, model, class_names, report)
         return 0
-    image_size = tuple(model.input_shape[1:3])
     train_dir, val_dir = split_folders(args.data)  # only the scored folder is read
-    dataset, _, data_classes = kt.image_folder_datasets(
-        val_dir or train_dir, image_size=image_size, batch_size=args.batch_size, cache=False
+    dataset = evaluation_dataset(
+        val_dir or train_dir,
+        image_size=tuple(model.input_shape[1:3]),
+        class_names=class_names,
+        batch_size=args.batch_size,
     )
-    if list(data_classes) != list(class_names):
-        raise ValueError(
-            f"The classes in {val_dir or train_dir!r} ({data_classes}) differ from the model's "
-            f"({class_names})."
-        )
     report = kt.evaluate_classifier(model, dataset, class_names)
     print(report)
     if args.output:

@@ -144,8 +144,8 @@ def _index_folder(directory, class_names=None, image_size=None):
     extra = sorted(set(found) - set(class_names))
     if extra:
         raise ValueError(
-            f"Validation folder {directory!r} has classes that the training folder does not: "
-            f"{extra}. Training classes: {class_names}. Rename or remove those folders."
+            f"{directory!r} has class folders that the training data does not: {extra}. "
+            f"Training classes: {class_names}. Rename or remove those folders."
         )
     missing = [name for name in class_names if name not in found]
     if missing:
@@ -228,6 +228,46 @@ def _dataset(
     )
 
 
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+
+
+def evaluation_dataset(directory, *, image_size, class_names, batch_size=32):
+    """One labelled image folder, `directory/<class>/*`, as a dataset in file order, to
+    score a trained model on (the CLI's `evaluate`).
+
+    The folder is read as it is (no `train/` / `val/` layout; a class may be called
+    "train"), with the checks, skipping and decoding of `image_folder_datasets` (files are
+    decoded again when the dataset is read, not kept in memory).
+
+    Args:
+        directory: path of the folder.
+        image_size: int or `(height, width)` in pixels: the model's input size.
+        class_names: the model's classes, in its label order; `directory` must have a
+            folder for each and no other.
+        batch_size: int, default 32.
+
+    Returns:
+        A `tf.data.Dataset` of `(images, labels)` batches: images `(batch, height, width,
+        3)` float32 in [0, 255], labels `(batch, len(class_names))` float32 one-hot.
+
+    Raises:
+        FileNotFoundError: `directory` does not exist.
+        ValueError: a class folder is missing or extra, a class has no usable image, a bad
+            argument.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Image folder not found: {directory!r}.")
+    image_size = _image_size(image_size)
+    _check_batch_size(batch_size)
+    paths, labels, class_names, _ = _index_folder(directory, list(class_names))
+    load = functools.partial(_load_image, image_size=image_size)
+    options = dict(num_classes=len(class_names), batch_size=batch_size, seed=0)
+    return _dataset(paths, labels, load, shuffle=False, **options)
+
+
 def split_folders(root):
     """The training and validation folders of a data folder, as `image_folder_datasets`
     reads them: `(root/train, root/val or root/validation or None)`, or `(root, None)`
@@ -304,8 +344,7 @@ def image_folder_datasets(
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder not found: {root!r}.")
     image_size = _image_size(image_size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    _check_batch_size(batch_size)
     if validation_split is not None and not (
         isinstance(validation_split, (int, float))
         and not isinstance(validation_split, bool)

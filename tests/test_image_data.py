@@ -203,3 +203,21 @@ def test_empty_class_folder_and_val_missing_a_class(tmp_path):
     write_image_folder(tmp_path / "b" / "val", classes=("cats",))
     with pytest.raises(ValueError, match="no folder for the training class.*dogs"):
         kt.image_folder_datasets(tmp_path / "b", image_size=16)
+
+
+def test_evaluation_dataset_reads_one_folder_as_it_is(tmp_path):
+    from keras_transfer.image_data import evaluation_dataset
+
+    classes = ("bus", "car", "train")  # a class named like a split folder
+    write_image_folder(tmp_path / "val", classes=classes, per_class=2)
+    dataset = evaluation_dataset(tmp_path / "val", image_size=8, class_names=classes, batch_size=4)
+    labels = np.concatenate([y for _, y in dataset.as_numpy_iterator()]).argmax(-1)
+    np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2])  # file order, model's labels
+    images = next(iter(dataset))[0]
+    assert images.shape == (4, 8, 8, 3) and images.dtype == "float32"
+    with pytest.raises(ValueError, match="no folder for the training class.*'plane'"):
+        evaluation_dataset(tmp_path / "val", image_size=8, class_names=(*classes, "plane"))
+    with pytest.raises(ValueError, match="class folders that the training data does not.*train"):
+        evaluation_dataset(tmp_path / "val", image_size=8, class_names=("bus", "car"))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        evaluation_dataset(tmp_path / "missing", image_size=8, class_names=classes)
