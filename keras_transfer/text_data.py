@@ -227,7 +227,8 @@ def text_csv_datasets(
         `(batch,)` tf.string (raw; the model's preprocessor tokenises them inside `tf.data`,
         so they feed `fit` on every backend), labels `(batch, num_classes)` float32 one-hot;
         training data reshuffled every epoch (under `fine_tune`, epoch e in an order drawn
-        from `(seed, e)`); `val_ds` None without validation data.
+        from `(seed, e)`); validation data in file order; `val_ds` None without
+        validation data.
         Each dataset remembers its texts, so that `fine_tune`'s feature caching can remake
         the same pipeline over the cached encoder outputs.
 
@@ -272,7 +273,8 @@ def text_csv_datasets(
     elif validation_split is not None:
         order = np.random.default_rng(seed).permutation(len(texts))
         cut = len(texts) - max(1, int(round(len(texts) * validation_split)))
-        val = ([texts[i] for i in order[cut:]], ids[order[cut:]])
+        held_out = np.sort(order[cut:])  # in file order, as a val_path file is read
+        val = ([texts[i] for i in held_out], ids[held_out])
         texts, ids = [texts[i] for i in order[:cut]], ids[order[:cut]]
         if not texts:
             raise ValueError(

@@ -178,7 +178,11 @@ def test_validation_split_and_class_weights(tmp_path):
         write_text_file(tmp_path / "s.csv", rows), validation_split=0.25, batch_size=8
     )
     assert sum(int(x.shape[0]) for x, _ in train_ds) == 30
-    assert sum(int(x.shape[0]) for x, _ in val_ds) == 10
+    val_texts = [t.decode() for x, _ in val_ds.as_numpy_iterator() for t in x]
+    assert len(val_texts) == 10
+    assert val_texts == sorted(val_texts, key=lambda t: int(t.split()[1]))  # file order
+    train_texts = {t.decode() for x, _ in train_ds.as_numpy_iterator() for t in x}
+    assert len(train_texts | set(val_texts)) == 40
     weights = kt.class_weights(np.array([0, 0, 0, 1]))
     assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
     from_ds = kt.class_weights(train_ds)
