@@ -86,7 +86,9 @@ def fine_tune(
             caches then, with the frozen part in inference mode (no augmentation, no
             dropout: what the Keras guide's `base_model(x, training=False)` does). False
             never caches. While cached, stage-1 callbacks see the head model (input:
-            features), not the whole model.
+            features), not the whole model, and validation of features cached from
+            `image_folder_datasets` / `text_csv_datasets` pipelines runs in batches of up
+            to 1,024 (the same `val_*` numbers up to float noise, in fewer steps).
         text_padding: text models only: `"longest"` (default) pads each batch to its
             longest row (`keras_transfer.text_padding.pad_to_longest`; the same results as
             fixed padding up to float noise, faster on short texts), `"bucket"` also

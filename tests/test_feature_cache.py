@@ -228,7 +228,16 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
         for _ in range(2)
     ]
     assert not np.array_equal(*orders)  # reshuffled
-    assert sum(len(y) for _, y in val_features.as_numpy_iterator()) == 6
+    val_batches = list(val_features.as_numpy_iterator())
+    assert [len(y) for _, y in val_batches] == [6]  # in one batch (VALIDATION_BATCH)
+    val_images = [(x, y) for x, y in val_ds.as_numpy_iterator()]
+    np.testing.assert_array_equal(val_batches[0][1], np.concatenate([y for _, y in val_images]))
+    np.testing.assert_allclose(
+        val_batches[0][0],
+        extractor.predict_on_batch(np.concatenate([x for x, _ in val_images])),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
     runs = {
         cache: _head_training(make_data, _image_model, cache, head_epochs=3, learning_rate=0.05)
