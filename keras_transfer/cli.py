@@ -634,7 +634,7 @@ def main(argv=None):
             return _predict(args)
         if args.command == "export":
             return _export(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         print(f"keras-transfer: error: {error}", file=sys.stderr)
         return 2
     return 1

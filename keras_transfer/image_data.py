@@ -228,6 +228,16 @@ def _dataset(
     )
 
 
+def _check_folder(path):
+    if os.path.isfile(path):
+        raise NotADirectoryError(
+            f"{path!r} is a file, not a folder of images: pass the folder that holds one "
+            "subfolder per class (or train/ and val/ folders of them)."
+        )
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Image folder not found: {path!r}.")
+
+
 def _check_batch_size(batch_size):
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
@@ -254,12 +264,12 @@ def evaluation_dataset(directory, *, image_size, class_names, batch_size=32):
 
     Raises:
         FileNotFoundError: `directory` does not exist.
+        NotADirectoryError: `directory` is a file.
         ValueError: a class folder is missing or extra, a class has no usable image, a bad
             argument.
     """
     directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"Image folder not found: {directory!r}.")
+    _check_folder(directory)
     image_size = _image_size(image_size)
     _check_batch_size(batch_size)
     paths, labels, class_names, _ = _index_folder(directory, list(class_names))
@@ -331,6 +341,7 @@ def image_folder_datasets(
 
     Raises:
         FileNotFoundError: `root` does not exist.
+        NotADirectoryError: `root` is a file.
         ValueError: fewer than 2 class folders, validation classes that differ from the
             training ones, a class left without a usable image, both a `val/` folder and
             `validation_split`, a bad argument.
@@ -341,8 +352,7 @@ def image_folder_datasets(
 
     seed = shuffle_seed(seed)
     root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"Image folder not found: {root!r}.")
+    _check_folder(root)
     image_size = _image_size(image_size)
     _check_batch_size(batch_size)
     if validation_split is not None and not (

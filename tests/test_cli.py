@@ -99,6 +99,10 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     result = _cli(*train, "--weights", "none", "--output", tmp_path / "taken", check=False)
     assert result.returncode == 2 and "is a file; pass a folder" in result.stderr
     assert "Found" not in result.stdout
+    not_a_folder = ("train", "image", "--data", tmp_path / "taken", "--backbone", "mobilenet")
+    result = _cli(*not_a_folder, "--weights", "none", "--output", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "is a file, not a folder of images" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.backends("tensorflow")

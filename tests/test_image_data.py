@@ -76,6 +76,9 @@ def test_single_folder_split(tmp_path):
 def test_errors_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         kt.image_folder_datasets(tmp_path / "nowhere", image_size=8)
+    (tmp_path / "photo.jpg").write_bytes(b"not a folder")
+    with pytest.raises(NotADirectoryError, match="photo.jpg' is a file, not a folder"):
+        kt.image_folder_datasets(tmp_path / "photo.jpg", image_size=8)
     write_image_folder(tmp_path / "one", classes=("only",))
     with pytest.raises(ValueError, match="at least 2"):
         kt.image_folder_datasets(tmp_path / "one", image_size=8)
@@ -221,3 +224,6 @@ def test_evaluation_dataset_reads_one_folder_as_it_is(tmp_path):
         evaluation_dataset(tmp_path / "val", image_size=8, class_names=("bus", "car"))
     with pytest.raises(FileNotFoundError, match="missing"):
         evaluation_dataset(tmp_path / "missing", image_size=8, class_names=classes)
+    (tmp_path / "val.zip").write_bytes(b"PK")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        evaluation_dataset(tmp_path / "val.zip", image_size=8, class_names=classes)
