@@ -16,7 +16,8 @@ included, in one of two ways:
   and the epoch, so epoch for epoch the head sees the batches of an uncached run.
 - Any other `tf.data` pipeline is run once, and its inputs are looked up per example by a
   fingerprint (`tf.fingerprint`) in every epoch: the inputs still flow through the pipeline,
-  the backbone does not.
+  the backbone does not. When one of the two datasets is of another kind, both go this way;
+  a pipeline of ours is then still made anew for every epoch, in the same order.
 
 On torch, images go through a channels-first copy of the frozen backbone where one can be
 made that gives the same features (`_channels_first_extractor`): Keras' torch convolutions
@@ -207,9 +208,7 @@ class FeatureSplit:
             cached = self._cache_by_fingerprint(datasets)
             return cached[0], (cached[1] if val_ds is not None else None)
         cached = self._cache_examples([data._kt_examples for data in datasets])
-        if val_ds is None:
-            return cached[0], None
-        return cached[0], _in_validation_batches(cached[1], len(val_ds._kt_examples.examples))
+        return cached[0], (cached[1] if val_ds is not None else None)
 
     def _cache_examples(self, sources):
         import tensorflow as tf
@@ -240,14 +239,19 @@ class FeatureSplit:
 
     @staticmethod
     def _feature_datasets(sources, features):
-        """Each source's pipeline remade over its rows of `features` (in source order)."""
+        """Each source's pipeline remade over its rows of `features` (in source order); the
+        second source's (validation) rows from memory in batches of `VALIDATION_BATCH`."""
         import tensorflow as tf
 
         datasets, start = [], 0
-        for source in sources:
+        for position, source in enumerate(sources):
             count = len(source.examples)
-            store = tf.Variable(features[start : start + count], trainable=False)
+            rows = features[start : start + count]
             start += count
+            if position == 1:
+                datasets.append(_in_validation_batches(source, rows))
+                continue
+            store = tf.Variable(rows, trainable=False)
             indices = np.arange(count, dtype="int64")
             dataset = source.build(
                 indices, lambda index, store=store: tf.gather(store, index), source.shuffle
@@ -288,23 +292,37 @@ class FeatureSplit:
                 index = tf.identity(index)
             return (tf.gather(store, index), *rest)
 
+        def looked_up(dataset):
+            return dataset.map(lambda *element: lookup(*element))
+
         def feature_dataset(dataset):
-            mapped = dataset.map(lambda *element: lookup(*element))
+            mapped = looked_up(dataset)
             mapped._kt_cache = (table, store)  # keep the resources alive with the dataset
+            if remade_per_epoch(dataset):  # each epoch's batches, as without caching
+                remember_derivation(mapped, dataset, looked_up)
             return mapped
 
         return [feature_dataset(data) for data in datasets]
 
 
-def _in_validation_batches(dataset, count):
-    """The `count` examples of `dataset` (one pass, in its order) held in memory, in batches
-    of up to `VALIDATION_BATCH`."""
+def _in_validation_batches(source, features):
+    """`source`'s pipeline in file order (`shuffle=False`) with `features` (its examples'
+    rows, in file order) as inputs, from memory in batches of up to `VALIDATION_BATCH`.
+
+    The labels (and any other elements) come from the pipeline made over example indices;
+    the features are copied once, into the dataset (as the training rows are copied into a
+    `tf.Variable`).
+    """
     import tensorflow as tf
 
-    if count == 0:
-        return dataset
-    everything = dataset.unbatch().batch(count).get_single_element()
-    return tf.data.Dataset.from_tensor_slices(everything).batch(VALIDATION_BATCH)
+    indices = np.arange(len(source.examples), dtype="int64")
+    batches = list(source.build(indices, lambda index: index, False).as_numpy_iterator())
+    if not batches:
+        return source.build(indices, lambda index: tf.gather(features, index), False)
+    order, *rest = (np.concatenate(parts) for parts in zip(*batches, strict=True))
+    if not np.array_equal(order, indices):  # file order is the features' order: no copy
+        features = features[order]
+    return tf.data.Dataset.from_tensor_slices((features, *rest)).batch(VALIDATION_BATCH)
 
 
 def _fingerprints(inputs):

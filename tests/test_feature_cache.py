@@ -256,6 +256,33 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
+def test_folder_training_data_with_another_validation_pipeline(tmp_path):
+    """A folder pipeline for training and a plain tf.data one for validation: the features
+    are looked up by fingerprint, and training still sees each epoch's uncached batches."""
+    write_image_folder(tmp_path / "train", per_class=7)
+    write_image_folder(tmp_path / "val", per_class=3)
+
+    def make_data():
+        train_ds, val_ds, _ = kt.image_folder_datasets(tmp_path, image_size=32, batch_size=4)
+        batches = list(val_ds.as_numpy_iterator())
+        images, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
+        return train_ds, tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+
+    runs = {
+        cache: _head_training(make_data, _image_model, cache, head_epochs=3, learning_rate=0.05)
+        for cache in (False, True)
+    }
+    (uncached, history), (cached, cached_history) = runs[False], runs[True]
+    for metric in ("loss", "val_loss"):
+        np.testing.assert_allclose(cached_history[metric], history[metric], rtol=1e-4)
+    for a, b in zip(
+        _weights(uncached.get_layer("predictions")),
+        _weights(cached.get_layer("predictions")),
+        strict=True,
+    ):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
 def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, monkeypatch):
     """Both stages see the same batches with and without cached features and checkpoints,
     on every backend (each epoch's order is drawn from the seed and the epoch, not from how
