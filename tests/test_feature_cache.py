@@ -97,23 +97,29 @@ def test_auto_caches_only_when_exact(capsys, tmp_path):
         kt.fine_tune(two_paths, train_ds, head_epochs=1, cache_features=True)
 
 
-@pytest.mark.parametrize("backbone", ["vgg16", "mobilenet_v2", "efficientnet_b0"])
-def test_torch_extracts_features_in_the_channels_first_layout(backbone, monkeypatch):
-    """On torch the caching pass runs a channels-first copy of the backbone (no transposes
-    around each convolution) when it gives the channels-last features; elsewhere, and for
-    a copy that computes something else, the model's own layout."""
+def _spy_on_inference_extractor(monkeypatch):
+    """The list that collects what each `_inference_extractor` call returns."""
     from keras_transfer import feature_cache
 
-    if keras.backend.backend() != "torch" and backbone != "vgg16":
-        pytest.skip("torch-only copies; vgg16 checks that other backends keep their layout")
     made = []
-    original = feature_cache._channels_first_extractor
+    original = feature_cache._inference_extractor
 
     def spy(*args):
         made.append(original(*args))
         return made[-1]
 
-    monkeypatch.setattr(feature_cache, "_channels_first_extractor", spy)
+    monkeypatch.setattr(feature_cache, "_inference_extractor", spy)
+    return made
+
+
+@pytest.mark.parametrize("backbone", ["vgg16", "mobilenet_v2", "efficientnet_b0"])
+def test_torch_extracts_features_in_the_channels_first_layout(backbone, monkeypatch):
+    """On torch the caching pass runs a channels-first copy of the backbone (no transposes
+    around each convolution) when it gives the channels-last features; elsewhere, and for
+    a copy that computes something else, the model's own layout."""
+    if keras.backend.backend() != "torch" and backbone != "vgg16":
+        pytest.skip("torch-only copies; vgg16 checks that other backends keep their layout")
+    made = _spy_on_inference_extractor(monkeypatch)
     model = kt.build_image_classifier(
         backbone, 2, input_shape=(32, 32, 3), weights=None, augmentation=None
     )
@@ -126,7 +132,7 @@ def test_torch_extracts_features_in_the_channels_first_layout(backbone, monkeypa
         layers = [layer for layer in made[0]._flatten_layers() if hasattr(layer, "data_format")]
         assert layers and all(layer.data_format == "channels_first" for layer in layers)
     else:
-        assert made == []  # tensorflow and jax convolve channels-last natively
+        assert made == [None]  # VGG16 has no BatchNormalization to fold: the model's layers
     # Caching again after the weights changed: the copy is made anew from them.
     kernel = model.get_layer("backbone").weights[0]
     kernel.assign(kernel * 1.5)
@@ -148,7 +154,65 @@ def test_torch_extracts_features_in_the_channels_first_layout(backbone, monkeypa
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
     made.clear()
     _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
-    assert made in ([None], [])  # rejected on torch, not tried elsewhere
+    assert made == [None]  # rejected on torch, nothing to fold or transpose elsewhere
+
+
+def _batchnorm_backbone():
+    """A small backbone with BatchNormalizations that can be folded (after a Conv2D with and
+    without bias, a depthwise convolution with 2 channels per input channel, BN without
+    `center` or `scale`) and 3 that cannot (after an activated convolution, after a
+    convolution whose output a residual sum also reads, after that sum), all with random
+    statistics."""
+    rng = np.random.default_rng(0)
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = layers.ReLU(6.0)(layers.BatchNormalization()(x))
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False)(x)
+    x = layers.ReLU()(layers.BatchNormalization(center=False)(x))
+    x = layers.Conv2D(16, 1, use_bias=True)(x)
+    x = layers.BatchNormalization(scale=False, epsilon=1e-5)(x)
+    y = layers.Conv2D(16, 1, activation="relu")(x)
+    y = layers.BatchNormalization()(y)  # after an activation: kept
+    z = layers.Conv2D(16, 1)(y)
+    x = layers.Add()([layers.BatchNormalization()(z), z])  # z is read twice: kept
+    x = layers.BatchNormalization()(x)  # after a sum: kept
+    backbone = keras.Model(inputs, x, name="backbone")
+    for layer in backbone.layers:
+        for variable in layer.weights:
+            shape = variable.shape
+            if variable.path.endswith("moving_variance"):
+                variable.assign(rng.uniform(0.2, 3.0, shape).astype("float32"))
+            else:
+                variable.assign(rng.normal(0, 0.5, shape).astype("float32"))
+    image = keras.Input((16, 16, 3))
+    features = layers.GlobalAveragePooling2D(name="pooling")(backbone(image))
+    return keras.Model(image, layers.Dense(2, activation="softmax")(features))
+
+
+def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch):
+    """On tensorflow and torch the caching pass folds each BatchNormalization that alone
+    reads a linear convolution into it, and gives the model's features up to float noise;
+    jax keeps the model's layers."""
+    made = _spy_on_inference_extractor(monkeypatch)
+    model = _batchnorm_backbone()
+    kt.freeze_backbone(model)
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (12, 16, 16, 3)).astype("float32")
+    labels = np.eye(2, dtype="float32")[np.arange(12) % 2]
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
+    _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
+    if keras.backend.backend() == "jax":
+        assert made == [None]
+        return
+    assert len(made) == 1 and made[0] is not None
+    kinds = [type(layer).__name__ for layer in made[0]._flatten_layers()]
+    assert kinds.count("BatchNormalization") == 3  # of 6: the 3 that cannot be folded
+    assert kinds.count("Conv2D") + kinds.count("DepthwiseConv2D") == 5  # none lost
+    # The model itself is unchanged: its BatchNormalizations and convolutions are intact.
+    backbone = model.get_layer("backbone")
+    assert [type(layer).__name__ for layer in backbone.layers].count("BatchNormalization") == 6
+    assert not backbone.layers[1].use_bias
 
 
 def _assert_cached_features_are_the_models(model, split, train, val):
