@@ -206,10 +206,10 @@ class FeatureSplit:
         self.remade_pipelines = all(
             getattr(data, "_kt_examples", None) is not None for data in datasets
         )
-        if not self.remade_pipelines:
+        if self.remade_pipelines:
+            cached = self._cache_examples([data._kt_examples for data in datasets])
+        else:
             cached = self._cache_by_fingerprint(datasets)
-            return cached[0], (cached[1] if val_ds is not None else None)
-        cached = self._cache_examples([data._kt_examples for data in datasets])
         return cached[0], (cached[1] if val_ds is not None else None)
 
     def _cache_examples(self, sources):

@@ -263,6 +263,26 @@ def _head_training(make_data, make_model, cache, **fine_tune_kwargs):
     return model, history
 
 
+def _assert_cached_image_head_matches_uncached(make_data):
+    """Seeded 3-epoch head trainings of `_image_model` on `make_data()`, with and without
+    cached features: the same losses and head weights."""
+    runs = {
+        cache: _head_training(make_data, _image_model, cache, head_epochs=3, learning_rate=0.05)
+        for cache in (False, True)
+    }
+    (uncached, history), (cached, cached_history) = runs[False], runs[True]
+    # Losses, not accuracies: the features come from batches of another size, so they differ
+    # in the last float bits (torch), which can flip an example that sits on the boundary.
+    for metric in ("loss", "val_loss"):
+        np.testing.assert_allclose(cached_history[metric], history[metric], rtol=1e-4)
+    for a, b in zip(
+        _weights(uncached.get_layer("predictions")),
+        _weights(cached.get_layer("predictions")),
+        strict=True,
+    ):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
 def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
     """The reshuffled folder pipeline, remade over features: the uncached run's batches."""
     write_image_folder(tmp_path / "train", per_class=7)
@@ -303,21 +323,7 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
         atol=1e-6,
     )
 
-    runs = {
-        cache: _head_training(make_data, _image_model, cache, head_epochs=3, learning_rate=0.05)
-        for cache in (False, True)
-    }
-    (uncached, history), (cached, cached_history) = runs[False], runs[True]
-    # Losses, not accuracies: the features come from batches of another size, so they differ
-    # in the last float bits (torch), which can flip an example that sits on the boundary.
-    for metric in ("loss", "val_loss"):
-        np.testing.assert_allclose(cached_history[metric], history[metric], rtol=1e-4)
-    for a, b in zip(
-        _weights(uncached.get_layer("predictions")),
-        _weights(cached.get_layer("predictions")),
-        strict=True,
-    ):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    _assert_cached_image_head_matches_uncached(make_data)
 
 
 def test_folder_training_data_with_another_validation_pipeline(tmp_path):
@@ -332,19 +338,7 @@ def test_folder_training_data_with_another_validation_pipeline(tmp_path):
         images, labels = (np.concatenate(part) for part in zip(*batches, strict=True))
         return train_ds, tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
 
-    runs = {
-        cache: _head_training(make_data, _image_model, cache, head_epochs=3, learning_rate=0.05)
-        for cache in (False, True)
-    }
-    (uncached, history), (cached, cached_history) = runs[False], runs[True]
-    for metric in ("loss", "val_loss"):
-        np.testing.assert_allclose(cached_history[metric], history[metric], rtol=1e-4)
-    for a, b in zip(
-        _weights(uncached.get_layer("predictions")),
-        _weights(cached.get_layer("predictions")),
-        strict=True,
-    ):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    _assert_cached_image_head_matches_uncached(make_data)
 
 
 def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, monkeypatch):
