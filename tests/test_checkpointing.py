@@ -216,3 +216,31 @@ def test_each_epoch_order_is_drawn_from_the_seed_and_the_epoch(tmp_path):
     assert not np.array_equal(run[0], run[1]) and not np.array_equal(run[1], run[2])
     np.testing.assert_array_equal(epochs(seed=7, first=1, last=3, iterators_before=2), run[1:])
     assert not np.array_equal(epochs(seed=8, first=0, last=1)[0], run[0])
+
+
+@pytest.mark.backends("tensorflow")  # jax and torch build these before their first step
+@pytest.mark.parametrize("way", ["fit_one_pass_per_epoch", "resumable_fit"])
+def test_training_step_is_traced_once(tmp_path, monkeypatch, way):
+    """The optimizer and metric variables exist before `fit`, so `tf.function` traces the
+    training step once (Keras would create them in the first trace, and tf.function then
+    traces again); the first epoch's accuracy is still that of the initial weights."""
+    import tensorflow as tf
+
+    from keras_transfer import checkpointing
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    kt.compile_classifier(model, "sgd", learning_rate=0.1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = np.eye(2, dtype="float32")[rng.integers(0, 2, 32)]
+    initial = np.mean(model.predict(x, verbose=0).argmax(1) == y.argmax(1))
+    traces, train_step = [], model.train_step
+    monkeypatch.setattr(model, "train_step", lambda data: traces.append(1) or train_step(data))
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # one step per epoch
+    if way == "resumable_fit":
+        history = kt.resumable_fit(model, data, epochs=3, checkpoint_dir=tmp_path, verbose=0)
+    else:
+        history = checkpointing.fit_one_pass_per_epoch(model, data, epochs=3, verbose=0)
+    assert len(traces) == 1
+    assert history.history["accuracy"][0] == pytest.approx(initial)
