@@ -447,10 +447,10 @@ def _inference_extractor(extractor, below, above, images):
     backend = keras.backend.backend()
     channels_first = backend == "torch"
     float32 = bool(above) and keras.backend.standardize_dtype(above[0].compute_dtype) == "float32"
-    folded = _foldable_batchnorms(above) if backend != "jax" and float32 else {}
-    if not above or not (folded or channels_first):
-        return None
     try:
+        folded = _foldable_batchnorms(above) if backend != "jax" and float32 else {}
+        if not above or not (folded or channels_first):
+            return None
         inputs = keras.Input(shape=images.shape[1:], dtype="float32")
         x = inputs
         for layer in below:  # preprocessing: per-pixel, in the model's channels-last layout
@@ -466,7 +466,7 @@ def _inference_extractor(extractor, below, above, images):
         sample = np.concatenate([images[:CHECK_BATCH], noise.astype(images.dtype)])
         expected = _predict_full_batch(extractor, sample)
         features = _predict_full_batch(fast, sample)
-    except Exception:  # a layer without a channels-first form: keep the extractor
+    except Exception:  # an unexpected layer, one without a channels-first form: keep the extractor
         return None
     tolerance = 1e-4 if float32 else 5e-2  # of the largest feature: float noise
     scale = float(np.abs(expected).max()) or 1.0

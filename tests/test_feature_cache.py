@@ -228,6 +228,25 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
         assert kinds.count("BatchNormalization") == 6
 
 
+def test_caching_falls_back_to_the_models_layers_when_folding_fails(monkeypatch):
+    """A layer that the folding cannot inspect (here: the inspection raises) leaves the
+    caching pass on the model's own layers, with the model's features."""
+    from keras_transfer import feature_cache
+
+    def broken(layers):
+        raise RuntimeError("an exotic layer")
+
+    monkeypatch.setattr(feature_cache, "_foldable_batchnorms", broken)
+    made = _spy_on_inference_extractor(monkeypatch)
+    model = _batchnorm_backbone()
+    kt.freeze_backbone(model)
+    images = np.random.default_rng(2).uniform(0, 255, (6, 16, 16, 3)).astype("float32")
+    labels = np.eye(2, dtype="float32")[np.arange(6) % 2]
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
+    _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
+    assert made == [None]
+
+
 def _assert_cached_features_are_the_models(model, split, train, val):
     train_features, _ = split.cache(train, val)
     images = np.concatenate([x for x, _ in train.as_numpy_iterator()])
