@@ -211,7 +211,7 @@ def fit_one_pass_per_epoch(model, data, *, epochs, initial_epoch=0, **fit_kwargs
         The `keras.callbacks.History` of `fit`.
     """
     data, steps = one_pass_per_epoch(data, initial_epoch, epochs)
-    build_before_fit(model)
+    build_before_fit(model, data)
     return model.fit(
         data,
         initial_epoch=initial_epoch,
@@ -221,37 +221,38 @@ def fit_one_pass_per_epoch(model, data, *, epochs, initial_epoch=0, **fit_kwargs
     )
 
 
-def build_before_fit(model):
-    """Create a compiled model's optimizer and metric variables before its `fit`, on
+def build_before_fit(model, data):
+    """Build a compiled model, its optimizer and its metrics before `model.fit(data)`, on
     tensorflow, so that Keras traces the training step once instead of twice.
 
-    Without a distribution strategy, Keras' tensorflow trainer leaves these variables to
-    the first trace of the training step, and `tf.function` traces a function that created
-    variables a second time (to check that it creates none): the head's 10 epochs on
-    cached hymenoptera features took 0.70 s instead of 0.87 s (a Dense head; each trace
-    costs about 0.15 s), and fine-tuning the whole of MobileNet alpha=0.25 for one epoch
-    of 2 batches 2.6 s instead of 4.1 s (a trace of the backward pass saved).
-    The optimizer is built for the trainable variables (as Keras does); the metrics by one
-    update on an empty batch (which adds nothing), then `reset_metrics`. jax and torch
-    build both before their first step already, so nothing is done there; nor for a model
-    without one output of known shape.
+    Without a distribution strategy, Keras' tensorflow trainer leaves the optimizer's and
+    the metrics' variables to the first trace of the training step, and `tf.function`
+    traces a function that created variables a second time (to check that it creates
+    none): the head's 10 epochs on cached hymenoptera features took 0.70 s instead of
+    0.87 s (a Dense head; each trace costs about 0.15 s), and fine-tuning the whole of
+    MobileNet alpha=0.25 for one epoch of 2 batches 2.6 s instead of 4.1 s (a trace of the
+    backward pass saved). This runs the build Keras runs under a distribution strategy
+    (`Trainer._symbolic_build`) on symbolic tensors of `data`'s element spec: the model is
+    built, "accuracy" resolved from the labels' shape and dtype, the metrics and the
+    optimizer built, as the first trace would. Nothing is done on jax and torch (which
+    build these before their first step already), for data that is not a
+    `tf.data.Dataset`, or on a Keras without that method; if the build fails, `fit`
+    builds as it would have.
     """
     import keras
-    import numpy as np
+    import tensorflow as tf
 
-    if keras.backend.backend() != "tensorflow" or model.optimizer is None:
+    symbolic_build = getattr(model, "_symbolic_build", None)
+    if (
+        keras.backend.backend() != "tensorflow"
+        or symbolic_build is None
+        or not isinstance(data, tf.data.Dataset)
+    ):
         return
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
     try:
-        (output,) = model.outputs
-    except (AttributeError, ValueError):  # a subclassed model, several outputs
+        symbolic_build(data_batch=data.element_spec)
+    except Exception:  # Keras builds in the first trace instead
         return
-    if None in output.shape[1:]:
-        return
-    empty = np.zeros((0, *output.shape[1:]), dtype="float32")
-    model.compute_metrics(None, empty, empty)
-    model.reset_metrics()
 
 
 def dataset_fit_kwargs(data, fit_kwargs):
@@ -266,6 +267,7 @@ def dataset_fit_kwargs(data, fit_kwargs):
 
 def _make_callback(directory, stage, state):
     import keras
+    import numpy as np
 
     class EpochCheckpoint(keras.callbacks.Callback):
         """Write the weights, optimizer state and history at the end of every epoch."""
@@ -277,8 +279,8 @@ def _make_callback(directory, stage, state):
             self.model.save_weights(tmp)
             os.replace(tmp, os.path.join(directory, name))
             record = state["stages"].setdefault(stage, {"epochs_done": 0, "history": {}})
-            for key, value in (logs or {}).items():
-                record["history"].setdefault(key, []).append(float(value))
+            for key, value in (logs or {}).items():  # per-class metrics (F1Score) as lists
+                record["history"].setdefault(key, []).append(np.asarray(value).tolist())
             record["epochs_done"] = epoch + 1
             state["seed_states"] = [
                 keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)
@@ -379,7 +381,7 @@ def resumable_fit(
         callback = _make_callback(directory, stage, state)
         data, steps_per_epoch = one_pass_per_epoch(train_ds, start, epochs)
         restore = _torch_random_state_at_first_batch(resumed_random_state)
-        build_before_fit(model)
+        build_before_fit(model, data)
         fitted = model.fit(
             data,
             steps_per_epoch=steps_per_epoch,
