@@ -452,7 +452,7 @@ def _inference_extractor(extractor, below, above, images):
 
     backend = keras.backend.backend()
     channels_first = backend == "torch"
-    float32 = bool(above) and keras.backend.standardize_dtype(above[0].compute_dtype) == "float32"
+    float32 = bool(above) and _float32(above[0])
     try:
         folded = _foldable_batchnorms(above) if backend != "jax" and float32 else {}
         shifted = _depthwise_convolutions(above) if backend == "jax" and float32 else set()
@@ -515,9 +515,18 @@ def _foldable_batchnorms(layers):
                 and batchnorm.axis % len(tensor.shape) == len(tensor.shape) - 1
                 and readers[id(tensor)] == 1
                 and len(conv._inbound_nodes) == len(batchnorm._inbound_nodes) == 1
+                and _float32(conv)
+                and _float32(batchnorm)
             ):
                 pairs[id(conv)] = batchnorm
     return pairs
+
+
+def _float32(layer):
+    """Whether `layer` computes in float32 (a model's float32 policy can hold 16-bit layers)."""
+    import keras
+
+    return keras.backend.standardize_dtype(layer.compute_dtype) == "float32"
 
 
 def _depthwise_convolutions(layers):
@@ -534,7 +543,9 @@ def _depthwise_convolutions(layers):
     return {
         id(layer)
         for layer in [*layers, *inside]
-        if type(layer) is keras.layers.DepthwiseConv2D and layer.data_format == "channels_last"
+        if type(layer) is keras.layers.DepthwiseConv2D
+        and layer.data_format == "channels_last"
+        and _float32(layer)
     }
 
 

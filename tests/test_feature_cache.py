@@ -231,6 +231,31 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
         assert kinds.count("BatchNormalization") == 6
 
 
+def test_16_bit_layers_of_a_float32_model_are_not_rewritten(monkeypatch):
+    """Folding and the depthwise rewrite look at each layer's own dtype: a bfloat16
+    BatchNormalization or DepthwiseConv2D inside a float32 model is left as it is."""
+    made = _spy_on_inference_extractor(monkeypatch)
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 1, use_bias=False)(inputs)
+    x = layers.BatchNormalization(dtype="mixed_bfloat16")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", dtype="mixed_bfloat16")(x)
+    x = layers.BatchNormalization()(x)
+    backbone = keras.Model(inputs, x, name="backbone")
+    image = keras.Input((8, 8, 3))
+    features = layers.GlobalAveragePooling2D(name="pooling")(backbone(image))
+    model = keras.Model(image, layers.Dense(2, activation="softmax")(features))
+    kt.freeze_backbone(model)
+    images = np.random.default_rng(3).uniform(0, 255, (4, 8, 8, 3)).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((images, np.eye(2, dtype="float32")[[0, 1, 0, 1]]))
+    split_for_caching(model).cache(data.batch(4))
+    if keras.backend.backend() == "torch":  # the channels-first copy, nothing folded
+        kinds = [type(layer).__name__ for layer in made[0]._flatten_layers()]
+        assert kinds.count("BatchNormalization") == 2 and "DepthwiseConv2D" in kinds
+    else:
+        assert made == [None]
+
+
 def test_caching_falls_back_to_the_models_layers_when_a_rewrite_fails(monkeypatch):
     """A layer that the folding (on jax: the depthwise rewrite) cannot inspect (here: the
     inspection raises) leaves the caching pass on the model's own layers, with the model's
