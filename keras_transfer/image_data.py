@@ -209,21 +209,34 @@ def _dataset(
 
     from keras_transfer.feature_cache import ExampleSource, remember_examples, shuffled_slices
 
+    # Plain TF ops: autograph's conversion (a parse of the source) would only add time to
+    # every pipeline made, per epoch and over cached features too.
+    @tf.autograph.experimental.do_not_convert
     def example(source, label):
         return load(source), tf.one_hot(label, num_classes, dtype="float32")
 
     # Paths or indices: a full shuffle is cheap.
     dataset = shuffled_slices(sources, labels, shuffle=shuffle, seed=seed, epoch=epoch)
-    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if in_memory:  # one gather per batch instead of one per example: the same batches
+        dataset = dataset.batch(batch_size).map(example)
+    else:
+        dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = dataset.batch(batch_size)
     options = dict(num_classes=num_classes, batch_size=batch_size, seed=seed)
 
-    def build(other_sources, other_load, other_shuffle, other_epoch=None):
+    def build(other_sources, other_load, other_shuffle, other_epoch=None, other_in_memory=False):
         return _dataset(
-            other_sources, labels, other_load, shuffle=other_shuffle, epoch=other_epoch, **options
+            other_sources,
+            labels,
+            other_load,
+            shuffle=other_shuffle,
+            epoch=other_epoch,
+            in_memory=other_in_memory,
+            **options,
         )
 
     return remember_examples(
-        dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE),
+        dataset.prefetch(tf.data.AUTOTUNE),
         ExampleSource(sources, load, build, shuffle, in_memory),
     )
 

@@ -168,12 +168,14 @@ def _label_ids(path, labels, class_names):
     return np.array([index[label] for label in labels], dtype="int64")
 
 
-def _dataset(sources, ids, num_classes, batch_size, shuffle, seed, load=None, epoch=None):
-    """`(texts, one_hot)` batches (or `(load(source), one_hot)`), reshuffled by every
-    iterator; with `epoch` (an int64 scalar tensor) the batches of that epoch alone, in
-    `feature_cache.epoch_order`. Remembers how it was made (`feature_cache.ExampleSource`), so
-    that feature caching can make the same pipeline over cached features, and `fine_tune` the
-    pipeline of each epoch."""
+def _dataset(
+    sources, ids, num_classes, batch_size, shuffle, seed, load=None, epoch=None, in_memory=False
+):
+    """`(texts, one_hot)` batches (or `(load(source), one_hot)`, with `load` applied to each
+    batch of sources when `in_memory`), reshuffled by every iterator; with `epoch` (an int64
+    scalar tensor) the batches of that epoch alone, in `feature_cache.epoch_order`. Remembers
+    how it was made (`feature_cache.ExampleSource`), so that feature caching can make the same
+    pipeline over cached features, and `fine_tune` the pipeline of each epoch."""
     import tensorflow as tf
 
     from keras_transfer.feature_cache import ExampleSource, remember_examples, shuffled_slices
@@ -182,16 +184,25 @@ def _dataset(sources, ids, num_classes, batch_size, shuffle, seed, load=None, ep
     if not isinstance(sources, np.ndarray):
         sources = np.array(sources, dtype=object)
     dataset = shuffled_slices(sources, one_hot, shuffle=shuffle, seed=seed, epoch=epoch)
-    if load is not None:
-        dataset = dataset.map(lambda source, label: (load(source), label))
 
-    def build(other_sources, other_load, other_shuffle, other_epoch=None):
-        options = dict(seed=seed, load=other_load, epoch=other_epoch)
+    @tf.autograph.experimental.do_not_convert  # plain TF ops (see image_data._dataset)
+    def loaded(source, label):
+        return load(source), label
+
+    if load is not None and in_memory:  # one gather per batch: the same batches
+        dataset = dataset.batch(batch_size).map(loaded)
+    elif load is not None:
+        dataset = dataset.map(loaded).batch(batch_size)
+    else:
+        dataset = dataset.batch(batch_size)
+
+    def build(other_sources, other_load, other_shuffle, other_epoch=None, other_in_memory=False):
+        options = dict(seed=seed, load=other_load, epoch=other_epoch, in_memory=other_in_memory)
         return _dataset(other_sources, ids, num_classes, batch_size, other_shuffle, **options)
 
     return remember_examples(
-        dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE),
-        ExampleSource(sources, load or (lambda text: text), build, shuffle),
+        dataset.prefetch(tf.data.AUTOTUNE),
+        ExampleSource(sources, load or (lambda text: text), build, shuffle, in_memory),
     )
 
 
