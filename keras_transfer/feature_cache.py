@@ -459,10 +459,9 @@ def _inference_extractor(extractor, below, above, images):
 
     backend = keras.backend.backend()
     channels_first = backend == "torch"
-    float32 = bool(above) and _float32(above[0])
-    try:
-        folded = _foldable_batchnorms(above) if backend != "jax" and float32 else {}
-        shifted = _depthwise_convolutions(above) if backend == "jax" and float32 else set()
+    try:  # each rewrite checks each layer's dtype (`_float32`)
+        folded = _foldable_batchnorms(above) if backend != "jax" else {}
+        shifted = _depthwise_convolutions(above) if backend == "jax" else set()
         if not above or not (folded or shifted or channels_first):
             return None
         inputs = keras.Input(shape=images.shape[1:], dtype="float32")
@@ -476,6 +475,7 @@ def _inference_extractor(extractor, below, above, images):
         fast = keras.Model(inputs, x, name="inference_features")
         if not channels_first:
             return fast
+        float32 = all(_float32(layer) for layer in above)
         noise = np.random.default_rng(0).uniform(0, 255, (2, *images.shape[1:]))
         sample = np.concatenate([images[:CHECK_BATCH], noise.astype(images.dtype)])
         expected = _predict_full_batch(extractor, sample)
@@ -498,9 +498,7 @@ def _foldable_batchnorms(layers):
     import keras
 
     pairs = {}
-    for model in layers:
-        if not isinstance(model, keras.Model) or getattr(model, "_nodes_by_depth", None) is None:
-            continue  # not functional
+    for model in _functional_models(layers):
         nodes = [node for level in model._nodes_by_depth.values() for node in level]
         readers = {}
         for tensor in [x for node in nodes for x in node.input_tensors] + list(model.outputs):
@@ -529,6 +527,17 @@ def _foldable_batchnorms(layers):
     return pairs
 
 
+def _functional_models(layers):
+    """The functional `keras.Model`s among `layers` (those with a graph of layer calls)."""
+    import keras
+
+    return [
+        model
+        for model in layers
+        if isinstance(model, keras.Model) and getattr(model, "_nodes_by_depth", None) is not None
+    ]
+
+
 def _float32(layer):
     """Whether `layer` computes in float32 (a model's float32 policy can hold 16-bit layers)."""
     import keras
@@ -541,12 +550,7 @@ def _depthwise_convolutions(layers):
     functional models among them (see `keras_transfer.layers.ShiftedDepthwiseConv2D`)."""
     import keras
 
-    inside = [
-        layer
-        for model in layers
-        if getattr(model, "_nodes_by_depth", None) is not None
-        for layer in model.layers
-    ]
+    inside = [layer for model in _functional_models(layers) for layer in model.layers]
     return {
         id(layer)
         for layer in [*layers, *inside]

@@ -55,8 +55,14 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     uses it on jax only, in its copy of a frozen backbone (`feature_cache`); models keep
     their `DepthwiseConv2D` layers.
 
-    Takes the config and weights of a channels-last `DepthwiseConv2D`; the input's height
-    and width must be known when the layer is called.
+    Takes the config and weights of a channels-last `DepthwiseConv2D`. Input:
+    `(batch, height, width, channels)` with height and width known when the layer is called;
+    output as `DepthwiseConv2D`'s, `(batch, new_height, new_width, channels *
+    depth_multiplier)` in the layer's compute dtype.
+
+    Raises:
+        ValueError: when called on channels-first data (`data_format="channels_first"`) or
+            on inputs whose height or width is unknown (`None`), naming the shape.
     """
 
     def call(self, inputs):
