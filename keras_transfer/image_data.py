@@ -100,8 +100,10 @@ def _decode_all(paths, image_size=None):
                 return decode_and_resize(encoded, image_size), None
             tf.io.decode_image(encoded, channels=3, expand_animations=False)
         except tf.errors.OpError as error:  # undecodable, unreadable, a broken link
-            message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message).strip()
-            return None, (message.splitlines() or ["cannot decode"])[0][:80]
+            message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message)
+            # The warning names the file: keep TF's reason ("<path>; No such file or ...").
+            message = message.replace(str(path), "").strip(" ;:\n")
+            return None, (message.splitlines() or ["cannot decode"])[0][:80] or "cannot read"
         return None, None
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
