@@ -294,8 +294,9 @@ class FeatureSplit:
             check = tf.debugging.assert_non_negative(
                 index,
                 message="an input was not seen when the features were cached: the data "
-                "pipeline changes its inputs between epochs (random augmentation in "
-                "tf.data?); train without feature caching (cache_features=False)",
+                "pipeline gives other inputs in this epoch (a .take(), .skip() or .filter() "
+                "after a reshuffle, random augmentation in tf.data, ...); train without "
+                "feature caching (cache_features=False), or pass the whole pipeline",
             )
             with tf.control_dependencies([check]):
                 index = tf.identity(index)

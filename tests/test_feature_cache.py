@@ -98,6 +98,18 @@ def test_auto_caches_only_when_exact(capsys, tmp_path):
         kt.fine_tune(two_paths, train_ds, head_epochs=1, cache_features=True)
 
 
+def test_a_pipeline_that_gives_other_inputs_each_epoch_fails_with_a_clear_error():
+    # A .take() of a reshuffling pipeline: its inputs are looked up by fingerprint, and the
+    # second epoch brings images the caching pass never saw.
+    train, _ = _image_data()
+    reshuffled = train.unbatch().shuffle(16, seed=3, reshuffle_each_iteration=True).batch(4)
+    model = _image_model()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\.take\(\), \.skip\(\)"):
+        kt.fine_tune(model, reshuffled.take(1), head_epochs=3, cache_features=True, verbose=0)
+    model = _image_model()
+    kt.fine_tune(model, reshuffled.take(1), head_epochs=3, cache_features=False, verbose=0)
+
+
 def _spy_on_inference_extractor(monkeypatch):
     """The list that collects what each `_inference_extractor` call returns."""
     from keras_transfer import feature_cache
