@@ -77,7 +77,11 @@ def _files(folder):
 
 
 def _decode_all(paths, image_size=None):
-    """Decode every file among `paths` once, with TensorFlow's decoders, in threads.
+    """Decode every file among `paths` once, with TensorFlow's decoders.
+
+    All files are first decoded in one `tf.data` pipeline that writes each image straight
+    into one batch (`_decode_in_one_pipeline`); only if a file fails there are they decoded
+    again one by one, in threads, to name each file that fails and why.
 
     Args:
         paths: list of file paths.
@@ -86,9 +90,48 @@ def _decode_all(paths, image_size=None):
 
     Returns:
         `(reasons, images)`: `{path: reason}` for the files that cannot be decoded, and
-        a list (in the order of `paths`) of `(height, width, 3)` float32 tensors in
-        [0, 255] (None for an undecodable file), or None without `image_size`.
+        the images of the others (in the order of `paths`) as one `(count, height, width,
+        3)` float32 tensor in [0, 255], or None without `image_size` or decodable files.
     """
+    import tensorflow as tf
+
+    if not paths:
+        return {}, None
+    try:
+        return {}, _decode_in_one_pipeline(paths, image_size)
+    except tf.errors.OpError:  # a file that does not decode: find each one, and why
+        pass
+    return _decode_one_by_one(paths, image_size)
+
+
+def _decode_in_one_pipeline(paths, image_size):
+    """`paths` decoded (and resized) in parallel by `tf.data` into one `(count, height,
+    width, 3)` float32 tensor (None without `image_size`: the files are only decoded).
+
+    On hymenoptera (396 JPEGs, 2 cores) this took 0.69 s instead of 0.97 s for decoding in
+    threads and stacking the images (medians of 6 runs): the batch is filled as the images
+    come, without a second copy of every image.
+
+    Raises:
+        tf.errors.OpError: a file cannot be read or decoded.
+    """
+    import tensorflow as tf
+
+    @tf.autograph.experimental.do_not_convert
+    def decode(path):
+        if image_size is not None:
+            return _load_image(path, image_size)
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.shape(image)
+
+    data = tf.data.Dataset.from_tensor_slices(paths)
+    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images = next(iter(data.batch(len(paths))))
+    return images if image_size is not None else None
+
+
+def _decode_one_by_one(paths, image_size):
+    """`_decode_all` file by file, in threads: each file's reason if it fails."""
     from concurrent.futures import ThreadPoolExecutor
 
     import tensorflow as tf
@@ -109,7 +152,8 @@ def _decode_all(paths, image_size=None):
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(decode, paths))  # TF ops release the GIL
     reasons = {path: why for path, (_, why) in zip(paths, results, strict=True) if why}
-    return reasons, None if image_size is None else [image for image, _ in results]
+    decoded = [image for image, _ in results if image is not None]
+    return reasons, tf.stack(decoded) if decoded else None
 
 
 def _warn_skipped(directory, skipped, total):
@@ -133,7 +177,7 @@ def _index_folder(directory, class_names=None, image_size=None):
     Returns:
         `(paths, labels, class_names, images)`: lists of str and int, in sorted file order;
         `images` is None, or with `image_size` the decoded, resized images of `paths`
-        (a list of float32 tensors, see `_decode_all`).
+        (one float32 tensor, see `_decode_all`).
     """
     found = _class_folders(directory)
     if class_names is None:
@@ -179,9 +223,8 @@ def _index_folder(directory, class_names=None, image_size=None):
             f"Class folder(s) {empty} in {directory!r} hold no usable images "
             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)."
         )
-    images = None if decoded is None else [image for image in decoded if image is not None]
     print(f"Found {len(paths)} images belonging to {len(class_names)} classes in {directory}.")
-    return paths, labels, list(class_names), images
+    return paths, labels, list(class_names), decoded
 
 
 def _load_image(path, image_size):
@@ -421,8 +464,6 @@ def image_folder_datasets(
 
 
 def _loader(images):
-    """A `load` for `_dataset` that takes images by index from `images` (a list of tensors),
-    stacked into one tensor."""
-    import tensorflow as tf
-
-    return functools.partial(_stored_image, store=tf.stack(images))
+    """A `load` for `_dataset` that takes images by index from `images`, a `(count, height,
+    width, 3)` tensor."""
+    return functools.partial(_stored_image, store=images)

@@ -143,6 +143,17 @@ def test_undecodable_and_unsupported_files_are_skipped_with_their_names(tmp_path
     # The reason, not the start of TF's message (which repeats the full path).
     assert "dogs/gone.png (No such file or directory)" in str(record[0].message)
     assert _count(train_ds) == 6  # the good ones, and training would run on them
+    # Decoded file by file after a failure, the kept images are still the good files', in
+    # order: the same batches as decoding them every epoch.
+    with pytest.warns(UserWarning, match="Skipped 5 of 11"):
+        kept_ds, read_ds = (
+            kt.image_folder_datasets(tmp_path, image_size=16, batch_size=2, cache=cache)[0]
+            for cache in (True, False)
+        )
+    pairs = zip(kept_ds.as_numpy_iterator(), read_ds.as_numpy_iterator(), strict=True)
+    for (x_kept, y_kept), (x_read, y_read) in pairs:
+        np.testing.assert_array_equal(x_kept, x_read)
+        np.testing.assert_array_equal(y_kept, y_read)
     for name in ("empty.jpg", "notes.jpg", "cut.jpg"):
         (tmp_path / "val" / "cats").mkdir(parents=True, exist_ok=True)
         (tmp_path / "val" / "dogs").mkdir(parents=True, exist_ok=True)
