@@ -463,6 +463,7 @@ def _inference_extractor(extractor, below, above, images):
     try:  # each rewrite checks each layer's dtype (`_float32`)
         folded = _foldable_batchnorms(above) if backend != "jax" else {}
         shifted = _depthwise_convolutions(above) if backend == "jax" else set()
+        relus = _fusable_relus(above, folded) if channels_first else {}
         if not above or not (folded or shifted or channels_first):
             return None
         inputs = keras.Input(shape=images.shape[1:], dtype="float32")
@@ -472,7 +473,7 @@ def _inference_extractor(extractor, below, above, images):
         if channels_first:
             x = keras.layers.Permute((3, 1, 2))(x)
         for layer in above:
-            x = _inference_copy(layer, x, folded, shifted, channels_first)
+            x = _inference_copy(layer, x, folded, shifted, relus, channels_first)
         fast = keras.Model(inputs, x, name="inference_features")
         if not channels_first:
             return fast
@@ -499,11 +500,7 @@ def _foldable_batchnorms(layers):
     import keras
 
     pairs = {}
-    for model in _functional_models(layers):
-        nodes = [node for level in model._nodes_by_depth.values() for node in level]
-        readers = {}
-        for tensor in [x for node in nodes for x in node.input_tensors] + list(model.outputs):
-            readers[id(tensor)] = readers.get(id(tensor), 0) + 1
+    for nodes, readers in _nodes_and_readers(layers):
         for node in nodes:
             batchnorm = node.operation
             if type(batchnorm) is not keras.layers.BatchNormalization:
@@ -526,6 +523,60 @@ def _foldable_batchnorms(layers):
             ):
                 pairs[id(conv)] = batchnorm
     return pairs
+
+
+def _fusable_relus(layers, folded):
+    """`{id(convolution): (relu, "relu" or "relu6")}` for the ReLU layers (no slope,
+    threshold, or a maximum other than 6) inside the functional models among `layers` that
+    alone read a linear, channels-last `Conv2D` or `DepthwiseConv2D`, directly or through
+    a BatchNormalization of `folded` (`_foldable_batchnorms`); each layer is called once.
+    Float32 layers only."""
+    import keras
+
+    convolution_of = {id(batchnorm): conv for conv, batchnorm in folded.items()}
+    fused = {}
+    for nodes, readers in _nodes_and_readers(layers):
+        for node in nodes:
+            relu = node.operation
+            if not (
+                type(relu) is keras.layers.ReLU
+                and relu.negative_slope == 0
+                and relu.threshold == 0
+                and relu.max_value in (None, 6)
+                and len(node.input_tensors) == 1
+                and len(relu._inbound_nodes) == 1
+                and _float32(relu)
+            ):
+                continue
+            (tensor,) = node.input_tensors
+            source = tensor._keras_history.operation
+            if readers[id(tensor)] != 1:
+                continue
+            if id(source) in convolution_of:
+                conv = convolution_of[id(source)]
+            elif (
+                type(source) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+                and source.get_config()["activation"] == "linear"
+                and source.data_format == "channels_last"
+                and len(source._inbound_nodes) == 1
+                and _float32(source)
+            ):
+                conv = id(source)
+            else:
+                continue
+            fused[conv] = (relu, "relu" if relu.max_value is None else "relu6")
+    return fused
+
+
+def _nodes_and_readers(layers):
+    """For each functional model among `layers`: its layer calls (nodes), and
+    `{id(tensor): number of nodes (and model outputs) that read it}`."""
+    for model in _functional_models(layers):
+        nodes = [node for level in model._nodes_by_depth.values() for node in level]
+        readers = {}
+        for tensor in [x for node in nodes for x in node.input_tensors] + list(model.outputs):
+            readers[id(tensor)] = readers.get(id(tensor), 0) + 1
+        yield nodes, readers
 
 
 def _functional_models(layers):
@@ -561,21 +612,28 @@ def _depthwise_convolutions(layers):
     }
 
 
-def _inference_copy(layer, x, folded, shifted, channels_first):
+def _inference_copy(layer, x, folded, shifted, relus, channels_first):
     """`layer` applied to `x` with the BatchNormalizations of `folded` folded into their
     convolutions, the depthwise convolutions of `shifted` (ids) as `ShiftedDepthwiseConv2D`
-    and, with `channels_first`, in that layout (see `_inference_extractor`). Layers that
-    need no change are shared, not copied."""
+    and, with `channels_first`, in that layout, float32 convolutions as `FusedConv2D` /
+    `FusedDepthwiseConv2D` with the ReLUs of `relus` (`_fusable_relus`) as their
+    activations (see `_inference_extractor`). Layers that need no change are shared, not
+    copied."""
     import keras
 
-    from keras_transfer.layers import ShiftedDepthwiseConv2D
+    from keras_transfer.layers import FusedConv2D, FusedDepthwiseConv2D, ShiftedDepthwiseConv2D
 
+    fused_kinds = {
+        keras.layers.Conv2D: FusedConv2D,
+        keras.layers.DepthwiseConv2D: FusedDepthwiseConv2D,
+    }
     originals = {}  # id(copy) -> (copy, original)
     batchnorms = {id(batchnorm) for batchnorm in folded.values()}  # left out, not copied
+    left_out = batchnorms | {id(relu) for relu, _ in relus.values()}  # in the convolutions
     changed = set(folded) | shifted
 
     def copy_of(original):
-        if id(original) in batchnorms or (id(original) not in changed and not channels_first):
+        if id(original) in left_out or (id(original) not in changed and not channels_first):
             return original
         if id(original) in shifted:
             copy = ShiftedDepthwiseConv2D.from_config(original.get_config())
@@ -583,7 +641,14 @@ def _inference_copy(layer, x, folded, shifted, channels_first):
             config = keras.saving.serialize_keras_object(original)
             if id(original) in folded:
                 config["config"]["use_bias"] = True
-            copy = keras.saving.deserialize_keras_object(_channels_first_config(config))
+            if id(original) in relus:
+                config["config"]["activation"] = relus[id(original)][1]
+            config = _channels_first_config(config)
+            fused = fused_kinds.get(type(original)) if _float32(original) else None
+            if fused is not None:
+                copy = fused.from_config(config["config"])
+            else:
+                copy = keras.saving.deserialize_keras_object(config)
         else:  # a folded convolution; zeros: its weights are set below
             config = original.get_config() | {"use_bias": True, "bias_initializer": "zeros"}
             depthwise = "depthwise_initializer" in config
@@ -593,14 +658,14 @@ def _inference_copy(layer, x, folded, shifted, channels_first):
         return copy
 
     def call(operation, *args, **kwargs):
-        if id(operation) in batchnorms:
+        if id(operation) in left_out:
             return args[0]  # folded into the convolution below it
         return operation(*args, **kwargs)
 
-    inner = getattr(layer, "_nodes_by_depth", None) is not None and any(
-        id(conv) in changed for conv in layer.layers
+    inner = getattr(layer, "_nodes_by_depth", None) is not None and (
+        channels_first or any(id(conv) in changed for conv in layer.layers)
     )
-    if inner:  # a functional model with layers to change
+    if inner:  # a functional model with layers to change (on torch: all of them)
         shape = (None, *x.shape[1:])
         copy = keras.models.clone_model(
             layer,

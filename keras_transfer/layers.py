@@ -1,4 +1,4 @@
-"""Keras layers that keras-transfer puts inside the models it builds, and one that its
+"""Keras layers that keras-transfer puts inside the models it builds, and three that its
 feature caching uses in a temporary copy of a backbone.
 
 `ImagePreprocessing` is a registered serializable layer (no `Lambda`), so saved models load
@@ -105,3 +105,78 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
+
+
+class FusedConv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that on torch adds its bias inside the convolution and applies
+    a ReLU in place.
+
+    On torch, with channels-first data, one `torch.nn.functional.conv2d` call takes the
+    bias, and a `"relu"` or `"relu6"` activation overwrites its output: no new tensor for
+    the bias sum or the activation (Keras adds the bias and applies the activation as two
+    more operations, each writing a new feature map). Elsewhere, and for "same" padding
+    that Keras splits unevenly, `Conv2D`'s own `call`. The outputs are `Conv2D`'s up to
+    float rounding. Feature caching uses it on torch only, in its channels-first copy of a
+    frozen backbone (`feature_cache`), where MobileNet alpha=0.25's pass over 384 images
+    took about 1.1 s instead of 1.5 s; models keep their `Conv2D` layers.
+
+    Takes a `Conv2D` config. Input and output as `Conv2D`'s: `(batch, channels, height,
+    width)` channels-first (or `(batch, height, width, channels)` channels-last), in the
+    layer's compute dtype.
+    """
+
+    def call(self, inputs):
+        outputs = _torch_fused_convolution(self, inputs, groups=self.groups)
+        return super().call(inputs) if outputs is None else outputs
+
+
+class FusedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """`keras.layers.DepthwiseConv2D` with the bias and ReLU of `FusedConv2D` on torch
+    (output channel `c * depth_multiplier + m` reads input channel `c`, as in
+    `DepthwiseConv2D`).
+
+    Takes a `DepthwiseConv2D` config. Input and output as `DepthwiseConv2D`'s.
+    """
+
+    def call(self, inputs):
+        outputs = _torch_fused_convolution(self, inputs, groups=None)
+        return super().call(inputs) if outputs is None else outputs
+
+
+def _torch_fused_convolution(layer, inputs, groups):
+    """`layer`'s outputs by one torch convolution with the bias and an in-place ReLU, or
+    None (not torch, channels-last data, "same" padding split unevenly: Keras pads first).
+    `groups` None: a depthwise convolution."""
+    if keras.backend.backend() != "torch" or layer.data_format != "channels_first":
+        return None
+    import torch
+
+    padding = []
+    for size, taps, stride, dilation in zip(
+        inputs.shape[2:], layer.kernel_size, layer.strides, layer.dilation_rate, strict=True
+    ):
+        total = 0
+        if layer.padding == "same":
+            total = max((-(-size // stride) - 1) * stride + (taps - 1) * dilation + 1 - size, 0)
+        if total % 2:
+            return None
+        padding.append(total // 2)
+    kernel = keras.ops.cast(layer.kernel, layer.compute_dtype)
+    if groups is None:  # (h, w, in, multiplier) -> (h, w, 1, in * multiplier)
+        height, width, channels, multiplier = kernel.shape
+        kernel, groups = kernel.reshape(height, width, 1, channels * multiplier), channels
+    bias = keras.ops.cast(layer.bias, layer.compute_dtype) if layer.use_bias else None
+    outputs = torch.nn.functional.conv2d(
+        inputs,
+        kernel.permute(3, 2, 0, 1),  # (out, in / groups, h, w)
+        bias,
+        stride=tuple(layer.strides),
+        padding=padding,
+        dilation=tuple(layer.dilation_rate),
+        groups=groups,
+    )
+    if layer.activation is keras.activations.relu:
+        return outputs.relu_()
+    if layer.activation is keras.activations.relu6:
+        return outputs.clamp_(0, 6)
+    return layer.activation(outputs)

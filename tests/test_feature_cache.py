@@ -222,7 +222,13 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
         assert kinds.count("ShiftedDepthwiseConv2D") == 1 and "DepthwiseConv2D" not in kinds
     else:
         assert kinds.count("BatchNormalization") == 3  # of 6: the 3 that cannot be folded
-        assert kinds.count("Conv2D") + kinds.count("DepthwiseConv2D") == 5  # none lost
+        convolutions = ("Conv2D", "DepthwiseConv2D", "FusedConv2D", "FusedDepthwiseConv2D")
+        assert sum(kinds.count(kind) for kind in convolutions) == 5  # none lost
+    if keras.backend.backend() == "torch":  # bias and ReLU inside each convolution's call
+        assert kinds.count("FusedConv2D") == 4 and kinds.count("FusedDepthwiseConv2D") == 1
+        assert "ReLU" not in kinds  # both read a folded BatchNormalization alone
+    else:
+        assert kinds.count("ReLU") == 2
     # The model itself is unchanged: its BatchNormalizations and convolutions are intact.
     backbone = model.get_layer("backbone")
     assert [type(layer).__name__ for layer in backbone.layers].count("BatchNormalization") == 6

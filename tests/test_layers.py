@@ -43,3 +43,52 @@ def test_shifted_depthwise_convolution_is_the_depthwise_convolution(
     shifted.set_weights(weights)
     expected = keras.ops.convert_to_numpy(layer(images))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(shifted(images)), expected, atol=1e-5)
+
+
+# (kernel_size, strides, padding, dilation_rate, groups or depth_multiplier, activation);
+# "same" with stride 2 over 11 rows and 10 columns splits unevenly: Keras' own call.
+FUSED_SETTINGS = [
+    ((3, 3), (1, 1), "same", 1, 1, "relu6"),
+    ((3, 3), (2, 2), "same", 1, 1, "relu"),
+    ((3, 3), (2, 2), "valid", 1, 2, "linear"),
+    ((1, 1), (1, 1), "valid", 1, 1, "relu"),
+    ((3, 3), (1, 1), "same", 2, 1, "sigmoid"),
+    ((5, 3), (1, 2), "same", 1, 2, "relu6"),
+]
+
+
+@pytest.mark.parametrize("kernel, strides, padding, dilation, groups, activation", FUSED_SETTINGS)
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_fused_convolutions_are_keras_convolutions(
+    kernel, strides, padding, dilation, groups, activation, depthwise
+):
+    """`FusedConv2D` / `FusedDepthwiseConv2D` give `Conv2D` / `DepthwiseConv2D`'s outputs
+    with the same weights: on torch channels-first (their own torch call), elsewhere
+    channels-last (Keras' call; TF on CPU has no channels-first convolution)."""
+    from keras_transfer.layers import FusedConv2D, FusedDepthwiseConv2D
+
+    data_format = "channels_first" if keras.backend.backend() == "torch" else "channels_last"
+    settings = dict(
+        kernel_size=kernel,
+        strides=strides,
+        padding=padding,
+        dilation_rate=dilation,
+        activation=activation,
+        data_format=data_format,
+    )
+    if depthwise:
+        layer = keras.layers.DepthwiseConv2D(depth_multiplier=groups, **settings)
+        fused = FusedDepthwiseConv2D(depth_multiplier=groups, **settings)
+    else:
+        layer = keras.layers.Conv2D(6, groups=groups, **settings)
+        fused = FusedConv2D(6, groups=groups, **settings)
+    rng = np.random.default_rng(1)
+    shape = (2, 4, 11, 10) if data_format == "channels_first" else (2, 11, 10, 4)
+    images = rng.normal(size=shape).astype("float32") * 3
+    layer.build(images.shape)
+    fused.build(images.shape)
+    weights = [rng.normal(size=w.shape).astype("float32") for w in layer.weights]
+    layer.set_weights(weights)
+    fused.set_weights(weights)
+    expected = keras.ops.convert_to_numpy(layer(images))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fused(images)), expected, atol=1e-5)
