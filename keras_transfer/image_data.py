@@ -167,18 +167,62 @@ def _warn_skipped(directory, skipped, total):
     )
 
 
-def _index_folder(directory, class_names=None, image_size=None):
-    """The usable images of a labelled folder, with a clear error for a folder that cannot be one.
+def _index_folders(directories, class_names=None, image_size=None):
+    """The usable images of labelled folders, with a clear error for a folder that cannot be one.
 
-    Checks the class folders (at least 2; for validation, exactly the training classes),
-    decodes every image once, and skips (with one warning that counts and names them) files of
-    an unsupported format and files that cannot be decoded; every class must keep an image.
+    Checks the class folders (at least 2 in the first folder unless `class_names` are
+    given; in the others, exactly the first one's classes), decodes every image of all
+    folders once (together: one pipeline), and skips (with one warning per folder that
+    counts and names them) files of an unsupported format and files that cannot be
+    decoded; every class must keep an image in every folder.
 
     Returns:
-        `(paths, labels, class_names, images)`: lists of str and int, in sorted file order;
-        `images` is None, or with `image_size` the decoded, resized images of `paths`
-        (one float32 tensor, see `_decode_all`).
+        `(indexed, images)`: `indexed` holds `(paths, labels, class_names)` per folder
+        (lists of str and int, in sorted file order); `images` is None, or with
+        `image_size` the decoded, resized images of all folders' `paths`, the first
+        folder's first (one float32 tensor, see `_decode_all`).
     """
+    listed = []
+    for directory in directories:
+        class_names, files = _class_files(directory, class_names)
+        listed.append((directory, class_names, files))
+    everything = [path for _, _, files in listed for paths in files.values() for path in paths]
+    bad, images = _decode_all([path for path in everything if _supported(path)], image_size)
+    indexed = []
+    for directory, class_names, files in listed:
+        found = [path for paths in files.values() for path in paths]
+        skipped = [
+            f"{os.path.relpath(path, directory)} "
+            f"({bad[path] if path in bad else 'unsupported format'})"
+            for path in found
+            if path in bad or not _supported(path)
+        ]
+        if skipped:
+            _warn_skipped(directory, sorted(skipped), len(found))
+        paths, labels = [], []
+        for label, name in enumerate(class_names):
+            usable = [path for path in files[name] if _supported(path) and path not in bad]
+            paths += usable
+            labels += [label] * len(usable)
+        present = set(labels)
+        empty = [name for label, name in enumerate(class_names) if label not in present]
+        if empty:
+            raise ValueError(
+                f"Class folder(s) {empty} in {directory!r} hold no usable images "
+                f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)."
+            )
+        print(f"Found {len(paths)} images belonging to {len(class_names)} classes in {directory}.")
+        indexed.append((paths, labels, list(class_names)))
+    return indexed, images
+
+
+def _supported(path):
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_files(directory, class_names=None):
+    """`(class_names, {class_name: sorted file paths})` of a labelled folder, after checking
+    its class folders (at least 2; with `class_names`, exactly those)."""
     found = _class_folders(directory)
     if class_names is None:
         if len(found) < 2:
@@ -199,32 +243,7 @@ def _index_folder(directory, class_names=None, image_size=None):
             f"{directory!r} has no folder for the training class(es) {missing}; add "
             f"{directory}/<class>/ with at least one image for each of {class_names}."
         )
-    files = {name: _files(os.path.join(directory, name)) for name in class_names}
-    everything = [path for paths in files.values() for path in paths]
-    candidates = [path for path in everything if path.lower().endswith(IMAGE_EXTENSIONS)]
-    bad, decoded = _decode_all(candidates, image_size)
-    skipped = [
-        f"{os.path.relpath(path, directory)} (unsupported format)"
-        for path in everything
-        if path not in candidates
-    ]
-    skipped += [f"{os.path.relpath(path, directory)} ({why})" for path, why in bad.items()]
-    if skipped:
-        _warn_skipped(directory, sorted(skipped), len(everything))
-    paths, labels = [], []
-    for label, name in enumerate(class_names):
-        usable = [p for p in files[name] if p.lower().endswith(IMAGE_EXTENSIONS) and p not in bad]
-        paths += usable
-        labels += [label] * len(usable)
-    present = set(labels)
-    empty = [name for label, name in enumerate(class_names) if label not in present]
-    if empty:
-        raise ValueError(
-            f"Class folder(s) {empty} in {directory!r} hold no usable images "
-            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)."
-        )
-    print(f"Found {len(paths)} images belonging to {len(class_names)} classes in {directory}.")
-    return paths, labels, list(class_names), decoded
+    return class_names, {name: _files(os.path.join(directory, name)) for name in class_names}
 
 
 def _load_image(path, image_size):
@@ -330,7 +349,7 @@ def evaluation_dataset(directory, *, image_size, class_names, batch_size=32):
     _check_folder(directory)
     image_size = _image_size(image_size)
     _check_batch_size(batch_size)
-    paths, labels, class_names, _ = _index_folder(directory, list(class_names))
+    ((paths, labels, class_names),), _ = _index_folders([directory], list(class_names))
     load = functools.partial(_load_image, image_size=image_size)
     options = dict(num_classes=len(class_names), batch_size=batch_size, seed=0)
     return _dataset(paths, labels, load, shuffle=False, **options)
@@ -426,8 +445,10 @@ def image_folder_datasets(
             f"{root!r} has a validation folder {val_dir!r}; do not also pass `validation_split`."
         )
     kept_size = image_size if cache else None
-    paths, labels, class_names, images = _index_folder(train_dir, image_size=kept_size)
-    if cache:  # the decoded images are the sources, by index
+    directories = [train_dir] + ([val_dir] if val_dir is not None else [])
+    indexed, images = _index_folders(directories, image_size=kept_size)
+    paths, labels, class_names = indexed[0]
+    if cache:  # the decoded images are the sources, by index (validation's after training's)
         paths, load = np.arange(len(paths)), _loader(images)  # `load` takes index vectors too
     else:
         load = functools.partial(_load_image, image_size=image_size)
@@ -452,9 +473,9 @@ def image_folder_datasets(
                 "or give a val/ folder."
             )
     elif val_dir is not None:
-        val_paths, val_labels, _, val_images = _index_folder(val_dir, class_names, kept_size)
+        val_paths, val_labels, _ = indexed[1]
         if cache:
-            val = (np.arange(len(val_paths)), val_labels, _loader(val_images))
+            val = (np.arange(len(paths), len(paths) + len(val_paths)), val_labels, load)
         else:
             val = (val_paths, val_labels, load)
     options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed, in_memory=cache)
