@@ -36,13 +36,18 @@ def test_shifted_depthwise_convolution_is_the_depthwise_convolution(
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 11, 10, 3)).astype("float32")
     layer, shifted = keras.layers.DepthwiseConv2D(**settings), ShiftedDepthwiseConv2D(**settings)
+    _assert_same_outputs(layer, shifted, images, rng)
+
+
+def _assert_same_outputs(layer, other, images, rng):
+    """`other`, given `layer`'s (random) weights, gives `layer`'s outputs on `images`."""
     layer.build(images.shape)
-    shifted.build(images.shape)
+    other.build(images.shape)
     weights = [rng.normal(size=w.shape).astype("float32") for w in layer.weights]
     layer.set_weights(weights)
-    shifted.set_weights(weights)
+    other.set_weights(weights)
     expected = keras.ops.convert_to_numpy(layer(images))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(shifted(images)), expected, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(other(images)), expected, atol=1e-5)
 
 
 # (kernel_size, strides, padding, dilation_rate, groups or depth_multiplier, activation);
@@ -85,10 +90,4 @@ def test_fused_convolutions_are_keras_convolutions(
     rng = np.random.default_rng(1)
     shape = (2, 4, 11, 10) if data_format == "channels_first" else (2, 11, 10, 4)
     images = rng.normal(size=shape).astype("float32") * 3
-    layer.build(images.shape)
-    fused.build(images.shape)
-    weights = [rng.normal(size=w.shape).astype("float32") for w in layer.weights]
-    layer.set_weights(weights)
-    fused.set_weights(weights)
-    expected = keras.ops.convert_to_numpy(layer(images))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(fused(images)), expected, atol=1e-5)
+    _assert_same_outputs(layer, fused, images, rng)
