@@ -519,13 +519,10 @@ def _foldable_batchnorms(layers):
             (tensor,) = node.input_tensors
             conv = tensor._keras_history.operation
             if (
-                type(conv) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
-                and conv.get_config()["activation"] == "linear"
-                and conv.data_format == "channels_last"
+                _linear_convolution(conv)
                 and batchnorm.axis % len(tensor.shape) == len(tensor.shape) - 1
                 and readers[id(tensor)] == 1
-                and len(conv._inbound_nodes) == len(batchnorm._inbound_nodes) == 1
-                and _float32(conv)
+                and len(batchnorm._inbound_nodes) == 1
                 and _float32(batchnorm)
             ):
                 pairs[id(conv)] = batchnorm
@@ -561,18 +558,26 @@ def _fusable_relus(layers, folded):
                 continue
             if id(source) in convolution_of:
                 conv = convolution_of[id(source)]
-            elif (
-                type(source) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
-                and source.get_config()["activation"] == "linear"
-                and source.data_format == "channels_last"
-                and len(source._inbound_nodes) == 1
-                and _float32(source)
-            ):
+            elif _linear_convolution(source):
                 conv = id(source)
             else:
                 continue
             fused[conv] = (relu, "relu" if relu.max_value is None else "relu6")
     return fused
+
+
+def _linear_convolution(layer):
+    """Whether `layer` is a float32, channels-last `Conv2D` or `DepthwiseConv2D` without
+    activation, called once: one that a BatchNormalization or ReLU after it can join."""
+    import keras
+
+    return (
+        type(layer) in (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+        and layer.get_config()["activation"] == "linear"
+        and layer.data_format == "channels_last"
+        and len(layer._inbound_nodes) == 1
+        and _float32(layer)
+    )
 
 
 def _nodes_and_readers(layers):
@@ -666,7 +671,7 @@ def _inference_copy(layer, x, folded, shifted, relus, channels_first):
 
     def call(operation, *args, **kwargs):
         if id(operation) in left_out:
-            return args[0]  # folded into the convolution below it
+            return args[0]  # a BatchNormalization or ReLU in the convolution below it
         return operation(*args, **kwargs)
 
     inner = getattr(layer, "_nodes_by_depth", None) is not None and (
