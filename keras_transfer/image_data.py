@@ -8,6 +8,8 @@ import re
 import warnings
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+# Why a file whose name is not UTF-8 is skipped (TensorFlow takes file names as UTF-8 text).
+NOT_UTF8 = "name not valid UTF-8, which TensorFlow cannot open: rename it"
 
 
 def _image_size(image_size):
@@ -187,12 +189,15 @@ def _index_folders(directories, class_names=None, image_size=None):
         class_names, files = _class_files(directory, class_names)
         listed.append((directory, class_names, files))
     everything = [path for _, _, files in listed for paths in files.values() for path in paths]
-    bad, images = _decode_all([path for path in everything if _supported(path)], image_size)
+    misnamed = {path: NOT_UTF8 for path in everything if not _utf8(path)}
+    readable = [path for path in everything if _supported(path) and path not in misnamed]
+    bad, images = _decode_all(readable, image_size)
+    bad.update(misnamed)
     indexed = []
     for directory, class_names, files in listed:
         found = [path for paths in files.values() for path in paths]
         skipped = [
-            f"{os.path.relpath(path, directory)} "
+            f"{_shown(os.path.relpath(path, directory))} "
             f"({bad[path] if path in bad else 'unsupported format'})"
             for path in found
             if path in bad or not _supported(path)
@@ -220,10 +225,31 @@ def _supported(path):
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _utf8(name):
+    """Whether a name from the file system (`os.walk`'s str, undecodable bytes kept as
+    surrogates) is valid UTF-8: TensorFlow takes file names as UTF-8 strings only."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name):
+    """`name` as printable text: the bytes that are not valid UTF-8 as `\\xff` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def _class_files(directory, class_names=None):
     """`(class_names, {class_name: sorted file paths})` of a labelled folder, after checking
     its class folders (at least 2; with `class_names`, exactly those)."""
     found = _class_folders(directory)
+    misnamed = [_shown(name) for name in found if not _utf8(name)]
+    if misnamed:
+        raise ValueError(
+            f"{directory!r} has class folders whose names are not valid UTF-8: {misnamed}. "
+            "Class names must be text (they label the model's outputs); rename the folders."
+        )
     if class_names is None:
         if len(found) < 2:
             raise ValueError(
@@ -382,8 +408,9 @@ def image_folder_datasets(
 
     Every image is decoded once up front (with `cache=True`, the default, that decoding is
     the one the datasets use: they never read the files again). Files of another format (not
-    JPEG, PNG, GIF, BMP) and files that do not decode (empty, truncated, not an image) are
-    skipped with one `UserWarning` per folder that counts and names them. Images are decoded
+    JPEG, PNG, GIF, BMP), files that do not decode (empty, truncated, not an image) and
+    files whose names are not valid UTF-8 (which TensorFlow cannot open) are skipped with
+    one `UserWarning` per folder that counts and names them. Images are decoded
     to RGB (grayscale, palette and 16-bit PNGs and CMYK JPEGs are converted; RGBA loses its
     alpha; a GIF gives its first frame) and resized (squashed, bilinear) to `image_size`
     with the ops of `keras.utils.image_dataset_from_directory`, by `decode_and_resize`,
@@ -419,9 +446,10 @@ def image_folder_datasets(
     Raises:
         FileNotFoundError: `root` does not exist.
         NotADirectoryError: `root` is a file.
-        ValueError: fewer than 2 class folders, validation classes that differ from the
-            training ones, a class left without a usable image, both a `val/` folder and
-            `validation_split`, a bad argument.
+        ValueError: fewer than 2 class folders, a class folder whose name is not valid
+            UTF-8, validation classes that differ from the training ones, a class left
+            without a usable image, both a `val/` folder and `validation_split`, a bad
+            argument.
     """
     import numpy as np
 

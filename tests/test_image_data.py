@@ -239,3 +239,20 @@ def test_evaluation_dataset_reads_one_folder_as_it_is(tmp_path):
     (tmp_path / "val.zip").write_bytes(b"PK")
     with pytest.raises(NotADirectoryError, match="is a file"):
         evaluation_dataset(tmp_path / "val.zip", image_size=8, class_names=classes)
+
+
+def test_file_names_that_are_not_utf8_are_skipped_with_their_names(tmp_path):
+    write_image_folder(tmp_path / "train", per_class=2)
+    write_image_folder(tmp_path / "val", per_class=1)
+    good = next((tmp_path / "train" / "cats").iterdir()).read_bytes()
+    try:  # Latin-1 "café.png": its bytes are not UTF-8
+        (tmp_path / "train" / "dogs" / "caf\udce9.png").write_bytes(good)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 file names")
+    with pytest.warns(UserWarning, match="Skipped 1 of 5 file") as record:
+        train_ds, val_ds, names = kt.image_folder_datasets(tmp_path, image_size=16)
+    assert r"dogs/caf\xe9.png (name not valid UTF-8" in str(record[0].message)
+    assert names == ["cats", "dogs"] and _count(train_ds) == 4 and _count(val_ds) == 2
+    (tmp_path / "val" / "d\udce9").mkdir()
+    with pytest.raises(ValueError, match=r"not valid UTF-8: \['d\\\\xe9'\]"):
+        kt.image_folder_datasets(tmp_path, image_size=16)
