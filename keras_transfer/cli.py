@@ -494,7 +494,8 @@ def _load_image(path, image_size):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file not found: {path!r}.")
     try:
-        return decode_and_resize(tf.io.read_file(path), image_size).numpy()
+        # The file system's bytes: a name that is not UTF-8 cannot go to TF as a str.
+        return decode_and_resize(tf.io.read_file(os.fsencode(path)), image_size).numpy()
     except tf.errors.InvalidArgumentError as error:
         raise ValueError(
             f"{path}: not a decodable JPEG, PNG, GIF or BMP image ({error.message})."
@@ -588,8 +589,11 @@ def _print_top_k(args, inputs, probabilities, class_names):
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
+    from keras_transfer.image_data import printable_name
+
     top_k = min(args.top_k, len(class_names))
     for name, probs in zip(inputs, probabilities, strict=True):
+        name = printable_name(name)  # valid text (and JSON) for a file name that is not UTF-8
         best = np.argsort(-probs)[:top_k]
         ranked = [(class_names[i], float(probs[i])) for i in best]
         if args.json:

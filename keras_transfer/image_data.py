@@ -8,8 +8,6 @@ import re
 import warnings
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-# Why a file whose name is not UTF-8 is skipped (TensorFlow takes file names as UTF-8 text).
-NOT_UTF8 = "name not valid UTF-8, which TensorFlow cannot open: rename it"
 
 
 def _image_size(image_size):
@@ -126,7 +124,7 @@ def _decode_in_one_pipeline(paths, image_size):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         return tf.shape(image)
 
-    data = tf.data.Dataset.from_tensor_slices(paths)
+    data = tf.data.Dataset.from_tensor_slices(file_system_paths(paths))
     data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     images = next(iter(data.batch(len(paths))))
     return images if image_size is not None else None
@@ -140,7 +138,7 @@ def _decode_one_by_one(paths, image_size):
 
     def decode(path):
         try:
-            encoded = tf.io.read_file(path)
+            encoded = tf.io.read_file(os.fsencode(path))  # see `file_system_paths`
             if image_size is not None:
                 return decode_and_resize(encoded, image_size), None
             tf.io.decode_image(encoded, channels=3, expand_animations=False)
@@ -189,15 +187,12 @@ def _index_folders(directories, class_names=None, image_size=None):
         class_names, files = _class_files(directory, class_names)
         listed.append((directory, class_names, files))
     everything = [path for _, _, files in listed for paths in files.values() for path in paths]
-    misnamed = {path: NOT_UTF8 for path in everything if not _utf8(path)}
-    readable = [path for path in everything if _supported(path) and path not in misnamed]
-    bad, images = _decode_all(readable, image_size)
-    bad.update(misnamed)
+    bad, images = _decode_all([path for path in everything if _supported(path)], image_size)
     indexed = []
     for directory, class_names, files in listed:
         found = [path for paths in files.values() for path in paths]
         skipped = [
-            f"{_shown(os.path.relpath(path, directory))} "
+            f"{printable_name(os.path.relpath(path, directory))} "
             f"({bad[path] if path in bad else 'unsupported format'})"
             for path in found
             if path in bad or not _supported(path)
@@ -225,9 +220,9 @@ def _supported(path):
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _utf8(name):
-    """Whether a name from the file system (`os.walk`'s str, undecodable bytes kept as
-    surrogates) is valid UTF-8: TensorFlow takes file names as UTF-8 strings only."""
+def _text(name):
+    """Whether a name from the file system is text (Python decoded all of its bytes, as
+    UTF-8 in a UTF-8 locale; `os.walk` keeps other bytes as surrogates)."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -235,20 +230,29 @@ def _utf8(name):
     return True
 
 
-def _shown(name):
+def printable_name(name):
     """`name` as printable text: the bytes that are not valid UTF-8 as `\\xff` escapes."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def file_system_paths(paths):
+    """`paths` as the bytes the file system holds (`os.fsencode`), for TensorFlow: a `str`
+    path goes into a `tf.string` tensor as UTF-8, which a name that is not valid UTF-8
+    (Python keeps its bytes as surrogates) cannot be; its bytes open it as they are."""
+    return [os.fsencode(path) for path in paths]
 
 
 def _class_files(directory, class_names=None):
     """`(class_names, {class_name: sorted file paths})` of a labelled folder, after checking
     its class folders (at least 2; with `class_names`, exactly those)."""
     found = _class_folders(directory)
-    misnamed = [_shown(name) for name in found if not _utf8(name)]
+    misnamed = [printable_name(name) for name in found if not _text(name)]
     if misnamed:
         raise ValueError(
-            f"{directory!r} has class folders whose names are not valid UTF-8: {misnamed}. "
-            "Class names must be text (they label the model's outputs); rename the folders."
+            f"{directory!r} has class folders whose names are not text: "
+            f"{', '.join(misnamed)} (not valid UTF-8, or this locale's encoding is not "
+            "UTF-8: then set PYTHONUTF8=1). Class names label the model's outputs; rename "
+            "the folders."
         )
     if class_names is None:
         if len(found) < 2:
@@ -371,12 +375,12 @@ def evaluation_dataset(directory, *, image_size, class_names, batch_size=32):
         ValueError: a class folder is missing or extra, a class has no usable image, a bad
             argument.
     """
-    directory = os.fspath(directory)
+    directory = os.fsdecode(directory)  # str, bytes or a path-like
     _check_folder(directory)
     image_size = _image_size(image_size)
     _check_batch_size(batch_size)
     ((paths, labels, class_names),), _ = _index_folders([directory], list(class_names))
-    load = functools.partial(_load_image, image_size=image_size)
+    paths, load = file_system_paths(paths), functools.partial(_load_image, image_size=image_size)
     options = dict(num_classes=len(class_names), batch_size=batch_size, seed=0)
     return _dataset(paths, labels, load, shuffle=False, **options)
 
@@ -408,9 +412,9 @@ def image_folder_datasets(
 
     Every image is decoded once up front (with `cache=True`, the default, that decoding is
     the one the datasets use: they never read the files again). Files of another format (not
-    JPEG, PNG, GIF, BMP), files that do not decode (empty, truncated, not an image) and
-    files whose names are not valid UTF-8 (which TensorFlow cannot open) are skipped with
-    one `UserWarning` per folder that counts and names them. Images are decoded
+    JPEG, PNG, GIF, BMP) and files that do not decode (empty, truncated, not an image) are
+    skipped with one `UserWarning` per folder that counts and names them (file names need
+    not be UTF-8; class folder names must be text). Images are decoded
     to RGB (grayscale, palette and 16-bit PNGs and CMYK JPEGs are converted; RGBA loses its
     alpha; a GIF gives its first frame) and resized (squashed, bilinear) to `image_size`
     with the ops of `keras.utils.image_dataset_from_directory`, by `decode_and_resize`,
@@ -446,8 +450,8 @@ def image_folder_datasets(
     Raises:
         FileNotFoundError: `root` does not exist.
         NotADirectoryError: `root` is a file.
-        ValueError: fewer than 2 class folders, a class folder whose name is not valid
-            UTF-8, validation classes that differ from the training ones, a class left
+        ValueError: fewer than 2 class folders, a class folder whose name is not text
+            (not valid UTF-8), validation classes that differ from the training ones, a class left
             without a usable image, both a `val/` folder and `validation_split`, a bad
             argument.
     """
@@ -456,7 +460,7 @@ def image_folder_datasets(
     from keras_transfer.feature_cache import shuffle_seed
 
     seed = shuffle_seed(seed)
-    root = os.fspath(root)
+    root = os.fsdecode(root)  # str, bytes or a path-like
     _check_folder(root)
     image_size = _image_size(image_size)
     _check_batch_size(batch_size)
@@ -479,6 +483,7 @@ def image_folder_datasets(
     if cache:  # the decoded images are the sources, by index (validation's after training's)
         paths, load = np.arange(len(paths)), _loader(images)  # `load` takes index vectors too
     else:
+        paths = file_system_paths(paths)
         load = functools.partial(_load_image, image_size=image_size)
     val = None
     if validation_split is not None:
@@ -505,7 +510,7 @@ def image_folder_datasets(
         if cache:
             val = (np.arange(len(paths), len(paths) + len(val_paths)), val_labels, load)
         else:
-            val = (val_paths, val_labels, load)
+            val = (file_system_paths(val_paths), val_labels, load)
     options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed, in_memory=cache)
     train_ds = _dataset(paths, labels, load, shuffle=True, **options)
     val_ds = None if val is None else _dataset(*val, shuffle=False, **options)

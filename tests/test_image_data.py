@@ -1,6 +1,7 @@
 import warnings
 
 import numpy as np
+import PIL.Image
 import pytest
 from conftest import write_image_folder
 
@@ -241,18 +242,38 @@ def test_evaluation_dataset_reads_one_folder_as_it_is(tmp_path):
         evaluation_dataset(tmp_path / "val.zip", image_size=8, class_names=classes)
 
 
-def test_file_names_that_are_not_utf8_are_skipped_with_their_names(tmp_path):
-    write_image_folder(tmp_path / "train", per_class=2)
-    write_image_folder(tmp_path / "val", per_class=1)
-    good = next((tmp_path / "train" / "cats").iterdir()).read_bytes()
-    try:  # Latin-1 "café.png": its bytes are not UTF-8
-        (tmp_path / "train" / "dogs" / "caf\udce9.png").write_bytes(good)
+def test_file_and_folder_names_that_are_not_utf8_are_read(tmp_path):
+    # Latin-1 "é" (byte 0xe9) is not UTF-8: Python keeps it as the surrogate "\udce9".
+    root = tmp_path / "donn\udce9es"
+    try:
+        root.mkdir()
     except (OSError, UnicodeError):
         pytest.skip("this file system takes only UTF-8 file names")
+    write_image_folder(root / "train", per_class=2)
+    write_image_folder(root / "val", per_class=1)
+    (root / "train" / "dogs" / "caf\udce9.png").write_bytes(b"not an image")
     with pytest.warns(UserWarning, match="Skipped 1 of 5 file") as record:
-        train_ds, val_ds, names = kt.image_folder_datasets(tmp_path, image_size=16)
-    assert r"dogs/caf\xe9.png (name not valid UTF-8" in str(record[0].message)
-    assert names == ["cats", "dogs"] and _count(train_ds) == 4 and _count(val_ds) == 2
-    (tmp_path / "val" / "d\udce9").mkdir()
-    with pytest.raises(ValueError, match=r"not valid UTF-8: \['d\\\\xe9'\]"):
-        kt.image_folder_datasets(tmp_path, image_size=16)
+        kt.image_folder_datasets(root, image_size=16)
+    assert r"dogs/caf\xe9.png (" in str(record[0].message)  # named, as printable text
+    bright = np.full((16, 16, 3), 250, "uint8")
+    PIL.Image.fromarray(bright).save(root / "train" / "dogs" / "caf\udce9.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped
+        kept, read = (
+            kt.image_folder_datasets(root, image_size=16, batch_size=5, cache=cache)
+            for cache in (True, False)
+        )
+    assert kept[2] == ["cats", "dogs"]
+    for kept_ds, read_ds, count in zip(kept[:2], read[:2], (5, 2), strict=True):
+        pairs = zip(kept_ds.as_numpy_iterator(), read_ds.as_numpy_iterator(), strict=True)
+        images = []
+        for (x_kept, y_kept), (x_read, y_read) in pairs:
+            np.testing.assert_array_equal(x_kept, x_read)
+            np.testing.assert_array_equal(y_kept, y_read)
+            images.append(x_kept)
+        assert len(np.concatenate(images)) == count
+    images = np.concatenate([x for x, _ in kept[0].as_numpy_iterator()])
+    assert (images == 250).all(axis=(1, 2, 3)).sum() == 1  # the bright dog, once
+    (root / "val" / "d\udce9").mkdir()
+    with pytest.raises(ValueError, match=r"class folders whose names are not text: d\\xe9"):
+        kt.image_folder_datasets(root, image_size=16)
