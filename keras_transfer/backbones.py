@@ -111,9 +111,9 @@ def get_backbone_spec(name):
     close = difflib.get_close_matches(key, _REGISTRY, n=5, cutoff=0.5)
     hint = f" Closest names: {', '.join(close)}." if close else ""
     raise ValueError(
-        f"Unknown backbone {name!r}.{hint} See keras_transfer.list_backbones() for all "
-        f"{len(_REGISTRY)} names, or pass a KerasHub image preset as "
-        f"'{HUB_PREFIX}<preset name or folder>'."
+        f"Unknown backbone {name!r}.{hint} See keras_transfer.list_backbones() (or "
+        f"`keras-transfer backbones`) for all {len(_REGISTRY)} names, or pass a KerasHub "
+        f"image preset as '{HUB_PREFIX}<preset name or folder>'."
     )
 
 
@@ -229,6 +229,7 @@ def build_backbone(spec, input_shape, weights="imagenet", **backbone_kwargs):
                 f"The ImageNet weights of {spec.constructor}({backbone_kwargs or ''}) are not "
                 "in the Keras cache ($KERAS_HOME/models, default ~/.keras/models) and could "
                 f"not be downloaded: {error}. Connect to the internet once, copy the file "
-                "into the cache, or pass weights=<path> or weights=None."
+                "into the cache, or pass weights=<path> or weights=None (on the command line "
+                "--weights <file> or --weights none)."
             ) from error
         raise

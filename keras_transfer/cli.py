@@ -137,7 +137,13 @@ def _parser():
     )
     predict.add_argument("inputs", nargs="*", help="image files, or texts for a text model")
     predict.add_argument("--file", default=None, help="text model: a file with one text a line")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        help="classes shown per input, most probable first "
+        "(default 3, or all of them when there are fewer)",
+    )
     predict.add_argument("--json", action="store_true", help="print JSON lines")
 
     export = commands.add_parser("export", help="export a trained model for TF Serving")
@@ -267,9 +273,12 @@ def _train_image(args):
     import keras
 
     import keras_transfer as kt
+    from keras_transfer.backbones import HUB_PREFIX
 
     _check_output(args.output)
     keras.utils.set_random_seed(args.seed)
+    if not args.backbone.startswith(HUB_PREFIX):
+        kt.get_backbone_spec(args.backbone)  # an unknown name fails before the data is read
     if args.image_size is not None:
         image_size = (args.image_size, args.image_size)
     else:
@@ -491,6 +500,10 @@ def _load_image(path, image_size):
 
     from keras_transfer.image_data import decode_and_resize
 
+    if os.path.isdir(path):
+        raise ValueError(
+            f"{path!r} is a folder; pass image files (e.g. {os.path.join(path, '*.jpg')})."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Image file not found: {path!r}.")
     try:

@@ -72,6 +72,8 @@ def test_train_evaluate_predict_on_a_tiny_folder(tmp_path):
     line_classes = [entry["class"] for entry in line["top_k"]]
     assert line_classes in (["cats", "dogs"], ["dogs", "cats"])
     assert abs(sum(entry["probability"] for entry in line["top_k"]) - 1) < 1e-4
+    result = _cli("predict", out, data / "val", check=False)
+    assert result.returncode == 2 and "is a folder; pass image files" in result.stderr
     odd = tmp_path / "caf\udce9.png"  # a name that is not UTF-8 (Latin-1 "é")
     try:
         odd.write_bytes(image.read_bytes())
@@ -100,6 +102,10 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert result.returncode == 2 and "model.keras" in result.stderr
     write_image_folder(tmp_path / "data", per_class=2)
     train = ("train", "image", "--data", tmp_path / "data", "--backbone", "mobilenet")
+    misspelled = (*train[:-1], "mobilnet", "--image-size", 32, "--output", tmp_path / "out")
+    result = _cli(*misspelled, check=False)
+    assert result.returncode == 2 and "keras-transfer backbones" in result.stderr
+    assert "Found" not in result.stdout  # refused before the data is read
     result = _cli(*train, "--epochs", -1, "--output", tmp_path / "out", check=False)
     assert result.returncode == 2 and "--epochs: must be an int >= 0, got '-1'" in result.stderr
     (tmp_path / "taken").write_text("")

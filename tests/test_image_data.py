@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import numpy as np
@@ -264,6 +265,7 @@ def test_file_and_folder_names_that_are_not_utf8_are_read(tmp_path):
             for cache in (True, False)
         )
     assert kept[2] == ["cats", "dogs"]
+    assert _count(kt.image_folder_datasets(os.fsencode(root), image_size=16)[0]) == 5  # bytes
     for kept_ds, read_ds, count in zip(kept[:2], read[:2], (5, 2), strict=True):
         pairs = zip(kept_ds.as_numpy_iterator(), read_ds.as_numpy_iterator(), strict=True)
         images = []
