@@ -273,16 +273,13 @@ def _train_image(args):
     import keras
 
     import keras_transfer as kt
-    from keras_transfer.backbones import HUB_PREFIX
 
     _check_output(args.output)
     keras.utils.set_random_seed(args.seed)
-    if not args.backbone.startswith(HUB_PREFIX):
-        kt.get_backbone_spec(args.backbone)  # an unknown name fails before the data is read
+    # An unknown name or an unloadable preset fails here, before the data is read.
+    image_size = kt.default_image_size(args.backbone)
     if args.image_size is not None:
         image_size = (args.image_size, args.image_size)
-    else:
-        image_size = kt.default_image_size(args.backbone)
     train_ds, val_ds, class_names = kt.image_folder_datasets(
         args.data,
         image_size=image_size,
@@ -498,20 +495,22 @@ def _evaluate(args):
 def _load_image(path, image_size):
     import tensorflow as tf
 
-    from keras_transfer.image_data import decode_and_resize
+    from keras_transfer.image_data import decode_and_resize, decode_error_reason, printable_name
 
+    shown = printable_name(path)
     if os.path.isdir(path):
         raise ValueError(
-            f"{path!r} is a folder; pass image files (e.g. {os.path.join(path, '*.jpg')})."
+            f"'{shown}' is a folder; pass image files (e.g. {os.path.join(shown, '*.jpg')})."
         )
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Image file not found: {path!r}.")
+        raise FileNotFoundError(f"Image file not found: '{shown}'.")
     try:
         # The file system's bytes: a name that is not UTF-8 cannot go to TF as a str.
         return decode_and_resize(tf.io.read_file(os.fsencode(path)), image_size).numpy()
-    except tf.errors.InvalidArgumentError as error:
+    except (tf.errors.OpError, UnicodeDecodeError) as error:
         raise ValueError(
-            f"{path}: not a decodable JPEG, PNG, GIF or BMP image ({error.message})."
+            f"{shown}: not a decodable JPEG, PNG, GIF or BMP image "
+            f"({decode_error_reason(error, path)})."
         ) from None
 
 

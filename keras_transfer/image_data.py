@@ -60,7 +60,8 @@ def _files(folder):
 
     def unreadable(error):
         raise ValueError(
-            f"Cannot read the folder {error.filename!r} ({error.strerror}); fix its permissions."
+            f"Cannot read the folder {_quoted(error.filename)} ({error.strerror}); fix its "
+            "permissions."
         ) from None
 
     found, seen = [], {os.path.realpath(folder)}
@@ -99,7 +100,7 @@ def _decode_all(paths, image_size=None):
         return {}, None
     try:
         return {}, _decode_in_one_pipeline(paths, image_size)
-    except tf.errors.OpError:  # a file that does not decode: find each one, and why
+    except (tf.errors.OpError, UnicodeDecodeError):  # a file fails: find each one, and why
         pass
     return _decode_one_by_one(paths, image_size)
 
@@ -142,11 +143,8 @@ def _decode_one_by_one(paths, image_size):
             if image_size is not None:
                 return decode_and_resize(encoded, image_size), None
             tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        except tf.errors.OpError as error:  # undecodable, unreadable, a broken link
-            message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message)
-            # The warning names the file: keep TF's reason ("<path>; No such file or ...").
-            message = message.replace(str(path), "").strip(" ;:\n")
-            return None, (message.splitlines() or ["cannot decode"])[0][:80] or "cannot read"
+        except (tf.errors.OpError, UnicodeDecodeError) as error:  # undecodable, unreadable
+            return None, decode_error_reason(error, path)
         return None, None
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -156,10 +154,29 @@ def _decode_one_by_one(paths, image_size):
     return reasons, tf.stack(decoded) if decoded else None
 
 
+def decode_error_reason(error, path):
+    """Why TensorFlow could not read or decode the file `path`, in one short line, from
+    `error`: a `tf.errors.OpError` (its message without the path, which the caller names,
+    and without TF's op details), or the `UnicodeDecodeError` TF raises when its message
+    holds a path that is not UTF-8."""
+    if isinstance(error, UnicodeDecodeError):
+        return "cannot read or decode it" if os.path.exists(path) else "No such file or directory"
+    message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message)
+    # Keep TF's reason ("<path>; No such file or directory"), not its repeat of the path.
+    message = message.replace(str(path), "").strip(" ;:\n")
+    return (message.splitlines() or ["cannot decode"])[0][:80] or "cannot read"
+
+
+def _quoted(path):
+    """`path` in quotes for a message, as printable text (`printable_name`: one backslash
+    per escape, where `repr` would double it)."""
+    return f"'{printable_name(path)}'"
+
+
 def _warn_skipped(directory, skipped, total):
     shown = "\n  ".join(skipped[:20]) + ("\n  ..." if len(skipped) > 20 else "")
     warnings.warn(
-        f"Skipped {len(skipped)} of {total} file(s) in {directory!r}: not a decodable image "
+        f"Skipped {len(skipped)} of {total} file(s) in {_quoted(directory)}: not a decodable image "
         f"of a supported format ({', '.join(IMAGE_EXTENSIONS)}). Remove, convert or replace "
         f"them to use them:\n  {shown}",
         UserWarning,
@@ -208,10 +225,11 @@ def _index_folders(directories, class_names=None, image_size=None):
         empty = [name for label, name in enumerate(class_names) if label not in present]
         if empty:
             raise ValueError(
-                f"Class folder(s) {empty} in {directory!r} hold no usable images "
+                f"Class folder(s) {empty} in {_quoted(directory)} hold no usable images "
                 f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder(s)."
             )
-        print(f"Found {len(paths)} images belonging to {len(class_names)} classes in {directory}.")
+        shown = printable_name(directory)
+        print(f"Found {len(paths)} images belonging to {len(class_names)} classes in {shown}.")
         indexed.append((paths, labels, list(class_names)))
     return indexed, images
 
@@ -249,7 +267,7 @@ def _class_files(directory, class_names=None):
     misnamed = [printable_name(name) for name in found if not _text(name)]
     if misnamed:
         raise ValueError(
-            f"{directory!r} has class folders whose names are not text: "
+            f"{_quoted(directory)} has class folders whose names are not text: "
             f"{', '.join(misnamed)} (not valid UTF-8, or this locale's encoding is not "
             "UTF-8: then set PYTHONUTF8=1). Class names label the model's outputs; rename "
             "the folders."
@@ -257,20 +275,20 @@ def _class_files(directory, class_names=None):
     if class_names is None:
         if len(found) < 2:
             raise ValueError(
-                f"{directory!r} has {len(found)} class folder(s) ({found}); a classifier "
+                f"{_quoted(directory)} has {len(found)} class folder(s) ({found}); a classifier "
                 "needs at least 2: lay the images out as <dir>/<class_name>/<image>."
             )
         class_names = found
     extra = sorted(set(found) - set(class_names))
     if extra:
         raise ValueError(
-            f"{directory!r} has class folders that the training data does not: {extra}. "
+            f"{_quoted(directory)} has class folders that the training data does not: {extra}. "
             f"Training classes: {class_names}. Rename or remove those folders."
         )
     missing = [name for name in class_names if name not in found]
     if missing:
         raise ValueError(
-            f"{directory!r} has no folder for the training class(es) {missing}; add "
+            f"{_quoted(directory)} has no folder for the training class(es) {missing}; add "
             f"{directory}/<class>/ with at least one image for each of {class_names}."
         )
     return class_names, {name: _files(os.path.join(directory, name)) for name in class_names}
@@ -338,11 +356,11 @@ def _dataset(
 def _check_folder(path):
     if os.path.isfile(path):
         raise NotADirectoryError(
-            f"{path!r} is a file, not a folder of images: pass the folder that holds one "
+            f"{_quoted(path)} is a file, not a folder of images: pass the folder that holds one "
             "subfolder per class (or train/ and val/ folders of them)."
         )
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"Image folder not found: {path!r}.")
+        raise FileNotFoundError(f"Image folder not found: {_quoted(path)}.")
 
 
 def _check_batch_size(batch_size):
@@ -474,7 +492,8 @@ def image_folder_datasets(
     train_dir, val_dir = split_folders(root)
     if val_dir is not None and validation_split is not None:
         raise ValueError(
-            f"{root!r} has a validation folder {val_dir!r}; do not also pass `validation_split`."
+            f"{_quoted(root)} has a validation folder {_quoted(val_dir)}; do not also pass "
+            "`validation_split`."
         )
     kept_size = image_size if cache else None
     directories = [train_dir] + ([val_dir] if val_dir is not None else [])
@@ -502,7 +521,7 @@ def image_folder_datasets(
         if lost:
             raise ValueError(
                 f"`validation_split={validation_split}` holds out every image of class(es) "
-                f"{lost} in {train_dir!r}, leaving none to train on; lower it, add images, "
+                f"{lost} in {_quoted(train_dir)}, leaving none to train on; lower it, add images, "
                 "or give a val/ folder."
             )
     elif val_dir is not None:

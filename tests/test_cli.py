@@ -106,6 +106,10 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     result = _cli(*misspelled, check=False)
     assert result.returncode == 2 and "keras-transfer backbones" in result.stderr
     assert "Found" not in result.stdout  # refused before the data is read
+    missing_preset = (*train[:-1], f"hub:{tmp_path / 'no_preset'}", "--image-size", 32)
+    result = _cli(*missing_preset, "--output", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "no_preset" in result.stderr
+    assert "Found" not in result.stdout and "Traceback" not in result.stderr
     result = _cli(*train, "--epochs", -1, "--output", tmp_path / "out", check=False)
     assert result.returncode == 2 and "--epochs: must be an int >= 0, got '-1'" in result.stderr
     (tmp_path / "taken").write_text("")

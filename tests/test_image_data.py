@@ -276,6 +276,12 @@ def test_file_and_folder_names_that_are_not_utf8_are_read(tmp_path):
         assert len(np.concatenate(images)) == count
     images = np.concatenate([x for x, _ in kept[0].as_numpy_iterator()])
     assert (images == 250).all(axis=(1, 2, 3)).sum() == 1  # the bright dog, once
+    # A broken link so named: TF's error message holds the name's bytes, which are not text.
+    (root / "train" / "cats" / "lien\udce9.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.warns(UserWarning, match="Skipped 1 of 6 file") as record:
+        kt.image_folder_datasets(root, image_size=16)
+    assert r"cats/lien\xe9.png (No such file or directory)" in str(record[0].message)
+    assert r"donn\xe9es" in str(record[0].message)  # the folder as printable text too
     (root / "val" / "d\udce9").mkdir()
     with pytest.raises(ValueError, match=r"class folders whose names are not text: d\\xe9"):
         kt.image_folder_datasets(root, image_size=16)
