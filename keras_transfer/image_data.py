@@ -289,7 +289,8 @@ def _class_files(directory, class_names=None):
     if missing:
         raise ValueError(
             f"{_quoted(directory)} has no folder for the training class(es) {missing}; add "
-            f"{directory}/<class>/ with at least one image for each of {class_names}."
+            f"{printable_name(directory)}/<class>/ with at least one image for each of "
+            f"{class_names}."
         )
     return class_names, {name: _files(os.path.join(directory, name)) for name in class_names}
 

@@ -1,4 +1,5 @@
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -282,6 +283,9 @@ def test_file_and_folder_names_that_are_not_utf8_are_read(tmp_path):
         kt.image_folder_datasets(root, image_size=16)
     assert r"cats/lien\xe9.png (No such file or directory)" in str(record[0].message)
     assert r"donn\xe9es" in str(record[0].message)  # the folder as printable text too
+    shutil.rmtree(root / "val" / "dogs")
+    with pytest.raises(ValueError, match=r"add .*donn\\xe9es/val/<class>/"):
+        kt.image_folder_datasets(root, image_size=16)
     (root / "val" / "d\udce9").mkdir()
     with pytest.raises(ValueError, match=r"class folders whose names are not text: d\\xe9"):
         kt.image_folder_datasets(root, image_size=16)
