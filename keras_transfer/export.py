@@ -162,7 +162,8 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
     Args:
         model: a classifier from `build_image_classifier` (input `(batch, height, width, 3)`)
             or `build_text_classifier` (a KerasHub text classifier with its preprocessor).
-        export_dir: the model's base folder, created if missing.
+        export_dir: the model's base folder (str, bytes or path-like; its path must be
+            valid UTF-8), created if missing (and removed again if the export fails).
         version: positive int, or None (default) for the next integer after the highest
             existing version (1 for an empty folder).
         class_names: list of str, index = class id; default `"0"`, `"1"`, ...
@@ -172,17 +173,29 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
 
     Raises:
         FileExistsError: `export_dir/<version>` exists already.
-        ValueError: bad `version`, or `class_names` of the wrong length.
+        ValueError: bad `version`, `class_names` of the wrong length, or an `export_dir`
+            whose path is not valid UTF-8.
         RuntimeError: the tensorflow-backend subprocess failed (its error is included).
     """
     import keras
+
+    from keras_transfer.image_data import printable_name
 
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version < 1
     ):
         raise ValueError(f"`version` must be a positive int or None, got {version!r}.")
     class_names = _check_class_names(model, class_names)
-    export_dir = os.fspath(export_dir)
+    export_dir = os.fsdecode(export_dir)
+    try:
+        export_dir.encode("utf-8")
+    except UnicodeEncodeError:  # TensorFlow's writers take UTF-8 paths only
+        raise ValueError(
+            f"Cannot export to '{printable_name(export_dir)}': TensorFlow writes SavedModels "
+            "only under paths that are valid UTF-8. Pass a folder whose name is UTF-8 (a "
+            "SavedModel can be moved anywhere afterwards)."
+        ) from None
+    created = not os.path.isdir(export_dir)
     os.makedirs(export_dir, exist_ok=True)
     version = version or _next_version(export_dir)
     final = os.path.join(export_dir, str(version))
@@ -199,8 +212,12 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
         else:
             _export_in_tensorflow_process(model, staged, class_names, workdir)
         os.rename(staged, final)
-    finally:
+    except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
+        if created and not os.listdir(export_dir):  # the base folder this call made
+            os.rmdir(export_dir)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
     return final
 
 
