@@ -35,7 +35,7 @@ def _cli_in_process(capsys, *args):
     return subprocess.CompletedProcess(args, code, out, err)
 
 
-def test_train_evaluate_predict_on_a_tiny_folder(tmp_path):
+def test_train_evaluate_predict_on_a_tiny_folder(tmp_path, capsys):
     data = tmp_path / "data"
     write_image_folder(data / "train", per_class=4)
     write_image_folder(data / "val", per_class=2)
@@ -86,14 +86,15 @@ def test_train_evaluate_predict_on_a_tiny_folder(tmp_path):
     line_classes = [entry["class"] for entry in line["top_k"]]
     assert line_classes in (["cats", "dogs"], ["dogs", "cats"])
     assert abs(sum(entry["probability"] for entry in line["top_k"]) - 1) < 1e-4
-    result = _cli("predict", out, data / "val", check=False)
+    result = _cli_in_process(capsys, "predict", out, data / "val")
     assert result.returncode == 2 and "is a folder; pass image files" in result.stderr
     odd = tmp_path / "caf\udce9.png"  # a name that is not UTF-8 (Latin-1 "é")
     try:
         odd.write_bytes(image.read_bytes())
     except (OSError, UnicodeError):
         return  # this file system takes only UTF-8 names
-    result = _cli("predict", out, odd, "--top-k", 1, "--json")
+    result = _cli_in_process(capsys, "predict", out, odd, "--top-k", 1, "--json")
+    assert result.returncode == 0
     assert json.loads(result.stdout.strip().splitlines()[-1])["top_k"][0]["class"] in line_classes
 
 
