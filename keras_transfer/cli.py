@@ -429,7 +429,9 @@ def _evaluate_and_write(args, model, val_ds, class_names, histories):
 
 def _demo(args):
     from keras_transfer import demo
+    from keras_transfer.export import utf8_path
 
+    utf8_path(args.output, "write the demo and its SavedModel to")  # before the training
     train, test = demo.write_review_data(os.path.join(args.output, "data"))
     print(f"Wrote the demo reviews: {train} and {test}")
     text_args = _parser().parse_args(

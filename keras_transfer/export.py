@@ -163,7 +163,8 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
         model: a classifier from `build_image_classifier` (input `(batch, height, width, 3)`)
             or `build_text_classifier` (a KerasHub text classifier with its preprocessor).
         export_dir: the model's base folder (str, bytes or path-like; its path must be
-            valid UTF-8), created if missing (and removed again if the export fails).
+            valid UTF-8), created with its missing parents if needed (and removed again
+            if the export fails).
         version: positive int, or None (default) for the next integer after the highest
             existing version (1 for an empty folder).
         class_names: list of str, index = class id; default `"0"`, `"1"`, ...
@@ -179,33 +180,24 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
     """
     import keras
 
-    from keras_transfer.image_data import printable_name
-
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version < 1
     ):
         raise ValueError(f"`version` must be a positive int or None, got {version!r}.")
     class_names = _check_class_names(model, class_names)
-    export_dir = os.fsdecode(export_dir)
+    export_dir = utf8_path(export_dir, "export to")
+    made = _missing_folders(export_dir)
+    workdir = None
     try:
-        export_dir.encode("utf-8")
-    except UnicodeEncodeError:  # TensorFlow's writers take UTF-8 paths only
-        raise ValueError(
-            f"Cannot export to '{printable_name(export_dir)}': TensorFlow writes SavedModels "
-            "only under paths that are valid UTF-8. Pass a folder whose name is UTF-8 (a "
-            "SavedModel can be moved anywhere afterwards)."
-        ) from None
-    created = not os.path.isdir(export_dir)
-    os.makedirs(export_dir, exist_ok=True)
-    version = version or _next_version(export_dir)
-    final = os.path.join(export_dir, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(
-            f"{final!r} exists already; exported versions are never overwritten. Pass "
-            "another `version` or leave it None for the next one."
-        )
-    workdir = tempfile.mkdtemp(prefix=f".export-{version}-", dir=export_dir)
-    try:
+        os.makedirs(export_dir, exist_ok=True)
+        version = version or _next_version(export_dir)
+        final = os.path.join(export_dir, str(version))
+        if os.path.exists(final):
+            raise FileExistsError(
+                f"{final!r} exists already; exported versions are never overwritten. Pass "
+                "another `version` or leave it None for the next one."
+            )
+        workdir = tempfile.mkdtemp(prefix=f".export-{version}-", dir=export_dir)
         staged = os.path.join(workdir, "saved_model")
         if keras.backend.backend() == "tensorflow":
             _write_saved_model(model, staged, class_names)
@@ -213,12 +205,53 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
             _export_in_tensorflow_process(model, staged, class_names, workdir)
         os.rename(staged, final)
     except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        if created and not os.listdir(export_dir):  # the base folder this call made
-            os.rmdir(export_dir)
+        _remove(workdir, made)
         raise
     shutil.rmtree(workdir, ignore_errors=True)
     return final
+
+
+def utf8_path(path, action):
+    """`path` (str, bytes or path-like) as a str, for TensorFlow's SavedModel writer, which
+    takes UTF-8 paths only.
+
+    Raises:
+        ValueError: the path is not valid UTF-8 (e.g. a Latin-1 folder name); the message
+            names it as printable text and starts with "Cannot <action> ...".
+    """
+    from keras_transfer.image_data import printable_name
+
+    path = os.fsdecode(path)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"Cannot {action} '{printable_name(path)}': TensorFlow writes SavedModels only "
+            "under paths that are valid UTF-8. Choose a path that is (a SavedModel can be "
+            "moved anywhere afterwards)."
+        ) from None
+    return path
+
+
+def _missing_folders(path):
+    """The folders that `os.makedirs(path)` would create, deepest first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove(workdir, made):
+    """After a failed export: the temporary folder, then the folders the export made (each
+    only while empty), so that nothing is left behind."""
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (or gone): keep it and the folders above
+            break
 
 
 def _main(argv):

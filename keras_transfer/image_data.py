@@ -250,7 +250,11 @@ def _text(name):
 
 def printable_name(name):
     """`name` as printable text: the bytes that are not valid UTF-8 as `\\xff` escapes."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # other lone surrogates (no file system name decodes to them)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def file_system_paths(paths):

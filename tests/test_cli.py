@@ -134,6 +134,10 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     result = _cli_in_process(capsys, *train, "--weights", "none", "--output", tmp_path / "taken")
     assert result.returncode == 2 and "is a file; pass a folder" in result.stderr
     assert "Found" not in result.stdout
+    result = _cli_in_process(capsys, "demo", "--output", tmp_path / "d\udce9mo")
+    assert result.returncode == 2 and r"d\xe9mo': TensorFlow writes" in result.stderr
+    assert "Cannot write the demo and its SavedModel to '" in result.stderr
+    assert not (tmp_path / "d\udce9mo").exists()  # refused before the training
     not_a_folder = ("train", "image", "--data", tmp_path / "taken", "--backbone", "mobilenet")
     result = _cli_in_process(
         capsys, *not_a_folder, "--weights", "none", "--output", tmp_path / "out"

@@ -134,8 +134,8 @@ def test_versions_and_atomicity(image_model, tmp_path, monkeypatch):
     assert sorted(os.listdir(base)) == ["1", "2"]  # no partial 3/, no temporary folder left
     assert {p: p.stat().st_mtime_ns for p in (base / "1").rglob("*")} == snapshot
     with pytest.raises(RuntimeError, match="disk full"):
-        kt.export_saved_model(image_model, tmp_path / "new")
-    assert not (tmp_path / "new").exists()  # nor the base folder that the call made
+        kt.export_saved_model(image_model, tmp_path / "new" / "base")
+    assert not (tmp_path / "new").exists()  # nor the folders that the call made
     with pytest.raises(ValueError, match="3 names"):
         kt.export_saved_model(image_model, base, class_names=["a", "b", "c"])
 
@@ -143,10 +143,12 @@ def test_versions_and_atomicity(image_model, tmp_path, monkeypatch):
 def test_an_export_folder_whose_name_is_not_utf8_is_refused_up_front(image_model, tmp_path):
     # Latin-1 "è" (byte 0xe8) is not UTF-8; TensorFlow's SavedModel writer takes UTF-8 paths.
     target = tmp_path / "mod\udce8les"
-    for given in (target, os.fsencode(target)):
-        with pytest.raises(ValueError, match=r"mod\\xe8les'.*valid UTF-8"):
+    for given in (target, os.fsencode(target), target / "1"):
+        with pytest.raises(ValueError, match=r"mod\\xe8les.*'.*valid UTF-8"):
             kt.export_saved_model(image_model, given)
     assert not os.path.lexists(target)  # nothing made
+    with pytest.raises(ValueError, match=r"a\\ud800b'"):  # a surrogate no name decodes to
+        kt.export_saved_model(image_model, tmp_path / "a\ud800b")
 
 
 def test_cli_export_and_predict_from_the_saved_model(image_model, tmp_path):
