@@ -1,4 +1,4 @@
-"""Keras layers that keras-transfer puts inside the models it builds, and three that its
+"""Keras layers that keras-transfer puts inside the models it builds, and four that its
 feature caching uses in a temporary copy of a backbone.
 
 `ImagePreprocessing` is a registered serializable layer (no `Lambda`), so saved models load
@@ -180,3 +180,88 @@ def _torch_fused_convolution(layer, inputs, groups):
     if layer.activation is keras.activations.relu6:
         return outputs.clamp_(0, 6)
     return layer.activation(outputs)
+
+
+class FoldedFunctional(keras.layers.Layer):
+    """A functional model run with BatchNormalizations folded into their convolutions.
+
+    Each convolution among the keys of `folded` computes with its folded weights
+    (`weights[id(convolution)]`: kernel and bias of the convolution followed by the
+    BatchNormalization in inference mode), and the BatchNormalizations of `folded` are left
+    out. Every other layer is the model's own, run by the model's graph: no layer is copied
+    or rebuilt, so making this layer costs no more than computing the weights. Feature
+    caching uses it on tensorflow for one pass over the data (`feature_cache`); it is not
+    saved with models.
+
+    The folded weights are graph constants when they hold at most `constants_limit` bytes
+    (then tensorflow's optimizer can prepare the convolutions once), otherwise
+    non-trainable variables of this layer. On MobileNet alpha=0.25 at 224x224 (2 CPU cores,
+    12 batches of 32), a copy of the model with folded layers took 0.87 s to make, trace and
+    run; this layer took 0.61 s with constants and 0.76 s with variables.
+
+    Args:
+        model: a functional `keras.Model` with one input and one output; channels-last,
+            float32 convolutions among the folded ones.
+        folded: `{id(convolution): batchnorm}`, the pairs to fold (`Conv2D` or
+            `DepthwiseConv2D`, each read alone by its BatchNormalization).
+        weights: `{id(convolution): (kernel, bias)}` float32 arrays: the folded weights.
+        constants_limit: int, bytes; default 64 MiB.
+
+    Input and output: those of `model`.
+    """
+
+    def __init__(self, model, folded, weights, constants_limit=64 * 2**20, **kwargs):
+        super().__init__(trainable=False, name=f"{model.name}_folded", **kwargs)
+        # The model's graph, as a method: not tracked as a sublayer, its weights its own.
+        self._run_through_graph = model._run_through_graph
+        self._output_shape = tuple(model.output.shape[1:])
+        self.left_out = {id(batchnorm) for batchnorm in folded.values()}
+        size = sum(kernel.nbytes + bias.nbytes for kernel, bias in weights.values())
+        self.convolutions = {}
+        for layer in model.layers:
+            if id(layer) not in folded:
+                continue
+            kernel, bias = weights[id(layer)]
+            if size > constants_limit:
+                kernel, bias = (
+                    self.add_weight(
+                        shape=value.shape,
+                        initializer=keras.initializers.Constant(value),
+                        trainable=False,
+                        name=f"{layer.name}_{part}",
+                    )
+                    for value, part in ((kernel, "kernel"), (bias, "bias"))
+                )
+            self.convolutions[id(layer)] = _folded_convolution(layer, kernel, bias)
+
+    def _operation(self, operation):
+        if id(operation) in self.left_out:
+            return lambda x, **kwargs: x  # a BatchNormalization inside its convolution
+        return self.convolutions.get(id(operation), operation)
+
+    def call(self, inputs):
+        return self._run_through_graph(inputs, operation_fn=self._operation)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self._output_shape)
+
+
+def _folded_convolution(layer, kernel, bias):
+    """`layer`'s convolution (a channels-last `Conv2D` or `DepthwiseConv2D` without
+    activation) with `kernel`, plus `bias`, as a function of the input."""
+
+    def convolution(x, **kwargs):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            x = keras.ops.depthwise_conv(
+                x,
+                kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                dilation_rate=layer.dilation_rate,
+                data_format=layer.data_format,
+            )
+        else:
+            x = layer.convolution_op(x, kernel)  # strides, padding, dilation, groups
+        return keras.ops.add(x, bias)  # channels-last: over the last axis
+
+    return convolution

@@ -11,6 +11,7 @@ from conftest import (
 
 import keras_transfer as kt
 from keras_transfer.feature_cache import split_for_caching
+from keras_transfer.layers import FoldedFunctional
 from keras_transfer.precision import dtype_policy
 
 
@@ -220,6 +221,10 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
     if keras.backend.backend() == "jax":
         assert kinds.count("BatchNormalization") == 6
         assert kinds.count("ShiftedDepthwiseConv2D") == 1 and "DepthwiseConv2D" not in kinds
+    elif keras.backend.backend() == "tensorflow":  # the model's own graph, 3 pairs folded
+        (folded,) = [layer for layer in made[0].layers if isinstance(layer, FoldedFunctional)]
+        assert len(folded.convolutions) == len(folded.left_out) == 3
+        assert not folded.weights  # the folded weights are constants
     else:
         assert kinds.count("BatchNormalization") == 3  # of 6: the 3 that cannot be folded
         convolutions = ("Conv2D", "DepthwiseConv2D", "FusedConv2D", "FusedDepthwiseConv2D")
@@ -227,7 +232,7 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
     if keras.backend.backend() == "torch":  # bias and ReLU inside each convolution's call
         assert kinds.count("FusedConv2D") == 4 and kinds.count("FusedDepthwiseConv2D") == 1
         assert "ReLU" not in kinds  # both read a folded BatchNormalization alone
-    else:
+    elif keras.backend.backend() == "jax":
         assert kinds.count("ReLU") == 2
     # The model itself is unchanged: its BatchNormalizations and convolutions are intact.
     backbone = model.get_layer("backbone")
@@ -247,6 +252,28 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
     else:  # torch: the channels-first copy, checked, with all 6 BatchNormalizations
         kinds = [type(layer).__name__ for layer in made[0]._flatten_layers()]
         assert kinds.count("BatchNormalization") == 6
+
+
+@pytest.mark.parametrize("constants_limit", [2**20, 0], ids=["constants", "variables"])
+def test_folded_functional_gives_the_models_outputs(constants_limit):
+    """`FoldedFunctional` (tensorflow's caching pass, usable on every backend): the model's
+    outputs up to float noise, with the folded weights held as constants or variables."""
+    from keras_transfer.feature_cache import _foldable_batchnorms, _folded_weights
+
+    backbone = _batchnorm_backbone().get_layer("backbone")
+    folded = _foldable_batchnorms([backbone])
+    weights = {
+        id(conv): _folded_weights(conv, folded[id(conv)])
+        for conv in backbone.layers
+        if id(conv) in folded
+    }
+    layer = FoldedFunctional(backbone, folded, weights, constants_limit=constants_limit)
+    assert len(layer.convolutions) == 3 and len(layer.weights) == (0 if constants_limit else 6)
+    images = np.random.default_rng(4).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(backbone(images, training=False))
+    outputs = keras.ops.convert_to_numpy(layer(images))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    assert layer.compute_output_shape((None, 16, 16, 3)) == (None, 16, 16, 16)
 
 
 def test_16_bit_layers_of_a_float32_model_are_not_rewritten(monkeypatch):
