@@ -19,9 +19,10 @@ included, in one of two ways:
   the backbone does not. When one of the two datasets is of another kind, both go this way;
   a pipeline of ours is then still made anew for every epoch, in the same order.
 
-On tensorflow and torch, images go through a copy of the frozen backbone made for inference
+On tensorflow and torch, images go through the frozen backbone made over for inference
 (`_inference_extractor`): each BatchNormalization that follows a convolution is folded into
-its kernel and bias (half the backbone's time on tensorflow), and on torch the copy runs
+its kernel and bias (half the backbone's time on tensorflow, where the backbone's own graph
+runs with the folded weights: `FoldedFunctional`), and on torch a copy of the backbone runs
 channels-first where that gives the same features (Keras' torch convolutions transpose
 channels-last inputs around every call, which took up to half the backbone's time), with
 each convolution's bias and the ReLU after it inside one call (`FusedConv2D`).
