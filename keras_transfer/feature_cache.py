@@ -455,7 +455,8 @@ def _inference_extractor(extractor, below, above, images):
       (uniform images could hide a layer computed over another axis) up to float noise
       (1e-4 of the largest feature in float32, 5e-2 under mixed precision); otherwise
       (ConvNeXt's layouts, a layer without a channels-first form, ...) the extractor is used.
-    Only the changed convolutions (on torch every layer) are copied, for one
+    On jax only the changed convolutions are copied, on torch every layer, and on
+    tensorflow none (`FoldedFunctional` holds the folded weights), for one
     `FeatureSplit.cache` call; the model's own layers are not changed.
 
     Args:
