@@ -406,6 +406,12 @@ def _image_split(model):
         for x in batches:
             if chosen is None:
                 chosen = _inference_extractor(extractor, below, above, x) or extractor
+                if chosen is not extractor:
+                    try:  # the rewrite's graph is first built and run here
+                        outputs.append(_predict_full_batch(chosen, x))
+                        continue
+                    except Exception:  # a layer call the rewrite does not handle
+                        chosen = extractor
             outputs.append(_predict_full_batch(chosen, x))
         if not outputs:
             return np.zeros((0, *extractor.output.shape[1:]), dtype="float32")
@@ -466,7 +472,9 @@ def _inference_extractor(extractor, below, above, images):
         images: the first batch, `(batch, height, width, 3)`.
 
     Returns:
-        A `keras.Model` with the extractor's inputs and outputs, or None.
+        A `keras.Model` with the extractor's inputs and outputs, or None. If it fails on
+        the first batch (a layer call that a rewrite does not handle), the caching pass
+        uses `extractor` instead.
     """
     import keras
 

@@ -211,6 +211,7 @@ class FoldedFunctional(keras.layers.Layer):
     """
 
     def __init__(self, model, folded, weights, constants_limit=64 * 2**20, **kwargs):
+        kwargs.setdefault("dtype", model.dtype_policy)  # inputs cast as the model casts them
         super().__init__(trainable=False, name=f"{model.name}_folded", **kwargs)
         # The model's graph, as a method: not tracked as a sublayer, its weights its own.
         self._run_through_graph = model._run_through_graph
@@ -235,8 +236,8 @@ class FoldedFunctional(keras.layers.Layer):
             self.convolutions[id(layer)] = _folded_convolution(layer, kernel, bias)
 
     def _operation(self, operation):
-        if id(operation) in self.left_out:
-            return lambda x, **kwargs: x  # a BatchNormalization inside its convolution
+        if id(operation) in self.left_out:  # a BatchNormalization inside its convolution
+            return lambda *args, **kwargs: _call_input(args, kwargs)
         return self.convolutions.get(id(operation), operation)
 
     def call(self, inputs):
@@ -250,7 +251,8 @@ def _folded_convolution(layer, kernel, bias):
     """`layer`'s convolution (a channels-last `Conv2D` or `DepthwiseConv2D` without
     activation) with `kernel`, plus `bias`, as a function of the input."""
 
-    def convolution(x, **kwargs):
+    def convolution(*args, **kwargs):
+        x = _call_input(args, kwargs)
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             x = keras.ops.depthwise_conv(
                 x,
@@ -265,3 +267,9 @@ def _folded_convolution(layer, kernel, bias):
         return keras.ops.add(x, bias)  # channels-last: over the last axis
 
     return convolution
+
+
+def _call_input(args, kwargs):
+    """The input of a layer call recorded in a functional graph: the first positional
+    argument, or `inputs=` when the layer was called with the keyword."""
+    return args[0] if args else kwargs["inputs"]

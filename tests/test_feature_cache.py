@@ -276,6 +276,55 @@ def test_folded_functional_gives_the_models_outputs(constants_limit):
     assert layer.compute_output_shape((None, 16, 16, 3)) == (None, 16, 16, 16)
 
 
+def test_folded_functional_takes_keyword_calls_and_the_models_policy():
+    """A convolution called as `conv(inputs=x)` is folded like any other, and the layer
+    computes in the model's float32 whatever the global policy was when it was made."""
+    from keras_transfer.feature_cache import _foldable_batchnorms, _folded_weights
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs=inputs)
+    batchnorm = keras.layers.BatchNormalization()
+    backbone = keras.Model(inputs, batchnorm(x))
+    rng = np.random.default_rng(5)
+    for variable in batchnorm.weights:
+        variable.assign(rng.uniform(0.2, 3.0, variable.shape).astype("float32"))
+    folded = _foldable_batchnorms([backbone])
+    assert list(folded.values()) == [batchnorm]
+    weights = {id(conv): _folded_weights(conv, folded[id(conv)]) for conv in backbone.layers[1:2]}
+    with dtype_policy("mixed_bfloat16"):
+        layer = FoldedFunctional(backbone, folded, weights)
+    images = rng.uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(backbone(images, training=False))
+    outputs = keras.ops.convert_to_numpy(layer(images))
+    assert outputs.dtype == "float32"
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_caching_falls_back_to_the_models_layers_when_the_rewrite_fails_to_run(monkeypatch):
+    """A rewritten extractor that fails on its first batch (a layer call the rewrite does
+    not handle) leaves the caching pass on the model's own layers, with their features."""
+    from keras_transfer import feature_cache
+
+    made = _spy_on_inference_extractor(monkeypatch)
+    predict = feature_cache._predict_full_batch
+    failed = []
+
+    def failing_rewrite(extractor, images):
+        if made and extractor is made[0]:
+            failed.append(extractor)
+            raise TypeError("an unexpected layer call")
+        return predict(extractor, images)
+
+    monkeypatch.setattr(feature_cache, "_predict_full_batch", failing_rewrite)
+    model = _batchnorm_backbone()
+    kt.freeze_backbone(model)
+    images = np.random.default_rng(6).uniform(0, 255, (12, 16, 16, 3)).astype("float32")
+    labels = np.eye(2, dtype="float32")[np.arange(12) % 2]
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
+    _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
+    assert made[0] is not None and len(failed) == 1  # tried once, then the model's layers
+
+
 def test_16_bit_layers_of_a_float32_model_are_not_rewritten(monkeypatch):
     """Folding and the depthwise rewrite look at each layer's own dtype: a bfloat16
     BatchNormalization or DepthwiseConv2D inside a float32 model is left as it is."""
