@@ -2,7 +2,7 @@
 
     python benchmarks/run.py                                  # everything, 3 runs each
     python benchmarks/run.py --backends tensorflow --repeats 3 --jobs images_frozen
-    python benchmarks/run.py --output benchmarks/results.md
+    python benchmarks/run.py --output latest.md              # also write the table there
 
 Every measurement runs in its own process (Keras picks the backend at import, and no run
 warms another's caches); the table reports medians over `--repeats` runs. Jobs:
@@ -497,13 +497,35 @@ def _table(results, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default="tensorflow,jax,torch")
-    parser.add_argument("--jobs", default=",".join(JOBS))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ways", default=None, help="only these ways, e.g. plain,keras_transfer")
-    parser.add_argument("--output", default=os.path.join(HERE, "results.md"))
+    parser.add_argument(
+        "--backends", default="tensorflow,jax,torch", help="comma-separated (default: all three)"
+    )
+    parser.add_argument(
+        "--jobs",
+        default=",".join(JOBS),
+        help=f"comma-separated, of: {', '.join(JOBS)} (default: all)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs per way (default 3)")
+    ways = sorted({way for job_ways in JOBS.values() for way in job_ways})
+    parser.add_argument(
+        "--ways", default=None, help=f"only these ways, of: {', '.join(ways)} (default: all)"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="also write the table to this file (benchmarks/results.md is the kept history, "
+        "edited by hand: do not write over it)",
+    )
     parser.add_argument("--one", nargs=3, metavar=("JOB", "WAY", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name, given, known in (
+        ("--backends", args.backends, ("tensorflow", "jax", "torch")),
+        ("--jobs", args.jobs, JOBS),
+        ("--ways", args.ways or "", ways),
+    ):
+        unknown = [value for value in given.split(",") if value and value not in known]
+        if unknown:
+            parser.error(f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.one:
         job, way, seed = args.one
         print("RESULT " + json.dumps(measure(job, way, int(seed))), flush=True)
@@ -520,8 +542,9 @@ def main(argv=None):
                     run = _run_child(job, way, backend, SEED + repeat)
                     results.setdefault((job, backend), {}).setdefault(way, []).append(run)
                     print(f"{backend} {job} {way} run {repeat + 1}: {run}", flush=True)
-                with open(args.output, "w", encoding="utf-8") as handle:
-                    handle.write(_table(results, args.repeats))
+                if args.output:
+                    with open(args.output, "w", encoding="utf-8") as handle:
+                        handle.write(_table(results, args.repeats))
     print(_table(results, args.repeats))
     return 0
 
