@@ -692,12 +692,7 @@ def _inference_copy(layer, x, folded, shifted, relus, channels_first):
         channels_first or any(id(conv) in changed for conv in layer.layers)
     )
     if inner and not (channels_first or shifted):  # tensorflow: only the folding
-        weights = {
-            id(conv): _folded_weights(conv, folded[id(conv)])
-            for conv in layer.layers
-            if id(conv) in folded
-        }
-        return FoldedFunctional(layer, folded, weights)(x)
+        return FoldedFunctional(layer, folded)(x)
     if inner:  # a functional model with layers to change (on torch: all of them)
         shape = (None, *x.shape[1:])
         copy = keras.models.clone_model(

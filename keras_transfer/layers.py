@@ -185,9 +185,9 @@ def _torch_fused_convolution(layer, inputs, groups):
 class FoldedFunctional(keras.layers.Layer):
     """A functional model run with BatchNormalizations folded into their convolutions.
 
-    Each convolution among the keys of `folded` computes with its folded weights
-    (`weights[id(convolution)]`: kernel and bias of the convolution followed by the
-    BatchNormalization in inference mode), and the BatchNormalizations of `folded` are left
+    Each convolution among the keys of `folded` computes with its folded weights (kernel
+    and bias of the convolution followed by the BatchNormalization in inference mode,
+    `feature_cache._folded_weights`), and the BatchNormalizations of `folded` are left
     out. Every other layer is the model's own, run by the model's graph: no layer is copied
     or rebuilt, so making this layer costs no more than computing the weights. Feature
     caching uses it on tensorflow for one pass over the data (`feature_cache`); it is not
@@ -204,25 +204,28 @@ class FoldedFunctional(keras.layers.Layer):
             float32 convolutions among the folded ones.
         folded: `{id(convolution): batchnorm}`, the pairs to fold (`Conv2D` or
             `DepthwiseConv2D`, each read alone by its BatchNormalization).
-        weights: `{id(convolution): (kernel, bias)}` float32 arrays: the folded weights.
         constants_limit: int, bytes; default 64 MiB.
 
     Input and output: those of `model`.
     """
 
-    def __init__(self, model, folded, weights, constants_limit=64 * 2**20, **kwargs):
+    def __init__(self, model, folded, constants_limit=64 * 2**20, **kwargs):
+        from keras_transfer.feature_cache import _folded_weights
+
         kwargs.setdefault("dtype", model.dtype_policy)  # inputs cast as the model casts them
         super().__init__(trainable=False, name=f"{model.name}_folded", **kwargs)
         # The model's graph, as a method: not tracked as a sublayer, its weights its own.
         self._run_through_graph = model._run_through_graph
         self._output_shape = tuple(model.output.shape[1:])
         self.left_out = {id(batchnorm) for batchnorm in folded.values()}
+        weights = {
+            layer: _folded_weights(layer, folded[id(layer)])
+            for layer in model.layers
+            if id(layer) in folded
+        }
         size = sum(kernel.nbytes + bias.nbytes for kernel, bias in weights.values())
         self.convolutions = {}
-        for layer in model.layers:
-            if id(layer) not in folded:
-                continue
-            kernel, bias = weights[id(layer)]
+        for layer, (kernel, bias) in weights.items():
             if size > constants_limit:
                 kernel, bias = (
                     self.add_weight(

@@ -258,16 +258,11 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
 def test_folded_functional_gives_the_models_outputs(constants_limit):
     """`FoldedFunctional` (tensorflow's caching pass, usable on every backend): the model's
     outputs up to float noise, with the folded weights held as constants or variables."""
-    from keras_transfer.feature_cache import _foldable_batchnorms, _folded_weights
+    from keras_transfer.feature_cache import _foldable_batchnorms
 
     backbone = _batchnorm_backbone().get_layer("backbone")
     folded = _foldable_batchnorms([backbone])
-    weights = {
-        id(conv): _folded_weights(conv, folded[id(conv)])
-        for conv in backbone.layers
-        if id(conv) in folded
-    }
-    layer = FoldedFunctional(backbone, folded, weights, constants_limit=constants_limit)
+    layer = FoldedFunctional(backbone, folded, constants_limit=constants_limit)
     assert len(layer.convolutions) == 3 and len(layer.weights) == (0 if constants_limit else 6)
     images = np.random.default_rng(4).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
     expected = keras.ops.convert_to_numpy(backbone(images, training=False))
@@ -279,7 +274,7 @@ def test_folded_functional_gives_the_models_outputs(constants_limit):
 def test_folded_functional_takes_keyword_calls_and_the_models_policy():
     """A convolution called as `conv(inputs=x)` is folded like any other, and the layer
     computes in the model's float32 whatever the global policy was when it was made."""
-    from keras_transfer.feature_cache import _foldable_batchnorms, _folded_weights
+    from keras_transfer.feature_cache import _foldable_batchnorms
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs=inputs)
@@ -290,9 +285,8 @@ def test_folded_functional_takes_keyword_calls_and_the_models_policy():
         variable.assign(rng.uniform(0.2, 3.0, variable.shape).astype("float32"))
     folded = _foldable_batchnorms([backbone])
     assert list(folded.values()) == [batchnorm]
-    weights = {id(conv): _folded_weights(conv, folded[id(conv)]) for conv in backbone.layers[1:2]}
     with dtype_policy("mixed_bfloat16"):
-        layer = FoldedFunctional(backbone, folded, weights)
+        layer = FoldedFunctional(backbone, folded)
     images = rng.uniform(0, 255, (2, 8, 8, 3)).astype("float32")
     expected = keras.ops.convert_to_numpy(backbone(images, training=False))
     outputs = keras.ops.convert_to_numpy(layer(images))
@@ -316,11 +310,7 @@ def test_caching_falls_back_to_the_models_layers_when_the_rewrite_fails_to_run(m
         return predict(extractor, images)
 
     monkeypatch.setattr(feature_cache, "_predict_full_batch", failing_rewrite)
-    model = _batchnorm_backbone()
-    kt.freeze_backbone(model)
-    images = np.random.default_rng(6).uniform(0, 255, (12, 16, 16, 3)).astype("float32")
-    labels = np.eye(2, dtype="float32")[np.arange(12) % 2]
-    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
+    model, data = _frozen_batchnorm_model_and_data(seed=6, count=12)
     _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
     assert made[0] is not None and len(failed) == 1  # tried once, then the model's layers
 
@@ -362,13 +352,19 @@ def test_caching_falls_back_to_the_models_layers_when_a_rewrite_fails(monkeypatc
     monkeypatch.setattr(feature_cache, "_foldable_batchnorms", broken)
     monkeypatch.setattr(feature_cache, "_depthwise_convolutions", broken)
     made = _spy_on_inference_extractor(monkeypatch)
-    model = _batchnorm_backbone()
-    kt.freeze_backbone(model)
-    images = np.random.default_rng(2).uniform(0, 255, (6, 16, 16, 3)).astype("float32")
-    labels = np.eye(2, dtype="float32")[np.arange(6) % 2]
-    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
+    model, data = _frozen_batchnorm_model_and_data(seed=2, count=6)
     _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
     assert made == [None]
+
+
+def _frozen_batchnorm_model_and_data(seed, count):
+    """`_batchnorm_backbone`'s classifier, frozen, and `count` uniform noise images in
+    [0, 255] with alternating labels, in batches of 6."""
+    model = _batchnorm_backbone()
+    kt.freeze_backbone(model)
+    images = np.random.default_rng(seed).uniform(0, 255, (count, 16, 16, 3)).astype("float32")
+    labels = np.eye(2, dtype="float32")[np.arange(count) % 2]
+    return model, tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
 
 
 def _assert_cached_features_are_the_models(model, split, train, val):
