@@ -13,7 +13,6 @@ Training writes to the output folder: `model.keras`, `class_names.json`, `report
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -83,7 +82,7 @@ def _parser():
         help="fraction held out when DATA has no val/ folder",
     )
     image.add_argument("--no-augmentation", action="store_true")
-    _add_training_arguments(image, default_epochs=10)
+    _add_training_arguments(image)
 
     text = kinds.add_parser("text", help="text classifier on a KerasHub (BERT) preset")
     text.add_argument("--data", required=True, help="training file: .csv, .tsv or .jsonl")
@@ -116,8 +115,20 @@ def _parser():
     text.add_argument(
         "--class-weights", action="store_true", help="balanced class weights for imbalanced data"
     )
-    text.add_argument("--epochs", type=_count, default=3, help="epochs (default 3, the seed's)")
-    text.add_argument("--lr", type=float, default=None, help="learning rate (default Adam 2e-5)")
+    text.add_argument(
+        "--epochs",
+        type=_epochs,
+        default="auto",
+        help="fine-tuning epochs (with --freeze backbone: head epochs); default auto: "
+        "a linear-probe head, then fine-tuning for at least 200 steps (3 to 30 epochs) with "
+        "early stopping on the validation loss",
+    )
+    text.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak fine-tuning learning rate (default AdamW 5e-5, BERT's)",
+    )
     text.add_argument("--seed", type=int, default=1337)
     _add_output_arguments(text)
 
@@ -172,18 +183,26 @@ def _count(text):
     return value
 
 
-def _add_training_arguments(parser, default_epochs):
+def _epochs(text):
+    """argparse type: 'auto' or an int >= 0."""
+    return "auto" if text == "auto" else _count(text)
+
+
+def _add_training_arguments(parser):
     parser.add_argument(
         "--epochs",
-        type=_count,
-        default=default_epochs,
-        help=f"epochs on a frozen backbone (default {default_epochs})",
+        type=_epochs,
+        default="auto",
+        help="head epochs on a frozen backbone; default auto: the head fitted as a "
+        "cross-validated linear probe on cached features",
     )
     parser.add_argument(
         "--finetune-epochs",
-        type=_count,
-        default=0,
-        help="epochs with the top of the backbone unfrozen (default 0)",
+        type=_epochs,
+        default="auto",
+        help="epochs with the top of the backbone unfrozen; default auto: at least 200 "
+        "steps (3 to 30 epochs) with early stopping on the validation loss, kept only if "
+        "it beats the head alone; 0: none",
     )
     parser.add_argument(
         "--unfreeze-top-n",
@@ -191,8 +210,14 @@ def _add_training_arguments(parser, default_epochs):
         default=None,
         help="units unfrozen for fine-tuning, from the top (default all)",
     )
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None)
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of the head stage")
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=None)
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate of head epochs trained by gradient (default Adam 1e-3); "
+        "fine-tuning peaks at 0.3x it",
+    )
     parser.add_argument("--seed", type=int, default=1337)
     _add_output_arguments(parser)
 
@@ -303,9 +328,7 @@ def _train_text(args):
     import keras
 
     import keras_transfer as kt
-    from keras_transfer.checkpointing import clear_checkpoint, fit_one_pass_per_epoch
     from keras_transfer.text_classifier import count_truncated
-    from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
     _check_output(args.output)
     keras.utils.set_random_seed(args.seed)
@@ -342,38 +365,27 @@ def _train_text(args):
             f"{limit} for this encoder) to use more of them.",
             file=sys.stderr,
         )
-    kt.compile_classifier(model, learning_rate=args.lr)
     class_weight = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
-    if freeze == "backbone":  # the head alone: fine_tune's stage 1, with feature caching
-        histories = kt.fine_tune(
-            model,
-            train_ds,
-            val_ds,
-            head_epochs=args.epochs,
-            learning_rate=args.lr,
-            class_weight=class_weight,
-            checkpoint_dir=_checkpoint_dir(args),
-            checkpoint_settings=vars(args),
-            cache_features=CACHE_FEATURES[args.feature_cache],
-            text_padding=TEXT_PADDING[args.padding],
-        )
-        return _evaluate_and_write(args, model, val_ds, class_names, histories)
-    fit_data, fit_val = train_ds, val_ds
-    if args.padding != "fixed":
-        fit_data = pad_to_longest(model, train_ds, bucket_by_length=args.padding == "bucket")
-        fit_val = None if val_ds is None else pad_to_longest(model, val_ds)
-    fit_kwargs = dict(validation_data=fit_val, epochs=args.epochs, class_weight=class_weight)
-    checkpoint_dir = _checkpoint_dir(args)
-    with without_preprocessor(model) if args.padding != "fixed" else contextlib.nullcontext():
-        if checkpoint_dir is None:  # the batches of a checkpointed run
-            history = fit_one_pass_per_epoch(model, fit_data, **fit_kwargs)
-        else:
-            history = kt.resumable_fit(
-                model, fit_data, checkpoint_dir=checkpoint_dir, settings=vars(args), **fit_kwargs
-            )
-    if checkpoint_dir is not None:
-        clear_checkpoint(checkpoint_dir)
-    return _evaluate_and_write(args, model, val_ds, class_names, {"train": history})
+    head_only = freeze == "backbone"
+    unfreeze_top_n = None
+    if isinstance(freeze, int):  # the embeddings and the bottom `freeze` blocks stay frozen
+        unfreeze_top_n = len(model.backbone.transformer_layers) - freeze or None
+    histories = kt.fine_tune(
+        model,
+        train_ds,
+        val_ds,
+        head_epochs=args.epochs if head_only else "auto",
+        finetune_epochs=0 if head_only else args.epochs,
+        unfreeze_top_n=unfreeze_top_n,
+        learning_rate=args.lr if head_only else None,
+        finetune_learning_rate=None if head_only else args.lr,
+        class_weight=class_weight,
+        checkpoint_dir=_checkpoint_dir(args),
+        checkpoint_settings=vars(args),
+        cache_features=CACHE_FEATURES[args.feature_cache],
+        text_padding=TEXT_PADDING[args.padding],
+    )
+    return _evaluate_and_write(args, model, val_ds, class_names, histories)
 
 
 def _check_output(output):

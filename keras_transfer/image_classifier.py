@@ -154,7 +154,7 @@ def build_image_classifier(
         A `keras.Model` taking `(batch, height, width, 3)` RGB pixels in [0, 255] (uint8
         or float32) and returning `(batch, num_classes)` float32 softmax probabilities.
         The backbone is the layer named `"backbone"`. Compiled with `compile_classifier`'s
-        defaults (SGD lr 1e-3, momentum 0.9); compile again to change them.
+        defaults (Adam lr 1e-3); compile again to change them (`fine_tune` keeps it).
 
     Raises:
         ValueError: unknown backbone (lists the closest names), `num_classes` < 2, an
@@ -167,7 +167,7 @@ def build_image_classifier(
     ```python
     model = keras_transfer.build_image_classifier(
         "mobilenet", 2, input_shape=(224, 224, 3), backbone_kwargs={"alpha": 0.25})
-    # Frozen backbone, compiled with SGD lr 1e-3, momentum 0.9.
+    # Frozen backbone, compiled with Adam lr 1e-3.
     model.fit(train_ds, validation_data=val_ds, epochs=10)
     ```
     """

@@ -142,8 +142,9 @@ def build_text_classifier(
         A `keras_hub.models.TextClassifier`: input a string or `(batch,)` strings, output
         `(batch, num_classes)` softmax probabilities, float32 (16-bit with
         `mixed_precision`, see above; image models keep float32) (see
-        `compile_classifier`), compiled with `compile_classifier`'s text defaults (Adam
-        lr 2e-5, categorical cross-entropy on one-hot labels); compile again to change them.
+        `compile_classifier`), compiled with `compile_classifier`'s text defaults (AdamW
+        lr 5e-5, weight decay 0.01, categorical cross-entropy on one-hot labels); compile
+        again to change them (`fine_tune` keeps the compiled optimizer).
 
     Raises:
         FileNotFoundError: a preset folder that does not exist.

@@ -1,20 +1,35 @@
-"""`fine_tune`: the two-stage transfer-learning recipe on top of `model.fit`."""
+"""`fine_tune`: the two-stage transfer-learning recipe on top of `model.fit`.
+
+1. Freeze the backbone and fit the head: by default a converged linear probe on cached
+   backbone features (`linear_probe.fit_linear_head`), or `head_epochs` epochs of `fit`.
+2. Unfreeze the top of the backbone (BatchNorm stays frozen) and fine-tune the whole model
+   with a warmup-then-decay learning rate (`schedules.WarmupDecay`); by default for a step
+   budget, with early stopping on the validation loss, and kept only when it beats stage 1.
+The plumbing (checkpoints, per-epoch batch orders, text padding, caching) is in
+`training_stages`.
+"""
 
 from __future__ import annotations
 
+import math
+
 import keras
 
-from keras_transfer.checkpointing import (
-    clear_checkpoint,
-    fit_one_pass_per_epoch,
-    resumable_fit,
-)
 from keras_transfer.compiling import compile_classifier, is_text_classifier
-from keras_transfer.feature_cache import split_for_caching
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
-from keras_transfer.text_padding import pad_to_longest, without_preprocessor
+from keras_transfer.training_stages import (
+    StageRunner,
+    check_fine_tune_arguments,
+    compile_stage,
+    data_length,
+    feature_split,
+    finetune_budget,
+    learning_rate_value,
+)
 
-FINETUNE_LR_FACTOR = 0.1
+FINETUNE_LR_FACTOR = 0.3  # images: stage 2 at 0.3x the compiled rate (3e-4 for Adam 1e-3)
+AUTO_HEAD_EPOCHS = 20  # head epochs when the head cannot be fitted as a linear probe
+PATIENCE_FRACTION = 0.2  # "auto" stages stop after a fifth of their epochs (at least 2)
 
 
 def fine_tune(
@@ -22,8 +37,8 @@ def fine_tune(
     train_ds,
     val_ds=None,
     *,
-    head_epochs,
-    finetune_epochs=0,
+    head_epochs="auto",
+    finetune_epochs="auto",
     unfreeze_top_n=None,
     optimizer=None,
     learning_rate=None,
@@ -37,220 +52,185 @@ def fine_tune(
     text_padding="longest",
     verbose="auto",
 ):
-    """Train the head on a frozen backbone, then fine-tune the top of the backbone.
+    """Fit the head on a frozen backbone, then fine-tune the top of the backbone.
 
-    Stage 1 ("head"): `freeze_backbone`, `compile_classifier(optimizer, learning_rate)`,
-    `fit` for `head_epochs`, on cached backbone outputs where that is exact
-    (`cache_features`). Stage 2 ("finetune", only if `finetune_epochs` > 0):
-    `unfreeze_backbone(top_n=unfreeze_top_n)` (BatchNorm stays frozen), recompile at
-    `finetune_learning_rate`, `fit` for `finetune_epochs` more epochs (epoch numbers go on
-    from stage 1). This is the recipe of the Keras transfer-learning guide.
+    Stage 1 ("head"): `freeze_backbone`, then with `head_epochs="auto"` (default) the
+    head's Dense layer is fitted to convergence as an L2 logistic regression on the cached
+    backbone features, its strength picked by cross-validation on the training data (the
+    tuned linear probe; `keras_transfer.linear_probe`); with an int, `fit` for that many
+    epochs with the model's compiled optimizer (on cached features where possible).
+
+    Stage 2 ("finetune"): `unfreeze_backbone(top_n=unfreeze_top_n)` (BatchNorm stays
+    frozen) and `fit` with the compiled optimizer's class and settings (a fresh one), its
+    learning rate warmed up linearly over the first 10 % of the steps and then decayed to 0
+    (cosine for images, linear for text: BERT's recipe; `schedules.WarmupDecay`). With
+    `finetune_epochs="auto"` (default) it runs when validation data is given: at least
+    `max(3, ceil(200 / steps_per_epoch))` epochs (at most 30), early stopping after a
+    fifth of them (at least 2) without a lower `val_loss`, the best epoch's weights
+    restored, and the stage-1 model kept instead when stage 2 never beats its `val_loss`.
+    Epoch numbers go on from stage 1 (a linear probe counts as one epoch). The model is
+    left compiled as it was given (a fresh optimizer).
 
     Each epoch is one pass over `train_ds`. Pipelines from `image_folder_datasets` and
     `text_csv_datasets` are made anew for every epoch, shuffled in an order drawn from the
-    dataset's seed and the epoch number (`checkpointing.one_pass_per_epoch`): the same
-    batches with or without `checkpoint_dir` and `cache_features`, on every backend.
+    dataset's seed and the epoch number: the same batches with or without `checkpoint_dir`
+    and `cache_features`, on every backend.
 
     Args:
-        model: a classifier from `build_image_classifier` or `build_text_classifier`.
+        model: a classifier from `build_image_classifier` or `build_text_classifier`,
+            compiled (the factories compile it) or not (then `compile_classifier`'s
+            defaults: Adam 1e-3 for images, AdamW 5e-5 for text).
         train_ds: training data for `model.fit`: a `tf.data.Dataset` of `(inputs,
             one_hot_labels)` batches, e.g. from `image_folder_datasets`.
-        val_ds: validation data in the same form, or None.
-        head_epochs: int >= 0, epochs of stage 1.
-        finetune_epochs: int >= 0, epochs of stage 2; default 0 (head only).
+        val_ds: validation data in the same form, or None (then no early stopping, and
+            `finetune_epochs="auto"` skips stage 2).
+        head_epochs: `"auto"` (default: the linear probe above; 20 epochs of `fit` with
+            early stopping when the features cannot be cached or the head is not one Dense
+            layer) or an int >= 0.
+        finetune_epochs: `"auto"` (default, above) or an int >= 0 (exactly that many
+            epochs, no early stopping); 0 skips stage 2.
         unfreeze_top_n: units unfrozen in stage 2, counted from the top (see
-            `unfreeze_backbone`); None (default) unfreezes the whole backbone.
-        optimizer: `"sgd"`, `"adam"` or None for the model's default (see
-            `compile_classifier`: SGD lr 1e-3 momentum 0.9 for images, Adam 2e-5 for text).
-            Pass a name, not an optimizer object, so that each stage gets a fresh one.
-        learning_rate: stage-1 learning rate; default the optimizer's (above).
-        finetune_learning_rate: stage-2 learning rate; default a tenth of stage 1's.
+            `unfreeze_backbone`: layers of a CNN backbone, transformer blocks of a text
+            encoder); None (default) unfreezes the whole backbone.
+        optimizer: None (default: keep the model's compiled optimizer, a fresh instance
+            per stage), or `"sgd"` / `"adam"` / `"adamw"` to use that one instead.
+        learning_rate: rate of gradient-trained head epochs; default the compiled one.
+        finetune_learning_rate: peak rate of stage 2; default the compiled rate for text
+            (5e-5, BERT's) and a tenth of it for images (1e-4 with Adam 1e-3).
         train_batchnorm: bool, default False: also train BatchNorm layers in stage 2.
-        class_weight: dict `{class_id: weight}` for `fit`, e.g. from `class_weights`.
+        class_weight: dict `{class_id: weight}` for `fit` and the probe.
         callbacks: list of Keras callbacks, used in both stages.
         checkpoint_dir: folder or None (default: no checkpoints). With a folder, every
             epoch of either stage is checkpointed there (`resumable_fit`), and calling
             `fine_tune` again with the same arguments after a crash or a kill resumes from
-            the last completed epoch, in the right stage with the right trainable flags.
-            The folder's checkpoint files are deleted when training completes.
-        checkpoint_settings: JSON-able dict, default None: more settings of the run (e.g.
-            the data folder and batch size) recorded with the checkpoint; resuming with
-            other values (or other arguments above, or data of another length) raises.
-        cache_features: `"auto"` (default), True or False. Stage 1 can run the frozen
-            backbone once over `train_ds` and `val_ds` (one forward pass) and train the
-            head on its cached outputs (see `keras_transfer.feature_cache`): the head's
-            layers are the model's own, so the model is trained in place, and its
-            predictions are those of the same weights. `"auto"` caches when this is exact:
-            nothing below the head is random in training (no augmentation layers, no dropout
-            inside the backbone); otherwise it trains uncached and prints why. True also
-            caches then, with the frozen part in inference mode (no augmentation, no
-            dropout: what the Keras guide's `base_model(x, training=False)` does). False
-            never caches. While cached, stage-1 callbacks see the head model (input:
-            features), not the whole model, and validation of features cached from
-            `image_folder_datasets` / `text_csv_datasets` pipelines runs in batches of up
-            to 1,024 (the same `val_*` numbers up to float noise, in fewer steps).
+            the last completed epoch (a linear probe is fitted again: it is deterministic;
+            early stopping's patience starts over). The checkpoint files are deleted when
+            training completes.
+        checkpoint_settings: JSON-able dict, default None: more settings of the run
+            recorded with the checkpoint; resuming with other values raises.
+        cache_features: `"auto"` (default), True or False. Stage 1 runs the frozen part
+            (backbone, and augmentation or dropout below the head in inference mode: what
+            the Keras guide's `base_model(x, training=False)` does) once over `train_ds` and
+            `val_ds` and trains the head on its outputs (`keras_transfer.feature_cache`).
+            `"auto"` and True cache whenever the model can be cut into backbone and head;
+            False never caches (the head then sees augmented images, at the cost of a
+            backbone pass per epoch). While cached, stage-1 callbacks see the head model.
         text_padding: text models only: `"longest"` (default) pads each batch to its
-            longest row (`keras_transfer.text_padding.pad_to_longest`; the same results as
-            fixed padding up to float noise, faster on short texts), `"bucket"` also
-            regroups examples into batches of similar length (faster still; other batches),
-            None pads to the preprocessor's `sequence_length` (KerasHub's default).
+            longest row, `"bucket"` also groups examples of similar length, None pads to
+            the preprocessor's `sequence_length`.
         verbose: `fit`'s verbosity ("auto", 0, 1 or 2).
 
     Returns:
         dict `{"head": History, "finetune": History}` of `keras.callbacks.History` objects
-        (`"finetune"` only when `finetune_epochs` > 0).
+        (`"finetune"` only when stage 2 ran). A linear probe's History has one epoch with
+        `loss`, `accuracy` (and `val_loss`, `val_accuracy`) of the fitted head.
 
     Raises:
-        ValueError: data given as arrays or tuples (not a dataset), negative epochs,
-            `unfreeze_top_n=0` with fine-tuning epochs (it would unfreeze nothing), an
-            optimizer object (use a name), a checkpoint folder written by a run with other
-            arguments, or `cache_features=True` for a model that cannot be cut into
-            backbone and head.
+        ValueError: data given as arrays or tuples (not a dataset), epochs that are not
+            "auto" or an int >= 0, `unfreeze_top_n=0` with fine-tuning epochs, an
+            optimizer object (use a name, or compile the model with it), a checkpoint
+            folder written by a run with other arguments, or `cache_features=True` for a
+            model that cannot be cut into backbone and head.
+
+    Example:
+    ```python
+    train_ds, val_ds, class_names = kt.image_folder_datasets("flowers/", image_size=224)
+    model = kt.build_image_classifier("mobilenet_v2", len(class_names))
+    histories = kt.fine_tune(model, train_ds, val_ds)  # probe, then fine-tuning
+    ```
     """
-    for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
-    if unfreeze_top_n is not None and (
-        isinstance(unfreeze_top_n, bool)
-        or not isinstance(unfreeze_top_n, int)
-        or unfreeze_top_n < 0
-    ):
-        raise ValueError(f"`unfreeze_top_n` must be None or an int >= 0, got {unfreeze_top_n!r}.")
-    if unfreeze_top_n == 0 and finetune_epochs:
-        raise ValueError(
-            "`unfreeze_top_n=0` unfreezes no part of the backbone, so the fine-tuning stage "
-            "would only train the head further; pass unfreeze_top_n >= 1 (None: the whole "
-            "backbone), or finetune_epochs=0."
-        )
-    if optimizer is not None and not isinstance(optimizer, str):
-        raise ValueError(
-            "`fine_tune` needs `optimizer` as a name ('sgd' or 'adam') so that each stage "
-            "gets a fresh optimizer; use compile_classifier + model.fit for a custom one."
-        )
-    if text_padding not in ("longest", "bucket", None):
-        raise ValueError(
-            f"`text_padding` must be 'longest', 'bucket' or None, got {text_padding!r}."
-        )
-    if cache_features not in ("auto", True, False):
-        raise ValueError(f"`cache_features` must be 'auto', True or False, got {cache_features!r}.")
-    for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
-        if isinstance(data, (tuple, list, dict)) or hasattr(data, "__array__"):
-            raise ValueError(
-                f"`{name}` must be a tf.data.Dataset of (inputs, one_hot_labels) batches "
-                f"(e.g. from image_folder_datasets), got a {type(data).__name__}; for NumPy "
-                "arrays pass tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
-            )
-    fit_kwargs = dict(class_weight=class_weight, callbacks=callbacks, verbose=verbose)
-    freeze_backbone(model)
-    compile_classifier(model, optimizer, learning_rate)
-    split = _feature_split(model, cache_features, verbose) if head_epochs else None
+    check_fine_tune_arguments(
+        train_ds,
+        val_ds,
+        head_epochs=head_epochs,
+        finetune_epochs=finetune_epochs,
+        unfreeze_top_n=unfreeze_top_n,
+        optimizer=optimizer,
+        text_padding=text_padding,
+        cache_features=cache_features,
+    )
+    text = is_text_classifier(model)
+    settings = None
     if checkpoint_dir is not None:
         settings = dict(
             head_epochs=head_epochs,
             finetune_epochs=finetune_epochs,
             unfreeze_top_n=unfreeze_top_n,
-            optimizer=optimizer,
+            optimizer=optimizer or _compiled_optimizer_name(model),
             learning_rate=learning_rate,
             finetune_learning_rate=finetune_learning_rate,
             train_batchnorm=train_batchnorm,
-            cached_features=split is not None,
-            train_batches=_length(train_ds),
-            val_batches=_length(val_ds),
+            cache_features=cache_features,
+            train_batches=data_length(train_ds),
+            val_batches=data_length(val_ds),
             # The whole model in both stages (stage 1 may train the cached head model).
             model=f"{model.name}: {len(model.weights)} weights",
         )
         settings.update(checkpoint_settings or {})
+    runner = StageRunner(
+        model,
+        train_ds,
+        val_ds,
+        fit_kwargs=dict(class_weight=class_weight, callbacks=callbacks, verbose=verbose),
+        checkpoint_dir=checkpoint_dir,
+        settings=settings,
+        text_padding=text_padding,
+        verbose=verbose,
+    )
 
-        def run_fit(trained, data, stage, **kwargs):
-            return resumable_fit(
-                trained,
-                data,
-                checkpoint_dir=checkpoint_dir,
-                settings=settings,
-                stage=stage,
-                **kwargs,
-                **fit_kwargs,
-            )
-    else:
+    if not getattr(model, "compiled", False):
+        compile_classifier(model)
+    compiled = model.get_compile_config()  # the user's: each stage gets a fresh copy
 
-        def run_fit(trained, data, stage, **kwargs):
-            # The batches of a checkpointed run: one pass per epoch, in each epoch's order.
-            return fit_one_pass_per_epoch(trained, data, **kwargs, **fit_kwargs)
-
-    def fit(trained, data, stage, validation_data, **kwargs):
-        if trained is not model or not text_padding or not is_text_classifier(model):
-            return run_fit(trained, data, stage, validation_data=validation_data, **kwargs)
-        # Text: batches padded to their longest row (or bucketed), preprocessed in tf.data.
-        data = pad_to_longest(model, data, bucket_by_length=text_padding == "bucket")
-        if validation_data is not None:
-            validation_data = pad_to_longest(model, validation_data)
-        with without_preprocessor(model):
-            return run_fit(model, data, stage, validation_data=validation_data, **kwargs)
-
-    histories = {}
-    if split is not None:
-        head = split.head
-        head.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
-        train_features, val_features = split.cache(train_ds, val_ds)
-        histories["head"] = fit(
-            head, train_features, "head", epochs=head_epochs, validation_data=val_features
+    # Stage 1: the head on a frozen backbone.
+    freeze_backbone(model)
+    compile_stage(model, optimizer, learning_rate)
+    split = feature_split(model, cache_features, verbose) if head_epochs else None
+    if head_epochs == "auto":
+        head, head_epochs = runner.fit_head_auto(
+            split, AUTO_HEAD_EPOCHS, _patience(AUTO_HEAD_EPOCHS)
         )
     else:
-        histories["head"] = fit(model, train_ds, "head", epochs=head_epochs, validation_data=val_ds)
+        head = runner.fit_head(split, head_epochs) if head_epochs else runner.empty_history()
+    histories = {"head": head}
+
+    # Stage 2: fine-tune the top of the backbone (BatchNorm stays frozen).
+    auto = finetune_epochs == "auto"
+    if auto:
+        finetune_epochs = finetune_budget(train_ds) if val_ds is not None else 0
+        if val_ds is None:
+            runner.say("No validation data: no fine-tuning stage (finetune_epochs='auto').")
     if finetune_epochs:
+        before = runner.snapshot(head) if auto else None
+        rate = runner.compiled_learning_rate() if finetune_learning_rate is None else None
         unfreeze_backbone(model, top_n=unfreeze_top_n, train_batchnorm=train_batchnorm)
         if finetune_learning_rate is None:
-            stage1_lr = float(model.optimizer.learning_rate)
-            finetune_learning_rate = stage1_lr * FINETUNE_LR_FACTOR
-        compile_classifier(model, optimizer, finetune_learning_rate)
-        histories["finetune"] = fit(
+            finetune_learning_rate = rate * (1.0 if text else FINETUNE_LR_FACTOR)
+        steps = runner.steps_per_epoch()
+        compile_stage(
             model,
-            train_ds,
-            "finetune",
-            initial_epoch=head_epochs,
-            epochs=head_epochs + finetune_epochs,
-            validation_data=val_ds,
+            optimizer,
+            finetune_learning_rate,
+            total_steps=steps * finetune_epochs if steps else None,
+            text=text,
         )
-    if checkpoint_dir is not None:
-        clear_checkpoint(checkpoint_dir)
+        histories["finetune"] = runner.fit_finetune(
+            head_epochs, finetune_epochs, patience=_patience(finetune_epochs) if auto else None
+        )
+        if auto:
+            runner.keep_if_better(before, histories["finetune"], freeze_backbone)
+    runner.finish()
+    model.compile(**keras.saving.deserialize_keras_object(compiled))  # as it was compiled
     return histories
 
 
-def _length(data):
-    """Batches in a tf.data pipeline (None when not known or not a dataset)."""
-    cardinality = getattr(data, "cardinality", None)
-    return int(cardinality()) if callable(cardinality) else None
+def _patience(epochs):
+    """Epochs without a lower `val_loss` before an "auto" stage of `epochs` stops."""
+    return max(2, math.ceil(PATIENCE_FRACTION * epochs))
 
 
-def _feature_split(model, cache_features, verbose):
-    """The `FeatureSplit` to train stage 1 on, or None (uncached), saying why when relevant."""
-    if cache_features is False:
+def _compiled_optimizer_name(model):
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
         return None
-    split = split_for_caching(model)
-    if split is None:
-        if cache_features is True:
-            raise ValueError(
-                f"cache_features=True, but {model.name!r} is not a chain of layers with a "
-                "backbone (as build_image_classifier makes) or a BERT-style text classifier; "
-                "use cache_features='auto' or False."
-            )
-        return None
-    if not split.exact:
-        shown = ", ".join(split.random_layers[:4]) + (
-            ", ..." if len(split.random_layers) > 4 else ""
-        )
-        if cache_features == "auto":
-            if verbose != 0:
-                print(
-                    f"Training the head without cached features: layers below it are random "
-                    f"in training ({shown}). For the faster cached training, turn "
-                    "augmentation off (augmentation=None, CLI --no-augmentation), or pass "
-                    "cache_features=True (CLI --feature-cache on) to cache their "
-                    "inference-mode output (no augmentation or dropout there)."
-                )
-            return None
-        if verbose != 0:
-            print(f"Caching features in inference mode ({shown} inactive).")
-    elif verbose != 0:
-        print("Caching the frozen backbone's outputs: one pass over the data, then the head.")
-    return split
+    return f"{type(optimizer).__name__} {learning_rate_value(optimizer):.3g}"

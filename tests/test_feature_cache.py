@@ -50,7 +50,14 @@ def test_cached_and_uncached_head_training_give_the_same_model():
         keras.utils.set_random_seed(5)
         model = _image_model()
         histories = kt.fine_tune(
-            model, train, val, head_epochs=3, learning_rate=0.05, cache_features=cache, verbose=0
+            model,
+            train,
+            val,
+            head_epochs=3,
+            learning_rate=0.05,
+            cache_features=cache,
+            verbose=0,
+            finetune_epochs=0,
         )
         runs[cache] = model, histories["head"].history
     (uncached, history), (cached, cached_history) = runs[False], runs[True]
@@ -72,7 +79,7 @@ def test_cached_and_uncached_head_training_give_the_same_model():
     assert cached.get_layer("backbone").trainable is False
 
 
-def test_auto_caches_only_when_exact(capsys, tmp_path):
+def test_auto_caches_in_inference_mode(capsys, tmp_path):
     write_image_folder(tmp_path / "train", per_class=4)
     write_image_folder(tmp_path / "val", per_class=2)
     train_ds, val_ds, _ = kt.image_folder_datasets(tmp_path, image_size=32, batch_size=4)
@@ -81,22 +88,25 @@ def test_auto_caches_only_when_exact(capsys, tmp_path):
     )  # default augmentation: random below the head
     split = split_for_caching(model)
     assert not split.exact and any(name.startswith("random_flip") for name in split.random_layers)
-    kt.fine_tune(model, train_ds, val_ds, head_epochs=1, verbose=1)
-    assert "without cached features" in capsys.readouterr().out
-    history = kt.fine_tune(model, train_ds, val_ds, head_epochs=2, cache_features=True, verbose=1)[
-        "head"
-    ]
-    assert "Caching features in inference mode" in capsys.readouterr().out
-    assert len(history.history["val_accuracy"]) == 2
+    for cache in ("auto", True):  # augmentation inactive in the cached pass, as training=False
+        history = kt.fine_tune(
+            model, train_ds, val_ds, head_epochs=2, cache_features=cache, verbose=1,
+            finetune_epochs=0,
+        )["head"]  # fmt: skip
+        out = capsys.readouterr().out
+        assert "outputs in inference mode (random_flip" in out and "--feature-cache off" in out
+        assert len(history.history["val_accuracy"]) == 2
+    kt.fine_tune(model, train_ds, val_ds, head_epochs=1, cache_features=False, finetune_epochs=0)
+    assert "Caching" not in capsys.readouterr().out
     with pytest.raises(ValueError, match="cache_features"):
-        kt.fine_tune(model, train_ds, head_epochs=1, cache_features="yes")
+        kt.fine_tune(model, train_ds, head_epochs=1, cache_features="yes", finetune_epochs=0)
     inputs = keras.Input((32, 32, 3))
     backbone = model.get_layer("backbone")
     features = keras.layers.Concatenate(name="both")([backbone(inputs), backbone(inputs * 0.5)])
     two_paths = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(features)))
     assert split_for_caching(two_paths) is None  # not a chain: cannot be cut in two
     with pytest.raises(ValueError, match="is not a chain of layers"):
-        kt.fine_tune(two_paths, train_ds, head_epochs=1, cache_features=True)
+        kt.fine_tune(two_paths, train_ds, head_epochs=1, cache_features=True, finetune_epochs=0)
 
 
 def test_a_pipeline_that_gives_other_inputs_each_epoch_fails_with_a_clear_error():
@@ -106,9 +116,18 @@ def test_a_pipeline_that_gives_other_inputs_each_epoch_fails_with_a_clear_error(
     reshuffled = train.unbatch().shuffle(16, seed=3, reshuffle_each_iteration=True).batch(4)
     model = _image_model()
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\.take\(\), \.skip\(\)"):
-        kt.fine_tune(model, reshuffled.take(1), head_epochs=3, cache_features=True, verbose=0)
+        kt.fine_tune(
+            model,
+            reshuffled.take(1),
+            head_epochs=3,
+            cache_features=True,
+            verbose=0,
+            finetune_epochs=0,
+        )
     model = _image_model()
-    kt.fine_tune(model, reshuffled.take(1), head_epochs=3, cache_features=False, verbose=0)
+    kt.fine_tune(
+        model, reshuffled.take(1), head_epochs=3, cache_features=False, verbose=0, finetune_epochs=0
+    )
 
 
 def _spy_on_inference_extractor(monkeypatch):
@@ -396,6 +415,7 @@ def test_text_head_on_cached_encoder_outputs(tiny_bert_preset):
             learning_rate=1e-2,
             cache_features=cache,
             verbose=0,
+            finetune_epochs=0,
         )["head"].history
         runs[cache] = model, history
     (uncached, history), (cached, cached_history) = runs[False], runs[True]

@@ -138,10 +138,14 @@ def test_fine_tune_refuses_arrays_with_a_clear_error():
     images = np.zeros((4, *model.input_shape[1:]), "float32")
     labels = np.eye(2, dtype="float32")[[0, 1, 0, 1]]
     with pytest.raises(ValueError, match="`train_ds` must be a tf.data.Dataset.*tuple"):
-        kt.fine_tune(model, (images, labels), head_epochs=1)
+        kt.fine_tune(model, (images, labels), head_epochs=1, finetune_epochs=0)
     with pytest.raises(ValueError, match="`val_ds` must be a tf.data.Dataset.*ndarray"):
         kt.fine_tune(
-            model, tf.data.Dataset.from_tensor_slices(_data()).batch(4), images, head_epochs=1
+            model,
+            tf.data.Dataset.from_tensor_slices(_data()).batch(4),
+            images,
+            head_epochs=1,
+            finetune_epochs=0,
         )
 
 

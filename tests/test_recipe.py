@@ -1,0 +1,142 @@
+"""The default recipe: warmup schedules, the linear-probe head, the compiled optimizer kept,
+and the validation-decided fine-tuning stage."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.linear_model import LogisticRegression
+
+import keras_transfer as kt
+from keras_transfer.linear_probe import fit_linear_head
+from keras_transfer.schedules import WarmupDecay
+from keras_transfer.training_stages import finetune_budget, learning_rate_value
+
+
+def _rates(schedule, steps):
+    return np.array([float(keras.ops.convert_to_numpy(schedule(s))) for s in steps])
+
+
+def test_warmup_decay_warms_up_linearly_then_decays_to_zero():
+    linear = WarmupDecay(1.0, total_steps=100)  # 10 steps of warmup (10 %)
+    np.testing.assert_allclose(_rates(linear, [0, 4, 9]), [0.1, 0.5, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(_rates(linear, [10, 55, 100, 150]), [1.0, 0.5, 0, 0], atol=1e-6)
+    cosine = WarmupDecay(2.0, total_steps=20, warmup_steps=0, decay="cosine")
+    np.testing.assert_allclose(_rates(cosine, [0, 10, 20]), [2.0, 1.0, 0.0], atol=1e-6)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(cosine))
+    assert again.get_config() == cosine.get_config()
+    for bad in (dict(peak_learning_rate=0), dict(total_steps=0), dict(warmup_steps=200)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            WarmupDecay(**{"peak_learning_rate": 1.0, "total_steps": 100, **bad})
+    with pytest.raises(ValueError, match="decay"):
+        WarmupDecay(1.0, 10, decay="step")
+
+
+def _head(num_classes, dim):
+    features = keras.Input((dim,))
+    dropped = keras.layers.Dropout(0.5)(features)
+    return keras.Model(features, keras.layers.Dense(num_classes, activation="softmax")(dropped))
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_linear_probe_is_sklearns_cross_validated_logistic_regression(num_classes):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 2, (num_classes, 5))
+    y = np.repeat(np.arange(num_classes), 30)
+    x = (centers[y] + rng.normal(0, 2, (len(y), 5))).astype("float32") * [1, 10, 0.1, 1, 3]
+    data = tf.data.Dataset.from_tensor_slices((x, np.eye(num_classes)[y])).shuffle(90).batch(8)
+    head = _head(num_classes, 5)
+    chosen = fit_linear_head(head, data)
+    assert chosen["folds"] == 5
+    mean, scale = x.mean(0), x.std(0)
+    reference = LogisticRegression(C=chosen["C"], max_iter=1000).fit((x - mean) / scale, y)
+    np.testing.assert_allclose(
+        head.predict(x, verbose=0), reference.predict_proba((x - mean) / scale), atol=2e-3
+    )
+
+
+def test_linear_probe_weights_classes_and_handles_an_absent_class():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (40, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")  # classes 0 and 1; class 2 has no example
+    data = tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y])).batch(16)
+    head = _head(3, 3)
+    fit_linear_head(head, data)
+    probabilities = head.predict(x, verbose=0)
+    assert probabilities[:, 2].max() < 1e-9 and (probabilities.argmax(1) == y).mean() > 0.9
+    weighted = _head(3, 3)
+    fit_linear_head(weighted, data, class_weight={0: 1.0, 1: 20.0})
+    assert (weighted.predict(x, verbose=0).argmax(1) == 1).sum() > (
+        probabilities.argmax(1) == 1
+    ).sum()
+
+
+def _images(tmp_path):
+    from conftest import write_image_folder
+
+    write_image_folder(tmp_path / "train", per_class=6, size=(32, 32))
+    write_image_folder(tmp_path / "val", per_class=3, size=(32, 32))
+    return kt.image_folder_datasets(tmp_path, image_size=32, batch_size=4, seed=3)
+
+
+def _model(**kwargs):
+    return kt.build_image_classifier(
+        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25},
+        **kwargs,
+    )  # fmt: skip
+
+
+class _StageOptimizer(keras.callbacks.Callback):
+    """Remembers the optimizer and the weights of the last `fit` at its start."""
+
+    def on_train_begin(self, logs=None):
+        self.optimizer = self.model.optimizer
+        self.weights = [np.copy(w) for w in self.model.get_weights()]
+
+
+def test_default_fine_tune_probes_the_head_then_fine_tunes_with_validation_deciding(tmp_path):
+    train_ds, val_ds, _ = _images(tmp_path)
+    model = _model()  # default augmentation: the head is probed on inference-mode features
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    stage_2 = _StageOptimizer()
+    histories = kt.fine_tune(model, train_ds, val_ds, callbacks=[stage_2], verbose=0)
+    head = histories["head"].history
+    assert histories["head"].epoch == [0] and set(head) >= {"loss", "val_loss", "val_accuracy"}
+    finetune = histories["finetune"]
+    budget = finetune_budget(train_ds)  # 3 batches an epoch: 67 epochs wanted, 30 at most
+    assert budget == 30 and 1 <= len(finetune.epoch) <= budget and finetune.epoch[0] == 1
+    # The stage-2 optimizer: the compiled Adam, peaking at 0.3x its rate, warmed up; the
+    # model is left compiled as it was.
+    schedule = stage_2.optimizer._learning_rate
+    assert isinstance(stage_2.optimizer, keras.optimizers.Adam)
+    assert isinstance(schedule, WarmupDecay) and schedule.total_steps == 3 * budget
+    assert learning_rate_value(model.optimizer) == pytest.approx(1e-3)
+    assert schedule.peak_learning_rate == pytest.approx(3e-4) and schedule.decay == "cosine"
+    # Validation decided: the model kept is the one with the lowest val_loss seen.
+    best = min(head["val_loss"] + finetune.history["val_loss"])
+    assert model.evaluate(val_ds, verbose=0, return_dict=True)["loss"] == pytest.approx(
+        best, rel=1e-4, abs=1e-5
+    )
+    assert kt.fine_tune(_model(), train_ds, verbose=0).keys() == {"head"}  # no val: no stage 2
+
+
+def test_fine_tune_keeps_the_compiled_optimizer_and_reverts_a_worse_stage_2(tmp_path, capsys):
+    train_ds, val_ds, _ = _images(tmp_path)
+    model = _model(augmentation=None)
+    kt.compile_classifier(model, keras.optimizers.SGD(learning_rate=0.05, momentum=0.5))
+    stage_2 = _StageOptimizer()
+    kt.fine_tune(
+        model, train_ds, val_ds, finetune_learning_rate=1e4, callbacks=[stage_2], verbose=1
+    )  # a rate that wrecks the backbone: stage 2 is undone
+    assert "kept the model with the frozen backbone" in capsys.readouterr().out
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert float(model.optimizer.momentum) == 0.5
+    assert model.get_layer("backbone").trainable is False
+    for kept, before in zip(model.get_weights(), stage_2.weights, strict=True):
+        np.testing.assert_array_equal(kept, before)
+    kt.fine_tune(
+        model, train_ds, val_ds, head_epochs=1, finetune_epochs=1, callbacks=[stage_2], verbose=0
+    )
+    assert isinstance(stage_2.optimizer, keras.optimizers.SGD)
+    assert learning_rate_value(stage_2.optimizer) == pytest.approx(0.05 * 0.3)
+    assert learning_rate_value(model.optimizer) == pytest.approx(0.05)
