@@ -15,6 +15,7 @@ import math
 
 import keras
 
+from keras_transfer.batch_augmentation import mix_batches
 from keras_transfer.compiling import compile_classifier, is_text_classifier
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 from keras_transfer.training_stages import (
@@ -50,6 +51,8 @@ def fine_tune(
     checkpoint_settings=None,
     cache_features="auto",
     text_padding="longest",
+    label_smoothing=None,
+    batch_augmentation=None,
     verbose="auto",
 ):
     """Fit the head on a frozen backbone, then fine-tune the top of the backbone.
@@ -118,6 +121,11 @@ def fine_tune(
         text_padding: text models only: `"longest"` (default) pads each batch to its
             longest row, `"bucket"` also groups examples of similar length, None pads to
             the preprocessor's `sequence_length`.
+        label_smoothing: float in [0, 1) for the cross-entropy of both stages (the probe
+            ignores it), or None (default) to keep the compiled loss.
+        batch_augmentation: image models, stage 2 only: None (default), `"mixup"`
+            (`keras.layers.MixUp`) or `"cutmix"` (`keras.layers.CutMix`), or such a layer:
+            pairs of training images and their labels are mixed in `tf.data`.
         verbose: `fit`'s verbosity ("auto", 0, 1 or 2).
 
     Returns:
@@ -150,6 +158,11 @@ def fine_tune(
         cache_features=cache_features,
     )
     text = is_text_classifier(model)
+    if batch_augmentation is not None and text:
+        raise ValueError("`batch_augmentation` (MixUp, CutMix) is for image models only.")
+    finetune_ds = train_ds
+    if batch_augmentation is not None:
+        finetune_ds = mix_batches(train_ds, batch_augmentation)
     settings = None
     if checkpoint_dir is not None:
         settings = dict(
@@ -161,6 +174,8 @@ def fine_tune(
             finetune_learning_rate=finetune_learning_rate,
             train_batchnorm=train_batchnorm,
             cache_features=cache_features,
+            label_smoothing=label_smoothing,
+            batch_augmentation=str(batch_augmentation),
             train_batches=data_length(train_ds),
             val_batches=data_length(val_ds),
             # The whole model in both stages (stage 1 may train the cached head model).
@@ -181,6 +196,8 @@ def fine_tune(
     if not getattr(model, "compiled", False):
         compile_classifier(model)
     compiled = model.get_compile_config()  # the user's: each stage gets a fresh copy
+    if label_smoothing is not None:
+        compile_stage(model, label_smoothing=label_smoothing)
 
     # Stage 1: the head on a frozen backbone.
     freeze_backbone(model)
@@ -215,7 +232,10 @@ def fine_tune(
             text=text,
         )
         histories["finetune"] = runner.fit_finetune(
-            head_epochs, finetune_epochs, patience=_patience(finetune_epochs) if auto else None
+            finetune_ds,
+            head_epochs,
+            finetune_epochs,
+            patience=_patience(finetune_epochs) if auto else None,
         )
         if auto:
             runner.keep_if_better(before, histories["finetune"], freeze_backbone)

@@ -109,13 +109,16 @@ def learning_rate_value(optimizer):
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-def compile_stage(model, optimizer=None, learning_rate=None, *, total_steps=None, text=False):
+def compile_stage(
+    model, optimizer=None, learning_rate=None, *, total_steps=None, text=False, label_smoothing=None
+):
     """Compile `model` for one stage with a fresh optimizer and its loss and metrics kept.
 
     The optimizer: the named one (`make_optimizer`), else a fresh instance of the model's
     compiled optimizer (same class and settings), else `compile_classifier`'s default.
     `learning_rate` replaces its rate; with `total_steps` the rate becomes a
     `WarmupDecay` over that many steps (linear decay for text, cosine for images).
+    `label_smoothing` replaces the loss by a categorical cross-entropy with that smoothing.
     """
     if optimizer is None and not getattr(model, "compiled", False):
         compile_classifier(model)
@@ -133,6 +136,10 @@ def compile_stage(model, optimizer=None, learning_rate=None, *, total_steps=None
     if getattr(fresh, "weight_decay", None):
         fresh.exclude_from_weight_decay(var_names=NO_DECAY)
     config["optimizer"] = fresh
+    if label_smoothing is not None:
+        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
+        config["loss"] = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     model.compile(**config)
 
 
@@ -280,10 +287,10 @@ class StageRunner:
     def steps_per_epoch(self):
         return data_length(self.train_ds)
 
-    def fit_finetune(self, first_epoch, epochs, patience=None):
+    def fit_finetune(self, data, first_epoch, epochs, patience=None):
         return self.fit(
             self.model,
-            self.train_ds,
+            data,
             "finetune",
             self.val_ds,
             initial_epoch=first_epoch,

@@ -192,7 +192,7 @@ def test_train_text_head_on_cached_features_with_a_checkpoint(tiny_bert_preset, 
         "--output",
         out,
     )
-    assert "Caching features in inference mode" in result.stdout
+    assert "outputs in inference mode" in result.stdout
     history = json.loads((out / "history.json").read_text())
     assert len(history["head"]["val_accuracy"]) == 2
     assert (out / "model.keras").exists() and not (out / "checkpoint").exists()

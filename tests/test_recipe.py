@@ -87,10 +87,10 @@ def _model(**kwargs):
 
 
 class _StageOptimizer(keras.callbacks.Callback):
-    """Remembers the optimizer and the weights of the last `fit` at its start."""
+    """Remembers the optimizer, loss and weights of the last `fit` at its start."""
 
     def on_train_begin(self, logs=None):
-        self.optimizer = self.model.optimizer
+        self.optimizer, self.loss = self.model.optimizer, self.model.loss
         self.weights = [np.copy(w) for w in self.model.get_weights()]
 
 
@@ -140,3 +140,24 @@ def test_fine_tune_keeps_the_compiled_optimizer_and_reverts_a_worse_stage_2(tmp_
     assert isinstance(stage_2.optimizer, keras.optimizers.SGD)
     assert learning_rate_value(stage_2.optimizer) == pytest.approx(0.05 * 0.3)
     assert learning_rate_value(model.optimizer) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_batch_augmentation_mixes_images_and_labels_in_stage_2(tmp_path, kind):
+    from keras_transfer.batch_augmentation import mix_batches
+    from keras_transfer.feature_cache import epoch_pipeline
+
+    train_ds, val_ds, _ = _images(tmp_path)
+    mixed = mix_batches(train_ds, kind, seed=1)
+    images, labels = next(iter(epoch_pipeline(mixed, tf.constant(0, "int64"))))
+    assert images.dtype == tf.float32 and labels.shape == (4, 2)
+    np.testing.assert_allclose(labels.numpy().sum(1), 1.0, rtol=1e-5)
+    assert ((labels.numpy() > 0.01) & (labels.numpy() < 0.99)).any()  # soft labels
+    stage_2 = _StageOptimizer()
+    kt.fine_tune(
+        _model(augmentation=None), train_ds, val_ds, head_epochs=0, finetune_epochs=1,
+        batch_augmentation=kind, label_smoothing=0.1, callbacks=[stage_2], verbose=0,
+    )  # fmt: skip
+    assert stage_2.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="batch_augmentation"):
+        mix_batches(train_ds, "rotate")
