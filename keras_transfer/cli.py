@@ -40,18 +40,97 @@ def _weights(text):
     return None if text.lower() == "none" else text
 
 
+def _positive(text):
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def _fraction(text):
+    """argparse type: a float strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _freeze(text):
+    """argparse type for `train text --freeze`: an int >= 0 (as a str) or 'backbone'."""
+    if text != "backbone":
+        _count(text)
+    return text
+
+
+# One example per help screen (argparse epilogs), kept as written.
+_EXAMPLES = {
+    "main": """examples:
+  keras-transfer demo                      # the offline main job: about a minute on a CPU
+  keras-transfer backbones                 # the image backbones' registry names
+  keras-transfer train image --help        # options of one command
+set KERAS_BACKEND=tensorflow|jax|torch to choose the backend.""",
+    "train": """examples:
+  keras-transfer train image --data DIR --backbone mobilenet --output runs/bees
+  keras-transfer train text --data train.csv --val test.csv --preset PRESET --output runs/spam""",
+    "image": """example (DIR holds train/<class>/*.jpg and val/<class>/*.jpg):
+  keras-transfer train image --data DIR --backbone mobilenet \\
+      --backbone-kwargs '{"alpha": 0.25}' --image-size 224 --no-augmentation --output runs/bees
+Writes model.keras, class_names.json, report.json, report.txt and history.json to --output.""",
+    "text": """example (CSV files with text,label columns):
+  keras-transfer train text --data train.csv --val test.csv \\
+      --preset bert_tiny_en_uncased --sequence-length 64 --epochs 1 --output runs/spam
+--preset also takes a local preset folder or a Hugging Face BERT folder (offline use).""",
+    "evaluate": """example:
+  keras-transfer evaluate runs/bees --data DIR --output runs/bees/val-report""",
+    "predict": """examples:
+  keras-transfer predict runs/bees photo1.jpg photo2.jpg --top-k 2
+  keras-transfer predict runs/spam "WIN a FREE prize, call now!" --json
+  keras-transfer predict runs/bees-serving photo1.jpg      # an exported SavedModel""",
+    "export": """example:
+  keras-transfer export runs/bees --output runs/bees-serving   # writes runs/bees-serving/1""",
+    "backbones": """example:
+  keras-transfer backbones | grep -i efficientnet""",
+    "demo": """example:
+  keras-transfer demo --output runs/demo --epochs 3
+Fine-tunes MiniLM (the `text` extra) on short reviews it writes from templates, evaluates on
+held-out reviews made from the same templates (a smoke test: expect about 100 % accuracy),
+and exports a TF Serving SavedModel to OUTPUT/export/1.""",
+}
+
+
+def _sub(commands, name, help):
+    """A sub-command parser with its example and the help layout of the others."""
+    return commands.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog=_EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def _parser():
+    from keras_transfer import __version__
+
     parser = argparse.ArgumentParser(
         prog="keras-transfer",
         description="Transfer learning with Keras 3: fine-tune pretrained models on your data.",
+        epilog=_EXAMPLES["main"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a classifier")
+    train = _sub(commands, "train", "train a classifier")
     kinds = train.add_subparsers(dest="kind", required=True)
-    image = kinds.add_parser(
-        "image", help="image classifier on a keras.applications or KerasHub backbone"
-    )
+    image = _sub(kinds, "image", "image classifier on a keras.applications or KerasHub backbone")
     image.add_argument(
         "--data", required=True, help="folder with train/<class>/ (and val/<class>/)"
     )
@@ -75,28 +154,52 @@ def _parser():
         default=None,
         help="input side in pixels (default: the backbone's)",
     )
-    image.add_argument("--batch-size", type=int, default=32)
+    image.add_argument(
+        "--batch-size", type=_positive, default=32, help="images per batch (default %(default)s)"
+    )
     image.add_argument(
         "--validation-split",
-        type=float,
+        type=_fraction,
         default=None,
-        help="fraction held out when DATA has no val/ folder",
+        help="fraction of train/ held out for validation when DATA has no val/ folder "
+        "(default: none held out)",
     )
-    image.add_argument("--no-augmentation", action="store_true")
+    image.add_argument(
+        "--no-augmentation",
+        action="store_true",
+        help="no random flips, rotations and zooms: the frozen stage then trains the head on "
+        "backbone outputs computed once (much faster; see --feature-cache)",
+    )
     _add_training_arguments(image, default_epochs=10)
 
-    text = kinds.add_parser("text", help="text classifier on a KerasHub (BERT) preset")
+    text = _sub(kinds, "text", "text classifier on a KerasHub (BERT) preset")
     text.add_argument("--data", required=True, help="training file: .csv, .tsv or .jsonl")
     text.add_argument("--val", default=None, help="validation / test file, same columns")
-    text.add_argument("--validation-split", type=float, default=None)
+    text.add_argument(
+        "--validation-split",
+        type=_fraction,
+        default=None,
+        help="fraction of --data held out for validation when there is no --val "
+        "(default: none held out)",
+    )
     text.add_argument(
         "--preset",
         required=True,
         help="KerasHub preset name, preset folder or Hugging Face BERT folder",
     )
-    text.add_argument("--text-column", default="text")
-    text.add_argument("--label-column", default="label")
-    text.add_argument("--sequence-length", type=int, default=128)
+    text.add_argument(
+        "--text-column", default="text", help="column with the texts (default %(default)s)"
+    )
+    text.add_argument(
+        "--label-column", default="label", help="column with the labels (default %(default)s)"
+    )
+    text.add_argument(
+        "--sequence-length",
+        type=_positive,
+        default=128,
+        help="longest input in word pieces, [CLS] and [SEP] included; longer texts are cut "
+        "(default %(default)s)",
+    )
     text.add_argument(
         "--padding",
         choices=["longest", "bucket", "fixed"],
@@ -106,30 +209,46 @@ def _parser():
     )
     text.add_argument(
         "--freeze",
+        type=_freeze,
         default=None,
-        help="N: freeze the embeddings and the bottom N blocks; 'backbone': all",
+        help="N: freeze the embeddings and the bottom N transformer blocks; 'backbone': the "
+        "whole encoder, training the head alone (default: train everything)",
     )
-    text.add_argument("--batch-size", type=int, default=32)
+    text.add_argument(
+        "--batch-size", type=_positive, default=32, help="texts per batch (default %(default)s)"
+    )
     text.add_argument(
         "--max-rows", type=int, default=None, help="train on the first N rows of --data only"
     )
     text.add_argument(
         "--class-weights", action="store_true", help="balanced class weights for imbalanced data"
     )
-    text.add_argument("--epochs", type=_count, default=3, help="epochs (default 3, the seed's)")
-    text.add_argument("--lr", type=float, default=None, help="learning rate (default Adam 2e-5)")
-    text.add_argument("--seed", type=int, default=1337)
+    text.add_argument("--epochs", type=_count, default=3, help="epochs (default %(default)s)")
+    text.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam's learning rate (default: compile_classifier's for text models)",
+    )
+    text.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="seed of the weights' initialisation, shuffling and dropout (default %(default)s)",
+    )
     _add_output_arguments(text)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a trained model on labelled data")
+    evaluate = _sub(commands, "evaluate", "evaluate a trained model on labelled data")
     evaluate.add_argument("model_dir", help="output folder of `keras-transfer train`")
     evaluate.add_argument(
         "--data", required=True, help="image folder (its val/ part when present) or a text file"
     )
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument(
+        "--batch-size", type=_positive, default=32, help="examples per batch (default %(default)s)"
+    )
     evaluate.add_argument("--output", default=None, help="also write report.json/report.txt here")
 
-    predict = commands.add_parser("predict", help="top-k classes for images or texts")
+    predict = _sub(commands, "predict", "top-k classes for images or texts")
     predict.add_argument(
         "model_dir",
         help="output folder of `keras-transfer train`, or an exported SavedModel "
@@ -139,25 +258,34 @@ def _parser():
     predict.add_argument("--file", default=None, help="text model: a file with one text a line")
     predict.add_argument(
         "--top-k",
-        type=int,
+        type=_positive,
         default=3,
         help="classes shown per input, most probable first "
         "(default 3, or all of them when there are fewer)",
     )
     predict.add_argument("--json", action="store_true", help="print JSON lines")
 
-    export = commands.add_parser("export", help="export a trained model for TF Serving")
+    export = _sub(commands, "export", "export a trained model for TF Serving")
     export.add_argument("model_dir", help="output folder of `keras-transfer train`")
     export.add_argument("--output", required=True, help="base folder; writes <output>/<version>/")
-    export.add_argument("--version", type=int, default=None, help="default: the next integer")
-
-    commands.add_parser("backbones", help="list the registry's image backbones")
-
-    demo = commands.add_parser(
-        "demo", help="offline main job: fine-tune MiniLM on a small review set we ship"
+    export.add_argument(
+        "--version",
+        type=_positive,
+        default=None,
+        help="version folder to write (default: one more than the highest there)",
     )
-    demo.add_argument("--output", default="runs/demo", help="folder for data, model, reports")
-    demo.add_argument("--epochs", type=_count, default=3)
+
+    _sub(commands, "backbones", "list the registry's image backbones")
+
+    demo = _sub(
+        commands, "demo", "offline main job: fine-tune MiniLM on a small review set it writes"
+    )
+    demo.add_argument(
+        "--output",
+        default="runs/demo",
+        help="folder for the data, model and reports (default %(default)s)",
+    )
+    demo.add_argument("--epochs", type=_count, default=3, help="epochs (default %(default)s)")
     return parser
 
 
@@ -177,23 +305,43 @@ def _add_training_arguments(parser, default_epochs):
         "--epochs",
         type=_count,
         default=default_epochs,
-        help=f"epochs on a frozen backbone (default {default_epochs})",
+        help="epochs on a frozen backbone, training the head (default %(default)s)",
     )
     parser.add_argument(
         "--finetune-epochs",
         type=_count,
         default=0,
-        help="epochs with the top of the backbone unfrozen (default 0)",
+        help="epochs after those, with the top of the backbone unfrozen (default %(default)s)",
     )
     parser.add_argument(
         "--unfreeze-top-n",
         type=_count,
         default=None,
-        help="units unfrozen for fine-tuning, from the top (default all)",
+        help="how much of the backbone --finetune-epochs train, counted from the top, in "
+        "units: the entries of the backbone's `layers` list for a CNN (as in the Keras "
+        "fine-tuning guide's `base_model.layers[-N:]`), transformer blocks for an encoder; "
+        "BatchNormalization stays frozen (default: the whole backbone)",
     )
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None)
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of the head stage")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam"],
+        default=None,
+        help="optimizer of both stages (default: compile_classifier's for the model)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate of the head stage; fine-tuning uses a tenth of it "
+        "(default: the optimizer's, see compile_classifier)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="seed of the weights' initialisation, shuffling and augmentation "
+        "(default %(default)s)",
+    )
     _add_output_arguments(parser)
 
 
@@ -601,8 +749,6 @@ def _predict_keras(args, model, kt):
 def _print_top_k(args, inputs, probabilities, class_names):
     import numpy as np
 
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     from keras_transfer.image_data import printable_name
 
     top_k = min(args.top_k, len(class_names))
@@ -627,9 +773,15 @@ def _export(args):
 
 
 def main(argv=None):
-    """Entry point of the `keras-transfer` command. Returns the exit status."""
+    """Entry point of the `keras-transfer` command. Returns the exit status.
+
+    Arguments are checked before TensorFlow, Keras or KerasHub are imported, so `--help`,
+    `--version` and usage errors answer at once.
+    """
     args = _parser().parse_args(argv)
     try:
+        if args.command == "train":
+            _check_output(args.output)  # before the heavy imports
         if args.command == "backbones":
             import keras_transfer as kt
 
