@@ -532,6 +532,22 @@ def _check_output(output):
         )
 
 
+_INPUTS = {
+    "data": ("--data", "pass an existing data folder or file"),
+    "val": ("--val", "pass an existing validation file"),
+    "model_dir": ("MODEL_DIR", "pass the --output folder of `keras-transfer train` or an export"),
+    "file": ("--file", "pass an existing text file, one text a line"),
+}
+
+
+def _check_inputs(args):
+    """Refuse a missing input path (--data, --val, MODEL_DIR, --file) before any import."""
+    for dest, (name, hint) in _INPUTS.items():
+        path = getattr(args, dest, None)
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{name} {path!r} not found: {hint}.")
+
+
 def _checkpoint_dir(args):
     if args.no_checkpoint:
         return None
@@ -780,8 +796,9 @@ def main(argv=None):
     """
     args = _parser().parse_args(argv)
     try:
+        _check_inputs(args)  # before the heavy imports
         if args.command == "train":
-            _check_output(args.output)  # before the heavy imports
+            _check_output(args.output)
         if args.command == "backbones":
             import keras_transfer as kt
 

@@ -31,6 +31,8 @@ for name, argv in {
     "top_k": ["predict", "runs/x", "a.jpg", "--top-k", "0"],
     "split": ["train", "text", "--data", "a.csv", "--preset", "p", "--output", "o",
               "--validation-split", "1.5"],
+    "missing": ["train", "image", "--data", "no/such/folder", "--backbone", "mobilenet",
+                "--output", "o"],
     "freeze": ["train", "text", "--data", "a.csv", "--preset", "p", "--output", "o",
                "--freeze", "top"],
 }.items():
@@ -62,7 +64,7 @@ def test_help_version_and_usage_errors_import_no_framework():
     out = _run_script()
     assert out["heavy"] == []
     for screen, text in out["help"].items():
-        if screen in ("version", "top_k", "split", "freeze"):
+        if screen in ("version", "top_k", "split", "freeze", "missing"):
             continue
         assert out["codes"][screen] == 0, screen
         assert "usage: keras-transfer" in text and "example" in text, screen
@@ -70,6 +72,8 @@ def test_help_version_and_usage_errors_import_no_framework():
     assert out["codes"]["top_k"] == 2 and "--top-k: must be an int >= 1" in out["help"]["top_k"]
     assert out["codes"]["split"] == 2 and "between 0 and 1" in out["help"]["split"]
     assert out["codes"]["freeze"] == 2 and "--freeze" in out["help"]["freeze"]
+    assert out["codes"]["missing"] == 2
+    assert "--data 'no/such/folder' not found" in out["help"]["missing"]
 
 
 def test_every_option_with_a_default_shows_it():
@@ -100,7 +104,7 @@ def test_the_backend_line_is_printed_once(tmp_path, capsys, backend):
     from keras_transfer.cli import main
 
     capsys.readouterr()
-    code = main(["evaluate", str(tmp_path / "missing"), "--data", str(tmp_path)])
+    code = main(["evaluate", str(tmp_path), "--data", str(tmp_path)])  # no model.keras there
     err = capsys.readouterr().err
     assert code == 2 and "model.keras" in err
     assert err.count(f"{backend} backend") == 1, err
