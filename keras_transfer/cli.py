@@ -18,6 +18,8 @@ import json
 import os
 import sys
 
+from keras_transfer.cli_examples import EXAMPLES, sub_parser
+
 MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
 CACHE_FEATURES = {"auto": "auto", "on": True, "off": False}
@@ -69,68 +71,23 @@ def _freeze(text):
     return text
 
 
-# One example per help screen (argparse epilogs), kept as written.
-_EXAMPLES = {
-    "main": """examples:
-  keras-transfer demo                      # the offline main job: about a minute on a CPU
-  keras-transfer backbones                 # the image backbones' registry names
-  keras-transfer train image --help        # options of one command
-set KERAS_BACKEND=tensorflow|jax|torch to choose the backend.""",
-    "train": """examples:
-  keras-transfer train image --data DIR --backbone mobilenet --output runs/bees
-  keras-transfer train text --data train.csv --val test.csv --preset PRESET --output runs/spam""",
-    "image": """example (DIR holds train/<class>/*.jpg and val/<class>/*.jpg):
-  keras-transfer train image --data DIR --backbone mobilenet \\
-      --backbone-kwargs '{"alpha": 0.25}' --image-size 224 --no-augmentation --output runs/bees
-Writes model.keras, class_names.json, report.json, report.txt and history.json to --output.""",
-    "text": """example (CSV files with text,label columns):
-  keras-transfer train text --data train.csv --val test.csv \\
-      --preset bert_tiny_en_uncased --sequence-length 64 --epochs 1 --output runs/spam
---preset also takes a local preset folder or a Hugging Face BERT folder (offline use).""",
-    "evaluate": """example:
-  keras-transfer evaluate runs/bees --data DIR --output runs/bees/val-report""",
-    "predict": """examples:
-  keras-transfer predict runs/bees photo1.jpg photo2.jpg --top-k 2
-  keras-transfer predict runs/spam "WIN a FREE prize, call now!" --json
-  keras-transfer predict runs/bees-serving photo1.jpg      # an exported SavedModel""",
-    "export": """example:
-  keras-transfer export runs/bees --output runs/bees-serving   # writes runs/bees-serving/1""",
-    "backbones": """example:
-  keras-transfer backbones | grep -i efficientnet""",
-    "demo": """example:
-  keras-transfer demo --output runs/demo --epochs 3
-Fine-tunes MiniLM (the `text` extra) on short reviews it writes from templates, evaluates on
-held-out reviews made from the same templates (a smoke test: expect about 100 % accuracy),
-and exports a TF Serving SavedModel to OUTPUT/export/1.""",
-}
-
-
-def _sub(commands, name, help):
-    """A sub-command parser with its example and the help layout of the others."""
-    return commands.add_parser(
-        name,
-        help=help,
-        description=help[0].upper() + help[1:] + ".",
-        epilog=_EXAMPLES[name],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
-
 def _parser():
     from keras_transfer import __version__
 
     parser = argparse.ArgumentParser(
         prog="keras-transfer",
         description="Transfer learning with Keras 3: fine-tune pretrained models on your data.",
-        epilog=_EXAMPLES["main"],
+        epilog=EXAMPLES["main"],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = _sub(commands, "train", "train a classifier")
+    train = sub_parser(commands, "train", "train a classifier")
     kinds = train.add_subparsers(dest="kind", required=True)
-    image = _sub(kinds, "image", "image classifier on a keras.applications or KerasHub backbone")
+    image = sub_parser(
+        kinds, "image", "image classifier on a keras.applications or KerasHub backbone"
+    )
     image.add_argument(
         "--data", required=True, help="folder with train/<class>/ (and val/<class>/)"
     )
@@ -172,7 +129,7 @@ def _parser():
     )
     _add_training_arguments(image, default_epochs=10)
 
-    text = _sub(kinds, "text", "text classifier on a KerasHub (BERT) preset")
+    text = sub_parser(kinds, "text", "text classifier on a KerasHub (BERT) preset")
     text.add_argument("--data", required=True, help="training file: .csv, .tsv or .jsonl")
     text.add_argument("--val", default=None, help="validation / test file, same columns")
     text.add_argument(
@@ -238,7 +195,7 @@ def _parser():
     )
     _add_output_arguments(text)
 
-    evaluate = _sub(commands, "evaluate", "evaluate a trained model on labelled data")
+    evaluate = sub_parser(commands, "evaluate", "evaluate a trained model on labelled data")
     evaluate.add_argument("model_dir", help="output folder of `keras-transfer train`")
     evaluate.add_argument(
         "--data", required=True, help="image folder (its val/ part when present) or a text file"
@@ -248,7 +205,7 @@ def _parser():
     )
     evaluate.add_argument("--output", default=None, help="also write report.json/report.txt here")
 
-    predict = _sub(commands, "predict", "top-k classes for images or texts")
+    predict = sub_parser(commands, "predict", "top-k classes for images or texts")
     predict.add_argument(
         "model_dir",
         help="output folder of `keras-transfer train`, or an exported SavedModel "
@@ -265,7 +222,7 @@ def _parser():
     )
     predict.add_argument("--json", action="store_true", help="print JSON lines")
 
-    export = _sub(commands, "export", "export a trained model for TF Serving")
+    export = sub_parser(commands, "export", "export a trained model for TF Serving")
     export.add_argument("model_dir", help="output folder of `keras-transfer train`")
     export.add_argument("--output", required=True, help="base folder; writes <output>/<version>/")
     export.add_argument(
@@ -275,9 +232,9 @@ def _parser():
         help="version folder to write (default: one more than the highest there)",
     )
 
-    _sub(commands, "backbones", "list the registry's image backbones")
+    sub_parser(commands, "backbones", "list the registry's image backbones")
 
-    demo = _sub(
+    demo = sub_parser(
         commands, "demo", "offline main job: fine-tune MiniLM on a small review set it writes"
     )
     demo.add_argument(
