@@ -1,4 +1,4 @@
-"""Fine-tune a BERT-family encoder on labelled text: the seed's text program with keras_transfer.
+"""Fine-tune a BERT-family encoder on labelled text with keras_transfer.
 
 A pretrained BERT preset with its tokenizer, max length 128, Adam lr 2e-5, 3 epochs,
 validation accuracy (and per-class precision / recall / F1).
@@ -55,7 +55,7 @@ def main():
     model = kt.build_text_classifier(
         args.preset or minilm_folder(), len(class_names), sequence_length=args.sequence_length
     )
-    kt.compile_classifier(model, learning_rate=args.lr)  # Adam, default lr 2e-5 (the seed's)
+    kt.compile_classifier(model, learning_rate=args.lr)  # Adam, default lr 2e-5 (BERT's)
     model.fit(train_ds, validation_data=test_ds, epochs=args.epochs, verbose=2)
     report = kt.evaluate_classifier(model, test_ds, class_names)
     print(report)

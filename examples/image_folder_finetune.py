@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained CNN on an image folder: the seed's image program with keras_transfer.
+"""Fine-tune a pretrained CNN on an image folder with keras_transfer (the classic recipe).
 
 Folder data with train/ and val/, a pretrained ImageNet backbone at 224x224, random horizontal
 flips, the backbone's own ImageNet normalisation inside the model, a frozen backbone, SGD lr
@@ -51,10 +51,10 @@ def main():
         input_shape=(args.image_size, args.image_size, 3),
         weights="imagenet",
         backbone_kwargs=backbone_kwargs,
-        augmentation=[keras.layers.RandomFlip("horizontal")],  # the seed's augmentation
+        augmentation=[keras.layers.RandomFlip("horizontal")],  # flips only, as the classic program
         freeze="backbone",
     )
-    # Default: SGD lr 1e-3, momentum 0.9 (the seed's; compile_classifier's for images).
+    # Default: SGD lr 1e-3, momentum 0.9 (compile_classifier's for images, as the PyTorch tutorial).
     kt.fine_tune(
         model,
         train_ds,

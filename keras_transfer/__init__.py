@@ -1,50 +1,69 @@
 """keras-transfer: transfer learning for images and text on Keras 3 (TensorFlow, JAX, PyTorch).
 
 Factory functions return plain `keras.Model`s: build, compile, `fit`, evaluate, save.
+
+The public names below are imported on first use (PEP 562 module `__getattr__`), so that
+`import keras_transfer` and `keras-transfer --help` do not load TensorFlow, Keras or KerasHub;
+`from keras_transfer import fine_tune` and `keras_transfer.fine_tune` work as usual.
 """
 
-from keras_transfer.backbones import BackboneSpec, get_backbone_spec, list_backbones
-from keras_transfer.checkpointing import resumable_fit
-from keras_transfer.compiling import compile_classifier
-from keras_transfer.evaluation import ClassificationReport, evaluate_classifier
-from keras_transfer.export import export_saved_model
-from keras_transfer.freezing import freeze_backbone, get_backbone, unfreeze_backbone
-from keras_transfer.image_classifier import (
-    build_image_classifier,
-    default_augmentation,
-    default_image_size,
-)
-from keras_transfer.image_data import image_folder_datasets
-from keras_transfer.layers import ImagePreprocessing
-from keras_transfer.saving import load_classifier, save_classifier
-from keras_transfer.text_classifier import build_text_classifier
-from keras_transfer.text_data import class_weights, read_labelled_text, text_csv_datasets
-from keras_transfer.training import fine_tune
+import importlib
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackboneSpec",
-    "ClassificationReport",
-    "ImagePreprocessing",
-    "build_image_classifier",
-    "build_text_classifier",
-    "class_weights",
-    "compile_classifier",
-    "default_augmentation",
-    "default_image_size",
-    "evaluate_classifier",
-    "export_saved_model",
-    "fine_tune",
-    "freeze_backbone",
-    "get_backbone",
-    "get_backbone_spec",
-    "image_folder_datasets",
-    "list_backbones",
-    "load_classifier",
-    "read_labelled_text",
-    "resumable_fit",
-    "save_classifier",
-    "text_csv_datasets",
-    "unfreeze_backbone",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BackboneSpec": "backbones",
+    "get_backbone_spec": "backbones",
+    "list_backbones": "backbones",
+    "resumable_fit": "checkpointing",
+    "compile_classifier": "compiling",
+    "ClassificationReport": "evaluation",
+    "evaluate_classifier": "evaluation",
+    "export_saved_model": "export",
+    "freeze_backbone": "freezing",
+    "get_backbone": "freezing",
+    "unfreeze_backbone": "freezing",
+    "build_image_classifier": "image_classifier",
+    "default_augmentation": "image_classifier",
+    "default_image_size": "image_classifier",
+    "image_folder_datasets": "image_data",
+    "ImagePreprocessing": "layers",
+    "load_classifier": "saving",
+    "save_classifier": "saving",
+    "build_text_classifier": "text_classifier",
+    "class_weights": "text_data",
+    "read_labelled_text": "text_data",
+    "text_csv_datasets": "text_data",
+    "fine_tune": "training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    """Import a public name's module on first use (and a submodule, e.g. `kt.compiling`)."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise  # a missing dependency of the submodule, not a missing submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+# `keras.saving.load_model(path, safe_mode=True)` needs the package's one layer registered.
+# When Keras is loaded already, importing it costs nothing more, so register it now; otherwise
+# any keras_transfer model function (e.g. `load_classifier`) or `import keras_transfer.layers`
+# registers it.
+if "keras" in sys.modules:
+    importlib.import_module(f"{__name__}.layers")

@@ -17,6 +17,8 @@ import json
 import os
 import sys
 
+from keras_transfer.cli_examples import EXAMPLES, sub_parser
+
 MODEL_FILE = "model.keras"
 CLASS_NAMES_FILE = "class_names.json"
 CACHE_FEATURES = {"auto": "auto", "on": True, "off": False}
@@ -39,17 +41,51 @@ def _weights(text):
     return None if text.lower() == "none" else text
 
 
+def _positive(text):
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def _fraction(text):
+    """argparse type: a float strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _freeze(text):
+    """argparse type for `train text --freeze`: an int >= 0 (as a str) or 'backbone'."""
+    if text != "backbone":
+        _count(text)
+    return text
+
+
 def _parser():
+    from keras_transfer import __version__
+
     parser = argparse.ArgumentParser(
         prog="keras-transfer",
         description="Transfer learning with Keras 3: fine-tune pretrained models on your data.",
+        epilog=EXAMPLES["main"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a classifier")
+    train = sub_parser(commands, "train", "train a classifier")
     kinds = train.add_subparsers(dest="kind", required=True)
-    image = kinds.add_parser(
-        "image", help="image classifier on a keras.applications or KerasHub backbone"
+    image = sub_parser(
+        kinds, "image", "image classifier on a keras.applications or KerasHub backbone"
     )
     image.add_argument(
         "--data", required=True, help="folder with train/<class>/ (and val/<class>/)"
@@ -74,28 +110,52 @@ def _parser():
         default=None,
         help="input side in pixels (default: the backbone's)",
     )
-    image.add_argument("--batch-size", type=int, default=32)
+    image.add_argument(
+        "--batch-size", type=_positive, default=32, help="images per batch (default %(default)s)"
+    )
     image.add_argument(
         "--validation-split",
-        type=float,
+        type=_fraction,
         default=None,
-        help="fraction held out when DATA has no val/ folder",
+        help="fraction of train/ held out for validation when DATA has no val/ folder "
+        "(default: none held out)",
     )
-    image.add_argument("--no-augmentation", action="store_true")
+    image.add_argument(
+        "--no-augmentation",
+        action="store_true",
+        help="no random flips, rotations and zooms: the frozen stage then trains the head on "
+        "backbone outputs computed once (much faster; see --feature-cache)",
+    )
     _add_training_arguments(image)
 
-    text = kinds.add_parser("text", help="text classifier on a KerasHub (BERT) preset")
+    text = sub_parser(kinds, "text", "text classifier on a KerasHub (BERT) preset")
     text.add_argument("--data", required=True, help="training file: .csv, .tsv or .jsonl")
     text.add_argument("--val", default=None, help="validation / test file, same columns")
-    text.add_argument("--validation-split", type=float, default=None)
+    text.add_argument(
+        "--validation-split",
+        type=_fraction,
+        default=None,
+        help="fraction of --data held out for validation when there is no --val "
+        "(default: none held out)",
+    )
     text.add_argument(
         "--preset",
         required=True,
         help="KerasHub preset name, preset folder or Hugging Face BERT folder",
     )
-    text.add_argument("--text-column", default="text")
-    text.add_argument("--label-column", default="label")
-    text.add_argument("--sequence-length", type=int, default=128)
+    text.add_argument(
+        "--text-column", default="text", help="column with the texts (default %(default)s)"
+    )
+    text.add_argument(
+        "--label-column", default="label", help="column with the labels (default %(default)s)"
+    )
+    text.add_argument(
+        "--sequence-length",
+        type=_positive,
+        default=128,
+        help="longest input in word pieces, [CLS] and [SEP] included; longer texts are cut "
+        "(default %(default)s)",
+    )
     text.add_argument(
         "--padding",
         choices=["longest", "bucket", "fixed"],
@@ -105,10 +165,14 @@ def _parser():
     )
     text.add_argument(
         "--freeze",
+        type=_freeze,
         default=None,
-        help="N: freeze the embeddings and the bottom N blocks; 'backbone': all",
+        help="N: freeze the embeddings and the bottom N transformer blocks; 'backbone': the "
+        "whole encoder, training the head alone (default: train everything)",
     )
-    text.add_argument("--batch-size", type=int, default=32)
+    text.add_argument(
+        "--batch-size", type=_positive, default=32, help="texts per batch (default %(default)s)"
+    )
     text.add_argument(
         "--max-rows", type=int, default=None, help="train on the first N rows of --data only"
     )
@@ -129,18 +193,25 @@ def _parser():
         default=None,
         help="peak fine-tuning learning rate (default AdamW 5e-5, BERT's)",
     )
-    text.add_argument("--seed", type=int, default=1337)
+    text.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="seed of the weights' initialisation, shuffling and dropout (default %(default)s)",
+    )
     _add_output_arguments(text)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a trained model on labelled data")
+    evaluate = sub_parser(commands, "evaluate", "evaluate a trained model on labelled data")
     evaluate.add_argument("model_dir", help="output folder of `keras-transfer train`")
     evaluate.add_argument(
         "--data", required=True, help="image folder (its val/ part when present) or a text file"
     )
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument(
+        "--batch-size", type=_positive, default=32, help="examples per batch (default %(default)s)"
+    )
     evaluate.add_argument("--output", default=None, help="also write report.json/report.txt here")
 
-    predict = commands.add_parser("predict", help="top-k classes for images or texts")
+    predict = sub_parser(commands, "predict", "top-k classes for images or texts")
     predict.add_argument(
         "model_dir",
         help="output folder of `keras-transfer train`, or an exported SavedModel "
@@ -150,25 +221,34 @@ def _parser():
     predict.add_argument("--file", default=None, help="text model: a file with one text a line")
     predict.add_argument(
         "--top-k",
-        type=int,
+        type=_positive,
         default=3,
         help="classes shown per input, most probable first "
         "(default 3, or all of them when there are fewer)",
     )
     predict.add_argument("--json", action="store_true", help="print JSON lines")
 
-    export = commands.add_parser("export", help="export a trained model for TF Serving")
+    export = sub_parser(commands, "export", "export a trained model for TF Serving")
     export.add_argument("model_dir", help="output folder of `keras-transfer train`")
     export.add_argument("--output", required=True, help="base folder; writes <output>/<version>/")
-    export.add_argument("--version", type=int, default=None, help="default: the next integer")
-
-    commands.add_parser("backbones", help="list the registry's image backbones")
-
-    demo = commands.add_parser(
-        "demo", help="offline main job: fine-tune MiniLM on a small review set we ship"
+    export.add_argument(
+        "--version",
+        type=_positive,
+        default=None,
+        help="version folder to write (default: one more than the highest there)",
     )
-    demo.add_argument("--output", default="runs/demo", help="folder for data, model, reports")
-    demo.add_argument("--epochs", type=_count, default=3)
+
+    sub_parser(commands, "backbones", "list the registry's image backbones")
+
+    demo = sub_parser(
+        commands, "demo", "offline main job: fine-tune MiniLM on a small review set it writes"
+    )
+    demo.add_argument(
+        "--output",
+        default="runs/demo",
+        help="folder for the data, model and reports (default %(default)s)",
+    )
+    demo.add_argument("--epochs", type=_count, default=3, help="epochs (default %(default)s)")
     return parser
 
 
@@ -208,17 +288,32 @@ def _add_training_arguments(parser):
         "--unfreeze-top-n",
         type=_count,
         default=None,
-        help="units unfrozen for fine-tuning, from the top (default all)",
+        help="how much of the backbone --finetune-epochs train, counted from the top, in "
+        "units: the entries of the backbone's `layers` list for a CNN (as in the Keras "
+        "fine-tuning guide's `base_model.layers[-N:]`), transformer blocks for an encoder; "
+        "BatchNormalization stays frozen (default: the whole backbone)",
     )
-    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=None)
+    parser.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam", "adamw"],
+        default=None,
+        help="optimizer of both stages (default: compile_classifier's for the model: Adam "
+        "1e-3 for images)",
+    )
     parser.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="learning rate of head epochs trained by gradient (default Adam 1e-3); "
-        "fine-tuning peaks at 0.3x it",
+        help="learning rate of head epochs trained by gradient; fine-tuning peaks at 0.3x "
+        "it (default: the optimizer's, Adam 1e-3)",
     )
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="seed of the weights' initialisation, shuffling and augmentation "
+        "(default %(default)s)",
+    )
     _add_output_arguments(parser)
 
 
@@ -394,6 +489,22 @@ def _check_output(output):
         raise FileExistsError(
             f"--output {output!r} is a file; pass a folder (it is made if missing)."
         )
+
+
+_INPUTS = {
+    "data": ("--data", "pass an existing data folder or file"),
+    "val": ("--val", "pass an existing validation file"),
+    "model_dir": ("MODEL_DIR", "pass the --output folder of `keras-transfer train` or an export"),
+    "file": ("--file", "pass an existing text file, one text a line"),
+}
+
+
+def _check_inputs(args):
+    """Refuse a missing input path (--data, --val, MODEL_DIR, --file) before any import."""
+    for dest, (name, hint) in _INPUTS.items():
+        path = getattr(args, dest, None)
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{name} {path!r} not found: {hint}.")
 
 
 def _checkpoint_dir(args):
@@ -613,8 +724,6 @@ def _predict_keras(args, model, kt):
 def _print_top_k(args, inputs, probabilities, class_names):
     import numpy as np
 
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}.")
     from keras_transfer.image_data import printable_name
 
     top_k = min(args.top_k, len(class_names))
@@ -639,9 +748,16 @@ def _export(args):
 
 
 def main(argv=None):
-    """Entry point of the `keras-transfer` command. Returns the exit status."""
+    """Entry point of the `keras-transfer` command. Returns the exit status.
+
+    Arguments are checked before TensorFlow, Keras or KerasHub are imported, so `--help`,
+    `--version` and usage errors answer at once.
+    """
     args = _parser().parse_args(argv)
     try:
+        _check_inputs(args)  # before the heavy imports
+        if args.command == "train":
+            _check_output(args.output)
         if args.command == "backbones":
             import keras_transfer as kt
 

@@ -98,7 +98,7 @@ def load_classifier(path, safe_mode=True):
     """
     import keras
 
-    import keras_transfer  # noqa: F401  (registers ImagePreprocessing)
+    import keras_transfer.layers  # noqa: F401  (registers ImagePreprocessing)
     from keras_transfer.compiling import compile_classifier
     from keras_transfer.freezing import _recompile
 

@@ -132,7 +132,7 @@ def build_text_classifier(
         dropout: dropout before the output layer, default 0.1 (BERT's).
         freeze: None (default: everything trainable), `"backbone"` (the whole encoder
             frozen, head only), or an int N: the embeddings and the bottom N transformer
-            blocks frozen, the rest trained (the seed's "freeze some layers").
+            blocks frozen, the rest trained.
         mixed_precision: None (default: float32), `"bfloat16"` or `"float16"`: the encoder
             and head compute in 16 bits with float32 weights (KerasHub's `dtype` argument;
             see `keras_transfer.precision`). KerasHub's head then outputs probabilities in

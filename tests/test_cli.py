@@ -105,7 +105,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
         "train",
         "image",
         "--data",
-        tmp_path / "missing",
+        tmp_path,
         "--backbone",
         "mobilnet",
         "--output",

@@ -1,0 +1,110 @@
+"""`keras-transfer --help`, `--version` and usage errors answer without TensorFlow / Keras."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import PROJECT
+
+HEAVY = ("tensorflow", "keras", "keras_hub", "jax", "torch")
+
+# Runs in a fresh interpreter: every help screen, --version and two usage errors through
+# `cli.main`, then reports which heavy packages got imported.
+SCRIPT = """
+import contextlib, io, json, sys
+from keras_transfer.cli import main
+
+screens = [[], ["train"], ["train", "image"], ["train", "text"], ["evaluate"], ["predict"],
+           ["export"], ["backbones"], ["demo"]]
+out = {"help": {}, "codes": {}}
+for screen in screens:
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        try:
+            main([*screen, "--help"])
+        except SystemExit as exit:
+            out["codes"][" ".join(screen) or "main"] = exit.code
+    out["help"][" ".join(screen) or "main"] = text.getvalue()
+for name, argv in {
+    "version": ["--version"],
+    "top_k": ["predict", "runs/x", "a.jpg", "--top-k", "0"],
+    "split": ["train", "text", "--data", "a.csv", "--preset", "p", "--output", "o",
+              "--validation-split", "1.5"],
+    "missing": ["train", "image", "--data", "no/such/folder", "--backbone", "mobilenet",
+                "--output", "o"],
+    "freeze": ["train", "text", "--data", "a.csv", "--preset", "p", "--output", "o",
+               "--freeze", "top"],
+}.items():
+    text, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.redirect_stderr(errors):
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = exit.code
+    out["codes"][name] = code
+    out["help"][name] = text.getvalue() + errors.getvalue()
+out["heavy"] = sorted(name for name in HEAVY_NAMES if name in sys.modules)
+print(json.dumps(out))
+""".replace("HEAVY_NAMES", repr(HEAVY))
+
+
+def _run_script():
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(PROJECT), os.environ.get("PYTHONPATH", "")])
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, cwd=PROJECT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_help_version_and_usage_errors_import_no_framework():
+    out = _run_script()
+    assert out["heavy"] == []
+    for screen, text in out["help"].items():
+        if screen in ("version", "top_k", "split", "freeze", "missing"):
+            continue
+        assert out["codes"][screen] == 0, screen
+        assert "usage: keras-transfer" in text and "example" in text, screen
+    assert out["help"]["version"].strip() == "keras-transfer 0.1.0"
+    assert out["codes"]["top_k"] == 2 and "--top-k: must be an int >= 1" in out["help"]["top_k"]
+    assert out["codes"]["split"] == 2 and "between 0 and 1" in out["help"]["split"]
+    assert out["codes"]["freeze"] == 2 and "--freeze" in out["help"]["freeze"]
+    assert out["codes"]["missing"] == 2
+    assert "--data 'no/such/folder' not found" in out["help"]["missing"]
+
+
+def test_every_option_with_a_default_shows_it():
+    import argparse
+
+    from keras_transfer.cli import _parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for parser in parsers(_parser()):
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            if action.dest in ("help", "version"):
+                continue
+            assert action.help, f"{parser.prog} {action.option_strings[0]}: no help text"
+            if action.default not in (None, False) and not action.required:
+                assert "default" in action.help, f"{parser.prog} {action.option_strings[0]}"
+            assert "seed's" not in action.help
+
+
+def test_the_backend_line_is_printed_once(tmp_path, capsys, backend):
+    from keras_transfer.cli import main
+
+    capsys.readouterr()
+    code = main(["evaluate", str(tmp_path), "--data", str(tmp_path)])  # no model.keras there
+    err = capsys.readouterr().err
+    assert code == 2 and "model.keras" in err
+    assert err.count(f"{backend} backend") == 1, err
