@@ -123,8 +123,8 @@ def _parser():
     image.add_argument(
         "--no-augmentation",
         action="store_true",
-        help="no random flips, rotations and zooms: the frozen stage then trains the head on "
-        "backbone outputs computed once (much faster; see --feature-cache)",
+        help="no random flips, rotations and zooms while fine-tuning (the head is fitted "
+        "on backbone outputs computed once, without augmentation, either way)",
     )
     _add_training_arguments(image)
 
@@ -461,10 +461,10 @@ def _train_text(args):
             file=sys.stderr,
         )
     class_weight = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
-    head_only = freeze == "backbone"
     unfreeze_top_n = None
     if isinstance(freeze, int):  # the embeddings and the bottom `freeze` blocks stay frozen
-        unfreeze_top_n = len(model.backbone.transformer_layers) - freeze or None
+        unfreeze_top_n = len(model.backbone.transformer_layers) - freeze
+    head_only = freeze == "backbone" or unfreeze_top_n == 0
     histories = kt.fine_tune(
         model,
         train_ds,
