@@ -155,13 +155,17 @@ def test_model_without_backbone_is_refused():
         kt.freeze_backbone(model)
 
 
-def test_compile_defaults_are_the_seeds():
+def test_compile_defaults_are_the_recipes():
     model = kt.compile_classifier(_tiny())
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert not isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+    model = kt.compile_classifier(_tiny(), optimizer="sgd")
     assert isinstance(model.optimizer, keras.optimizers.SGD)
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
     assert float(model.optimizer.momentum) == pytest.approx(0.9)
-    model = kt.compile_classifier(_tiny(), optimizer="adam")
-    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    model = kt.compile_classifier(_tiny(), optimizer="adamw")
+    assert float(model.optimizer.weight_decay) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="optimizer"):
         kt.compile_classifier(_tiny(), optimizer="rmsprop-ish")
     with pytest.raises(ValueError, match="learning_rate"):

@@ -18,8 +18,9 @@ def _texts_and_labels():
 def test_tiny_preset_fits_and_predicts_raw_strings(tiny_bert_preset):
     model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
     assert isinstance(model, keras.Model)
-    assert isinstance(model.optimizer, keras.optimizers.Adam)
-    assert float(model.optimizer.learning_rate) == pytest.approx(2e-5)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)  # BERT's recipe
+    assert float(model.optimizer.learning_rate) == pytest.approx(5e-5)
+    assert float(model.optimizer.weight_decay) == pytest.approx(0.01)
     texts, labels = _texts_and_labels()
     kt.compile_classifier(model, learning_rate=1e-2)
     history = model.fit(texts, labels, batch_size=4, epochs=3, verbose=0)
