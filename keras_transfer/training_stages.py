@@ -80,12 +80,16 @@ def check_fine_tune_arguments(
 
 
 def data_length(data):
-    """Batches in a tf.data pipeline (None when not known or not a dataset)."""
+    """Batches per epoch of a tf.data pipeline, a `keras.utils.PyDataset` or a torch
+    `DataLoader` (None when not known, e.g. for a generator)."""
     cardinality = getattr(data, "cardinality", None)
-    if not callable(cardinality):
+    if callable(cardinality):
+        length = int(cardinality())
+        return length if length >= 0 else None
+    try:
+        return int(len(data))
+    except (TypeError, NotImplementedError):
         return None
-    length = int(cardinality())
-    return length if length >= 0 else None
 
 
 def finetune_budget(train_ds):
