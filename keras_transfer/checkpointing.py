@@ -340,16 +340,22 @@ def resumable_fit(
         stage: str, a name for this call within the folder; default `"fit"`.
         initial_epoch: int, the epoch to start at when nothing is saved (as in `fit`).
         callbacks: list of Keras callbacks for `fit`.
-        **fit_kwargs: other `fit` arguments (`validation_data`, `class_weight`, `verbose`).
+        **fit_kwargs: other `fit` arguments (`validation_data`, `class_weight`, `verbose`);
+            `class_weight` is checked first (`class_weighting.check_class_weight`: class
+            ids or names of the model's classes, weights > 0; missing classes get 1.0).
 
     Returns:
         `keras.callbacks.History` of the whole stage: `history.history` maps each metric to
         one float per epoch from `initial_epoch` to `epochs`.
 
     Raises:
-        ValueError: the checkpoint has other `settings`, is unreadable or incomplete, or
-            the folder is not writable (checked before training).
+        ValueError: the checkpoint has other `settings`, is unreadable or incomplete, the
+            folder is not writable, or `class_weight` names no class of the model (checked
+            before training).
     """
+    from keras_transfer.class_weighting import check_model_class_weight
+
+    fit_kwargs["class_weight"] = check_model_class_weight(model, fit_kwargs.get("class_weight"))
     directory = os.fspath(checkpoint_dir)
     _check_writable(directory)
     settings = json.loads(json.dumps(settings or {}, default=str))  # as state.json holds it

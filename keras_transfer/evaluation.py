@@ -128,7 +128,7 @@ def predict_labelled(model, dataset):
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
-def evaluate_classifier(model, dataset, class_names):
+def evaluate_classifier(model, dataset, class_names=None):
     """Evaluate a classifier on labelled data.
 
     Args:
@@ -137,7 +137,10 @@ def evaluate_classifier(model, dataset, class_names):
         dataset: a `tf.data.Dataset` (or iterable) of `(inputs, labels)` batches, labels
             one-hot `(batch, num_classes)` or int class ids `(batch,)`, e.g. the `val_ds`
             of `image_folder_datasets` or `text_csv_datasets`.
-        class_names: list of str, index = class id.
+        class_names: list of str, index = class id; default the names the model carries
+            (`keras_transfer.class_names`) or else the dataset's (from
+            `image_folder_datasets` / `text_csv_datasets`); without either, `"0"`, `"1"`,
+            ... with a `UserWarning` that says how to attach them.
 
     Returns:
         A `ClassificationReport`: `.accuracy`, per-class `.precision` / `.recall` / `.f1` /
@@ -148,6 +151,10 @@ def evaluate_classifier(model, dataset, class_names):
         ValueError: an empty dataset, or a model whose number of outputs differs from
             `len(class_names)`.
     """
+    if class_names is None:
+        from keras_transfer.class_names import resolve_class_names
+
+        class_names = resolve_class_names(model, None, "the report", dataset)
     probabilities, labels = predict_labelled(model, dataset)
     if probabilities.shape[-1] != len(class_names):
         raise ValueError(

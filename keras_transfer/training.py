@@ -9,6 +9,7 @@ from keras_transfer.checkpointing import (
     fit_one_pass_per_epoch,
     resumable_fit,
 )
+from keras_transfer.class_weighting import fit_class_weight
 from keras_transfer.compiling import compile_classifier, is_text_classifier
 from keras_transfer.feature_cache import split_for_caching
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
@@ -140,6 +141,7 @@ def fine_tune(
                 f"(e.g. from image_folder_datasets), got a {type(data).__name__}; for NumPy "
                 "arrays pass tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
             )
+    class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
     fit_kwargs = dict(class_weight=class_weight, callbacks=callbacks, verbose=verbose)
     freeze_backbone(model)
     compile_classifier(model, optimizer, learning_rate)
