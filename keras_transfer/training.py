@@ -12,6 +12,7 @@ from keras_transfer.checkpointing import (
 from keras_transfer.class_weighting import fit_class_weight
 from keras_transfer.compiling import compile_classifier, is_text_classifier
 from keras_transfer.feature_cache import split_for_caching
+from keras_transfer.fit_inputs import plan_for_inputs
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
@@ -142,6 +143,9 @@ def fine_tune(
                 "arrays pass tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
             )
     class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
+    cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
+        model, cache_features, text_padding, train_ds, val_ds, verbose
+    )
     fit_kwargs = dict(class_weight=class_weight, callbacks=callbacks, verbose=verbose)
     freeze_backbone(model)
     compile_classifier(model, optimizer, learning_rate)

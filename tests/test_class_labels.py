@@ -18,14 +18,15 @@ def _labels(dataset):
 
 
 def _tiny_classifier(num_classes):
-    return kt.build_image_classifier(
-        "mobilenet",
-        num_classes,
-        input_shape=(32, 32, 3),
-        weights=None,
-        backbone_kwargs={"alpha": 0.25},
-        augmentation=None,
+    """A classifier laid out as `build_image_classifier`'s (a layer named "backbone"), small
+    enough to train in well under a second on every backend."""
+    backbone = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()],
+        name="backbone",
     )
+    images = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(backbone(images))
+    return keras.Model(images, outputs)
 
 
 def test_class_weight_keys_and_values_are_checked():
@@ -51,7 +52,7 @@ def test_class_weight_keys_and_values_are_checked():
 
 def test_fine_tune_and_resumable_fit_check_class_weight_before_training(tmp_path):
     write_image_folder(tmp_path / "data", classes=("ants", "bees", "wasps"), per_class=2)
-    train_ds, _, names = kt.image_folder_datasets(tmp_path / "data", image_size=32, batch_size=6)
+    train_ds, _, names = kt.image_folder_datasets(tmp_path / "data", image_size=8, batch_size=6)
     model = _tiny_classifier(3)
     with pytest.raises(ValueError, match=r"key 7 .* 0 'ants', 1 'bees', 2 'wasps'"):
         kt.fine_tune(model, train_ds, head_epochs=1, class_weight={7: 3.0}, verbose=0)
@@ -129,7 +130,7 @@ def test_text_validation_split_is_stratified(tmp_path):
 def test_class_names_travel_with_the_model(tmp_path):
     write_image_folder(tmp_path / "data", classes=("ants", "bees"), per_class=2)
     train_ds, val_ds, names = kt.image_folder_datasets(
-        tmp_path / "data", image_size=32, batch_size=4, validation_split=0.5
+        tmp_path / "data", image_size=8, batch_size=4, validation_split=0.5
     )
     model = _tiny_classifier(2)
     assert class_names_of(model) is None
@@ -165,3 +166,71 @@ def test_export_of_a_model_without_class_names_warns(tmp_path):
     from keras_transfer.export import read_class_names
 
     assert read_class_names(path) == ["cat", "dog"]
+
+
+def _arrays(count=12, num_classes=3):
+    rng = np.random.default_rng(0)
+    labels = np.arange(count) % num_classes
+    images = (
+        rng.uniform(0, 255, (count, 8, 8, 3)).astype("float32") + 20 * labels[:, None, None, None]
+    )
+    return images, np.eye(num_classes, dtype="float32")[labels]
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, images, labels, batch_size=4):
+        super().__init__()
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+
+    def __len__(self):
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.images[part], self.labels[part]
+
+
+def test_fine_tune_takes_generators_and_pydatasets(tmp_path, capsys):
+    images, labels = _arrays()
+
+    def batches():
+        for start in range(0, len(images), 4):
+            yield images[start : start + 4], labels[start : start + 4]
+
+    model = _tiny_classifier(3)
+    history = kt.fine_tune(model, batches(), head_epochs=1)
+    assert "without feature caching: the data is a Python generator" in capsys.readouterr().out
+    assert len(history["head"].history["loss"]) == 1
+    with pytest.raises(ValueError, match="a Python generator is read once"):
+        kt.fine_tune(model, batches(), head_epochs=1, checkpoint_dir=tmp_path / "c", verbose=0)
+    data = _Batches(images, labels)
+    history = kt.fine_tune(
+        model,
+        data,
+        _Batches(images[:8], labels[:8]),
+        head_epochs=2,
+        finetune_epochs=1,
+        class_weight={"0": 2.0, 1: 1.0, 2: 1.0},
+        checkpoint_dir=tmp_path / "ckpt",
+        verbose=0,
+    )
+    assert len(history["finetune"].history["val_loss"]) == 1
+    assert not (tmp_path / "ckpt").exists()  # cleared when done
+    for source in (data, batches()):
+        report = kt.evaluate_classifier(model, source, ["a", "b", "c"])
+        assert report.num_examples == 12 and sum(report.support) == 12
+
+
+@pytest.mark.backends("torch")
+def test_fine_tune_takes_torch_dataloaders(tmp_path, capsys):
+    import torch
+
+    images, labels = _arrays()
+    tensors = torch.utils.data.TensorDataset(torch.tensor(images), torch.tensor(labels))
+    loader = torch.utils.data.DataLoader(tensors, batch_size=4)
+    model = _tiny_classifier(3)
+    history = kt.fine_tune(model, loader, loader, head_epochs=2, checkpoint_dir=tmp_path / "c")
+    assert "the data is a torch DataLoader" in capsys.readouterr().out
+    assert len(history["head"].history["val_loss"]) == 2
+    report = kt.evaluate_classifier(model, loader, ["a", "b", "c"])
+    assert report.num_examples == 12
