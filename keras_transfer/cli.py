@@ -201,6 +201,16 @@ def _add_output_arguments(parser):
     """--output, checkpoints, feature caching, precision: for `train image` and `train text`."""
     parser.add_argument("--output", required=True, help="folder for the model and reports")
     parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="the --output folder of a finished run: train its model on, in the stage it ended "
+        "in, for --epochs (image: and/or --finetune-epochs) more epochs, the epoch count going on",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --output"
+    )
+    parser.add_argument(
         "--mixed-precision",
         choices=["bfloat16", "float16"],
         default=None,
@@ -273,8 +283,9 @@ def _train_image(args):
     import keras
 
     import keras_transfer as kt
+    from keras_transfer.run_continuation import continue_run
 
-    _check_output(args.output)
+    _check_output(args.output, args)
     keras.utils.set_random_seed(args.seed)
     # An unknown name or an unloadable preset fails here, before the data is read.
     image_size = kt.default_image_size(args.backbone)
@@ -287,6 +298,9 @@ def _train_image(args):
         validation_split=args.validation_split,
         seed=args.seed,
     )
+    if args.init_from is not None:  # train a finished run's model on
+        model, histories = continue_run(args, train_ds, val_ds, class_names)
+        return _evaluate_and_write(args, model, val_ds, class_names, histories)
     model = kt.build_image_classifier(
         args.backbone,
         len(class_names),
@@ -304,10 +318,11 @@ def _train_text(args):
 
     import keras_transfer as kt
     from keras_transfer.checkpointing import clear_checkpoint, fit_one_pass_per_epoch
+    from keras_transfer.run_continuation import continue_run
     from keras_transfer.text_classifier import count_truncated
     from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
-    _check_output(args.output)
+    _check_output(args.output, args)
     keras.utils.set_random_seed(args.seed)
     freeze = args.freeze
     if freeze is not None and freeze != "backbone":
@@ -325,6 +340,10 @@ def _train_text(args):
         seed=args.seed,
         max_rows=args.max_rows,
     )
+    if args.init_from is not None:  # train a finished run's model on
+        weights = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
+        model, histories = continue_run(args, train_ds, val_ds, class_names, weights)
+        return _evaluate_and_write(args, model, val_ds, class_names, histories)
     model = kt.build_text_classifier(
         args.preset,
         len(class_names),
@@ -376,12 +395,16 @@ def _train_text(args):
     return _evaluate_and_write(args, model, val_ds, class_names, {"train": history})
 
 
-def _check_output(output):
+def _check_output(output, args=None):
     """Refuse an --output that cannot become the output folder before any training."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise FileExistsError(
             f"--output {output!r} is a file; pass a folder (it is made if missing)."
         )
+    if args is not None:  # a finished run there: --overwrite or --init-from
+        from keras_transfer.run_continuation import check_not_finished
+
+        check_not_finished(args)
 
 
 def _checkpoint_dir(args):
@@ -454,6 +477,7 @@ def _demo(args):
             str(args.epochs),
             "--output",
             args.output,
+            "--overwrite",  # the demo's folder is made anew each time
         ]
     )
     _train_text(text_args)
