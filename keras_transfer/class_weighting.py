@@ -121,3 +121,21 @@ def fit_class_weight(model, class_weight, data):
 
     adopt_class_names(model, data)
     return check_model_class_weight(model, class_weight, data)
+
+
+def command_line_class_weight(args, train_ds, class_names):
+    """The `class_weight` of a `keras-transfer train` command, checked before training:
+    `--class-weight JSON` (class names or ids as keys), or balanced weights from the
+    training labels with `--class-weights` (text), or None.
+
+    Raises:
+        ValueError: both options, or a bad `--class-weight` (see `check_class_weight`).
+    """
+    from keras_transfer.text_data import class_weights
+
+    given, balanced = getattr(args, "class_weight", None), getattr(args, "class_weights", False)
+    if given is not None and balanced:
+        raise ValueError("Pass --class-weight JSON or --class-weights (balanced), not both.")
+    if balanced:
+        return class_weights(train_ds, len(class_names))
+    return check_class_weight(given, len(class_names), class_names)

@@ -211,6 +211,14 @@ def _add_output_arguments(parser):
         "--overwrite", action="store_true", help="replace a finished run in --output"
     )
     parser.add_argument(
+        "--class-weight",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="loss weight per class, e.g. '{\"bees\": 2.0}' (class names or ids; classes left "
+        "out get 1.0)",
+    )
+    parser.add_argument(
         "--mixed-precision",
         choices=["bfloat16", "float16"],
         default=None,
@@ -283,6 +291,7 @@ def _train_image(args):
     import keras
 
     import keras_transfer as kt
+    from keras_transfer.class_weighting import command_line_class_weight
     from keras_transfer.run_continuation import continue_run
 
     _check_output(args.output, args)
@@ -299,7 +308,8 @@ def _train_image(args):
         seed=args.seed,
     )
     if args.init_from is not None:  # train a finished run's model on
-        model, histories = continue_run(args, train_ds, val_ds, class_names)
+        weights = command_line_class_weight(args, train_ds, class_names)
+        model, histories = continue_run(args, train_ds, val_ds, class_names, weights)
         return _evaluate_and_write(args, model, val_ds, class_names, histories)
     model = kt.build_image_classifier(
         args.backbone,
@@ -318,6 +328,7 @@ def _train_text(args):
 
     import keras_transfer as kt
     from keras_transfer.checkpointing import clear_checkpoint, fit_one_pass_per_epoch
+    from keras_transfer.class_weighting import command_line_class_weight
     from keras_transfer.run_continuation import continue_run
     from keras_transfer.text_classifier import count_truncated
     from keras_transfer.text_padding import pad_to_longest, without_preprocessor
@@ -341,7 +352,7 @@ def _train_text(args):
         max_rows=args.max_rows,
     )
     if args.init_from is not None:  # train a finished run's model on
-        weights = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
+        weights = command_line_class_weight(args, train_ds, class_names)
         model, histories = continue_run(args, train_ds, val_ds, class_names, weights)
         return _evaluate_and_write(args, model, val_ds, class_names, histories)
     model = kt.build_text_classifier(
@@ -362,7 +373,7 @@ def _train_text(args):
             file=sys.stderr,
         )
     kt.compile_classifier(model, learning_rate=args.lr)
-    class_weight = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
+    class_weight = command_line_class_weight(args, train_ds, class_names)
     if freeze == "backbone":  # the head alone: fine_tune's stage 1, with feature caching
         histories = kt.fine_tune(
             model,
@@ -415,6 +426,7 @@ def _checkpoint_dir(args):
 
 def _fit_and_write(args, model, train_ds, val_ds, class_names):
     import keras_transfer as kt
+    from keras_transfer.class_weighting import command_line_class_weight
 
     histories = kt.fine_tune(
         model,
@@ -425,6 +437,7 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         unfreeze_top_n=args.unfreeze_top_n,
         optimizer=args.optimizer,
         learning_rate=args.lr,
+        class_weight=command_line_class_weight(args, train_ds, class_names),
         checkpoint_dir=_checkpoint_dir(args),
         checkpoint_settings=vars(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
