@@ -110,7 +110,8 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
 
     Raises:
         ValueError: a run that reached fine-tuning continued without `--finetune-epochs`,
-            or the run's classes differ from the data's.
+            the run's classes differ from the data's, or (images) its input size from
+            `--image-size`.
     """
     from keras_transfer.checkpointing import clear_checkpoint
     from keras_transfer.compiling import compile_classifier
@@ -118,6 +119,13 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
     from keras_transfer.training import FINETUNE_LR_FACTOR
 
     model, history = previous_run(args.init_from, class_names)
+    if args.kind == "image":
+        size, data_size = tuple(model.input_shape[1:3]), tuple(train_ds.element_spec[0].shape[1:3])
+        if size != data_size:
+            raise ValueError(
+                f"--init-from {args.init_from!r} takes {size[0]}x{size[1]} images, but the data "
+                f"is read at {data_size[0]}x{data_size[1]}; pass --image-size {size[0]}."
+            )
     done = sum(_epochs(history, stage) for stage in history)
     optimizer = getattr(args, "optimizer", None)
     finetune_epochs = getattr(args, "finetune_epochs", 0)

@@ -74,6 +74,9 @@ def test_an_image_run_goes_on_in_its_stage(tmp_path, capsys):
     history = json.loads((second / "history.json").read_text())
     assert len(history["head"]["loss"]) == 1 and len(history["finetune"]["loss"]) == 1
     assert "Epoch 2/2" in result.stdout
+    resized = tuple(48 if part == 32 else part for part in train)  # --image-size 48
+    result = _cli_in_process(capsys, *resized, "--init-from", first, "--output", tmp_path / "r")
+    assert result.returncode == 2 and "takes 32x32 images" in result.stderr
     # A run that reached fine-tuning goes on fine-tuning, and says so.
     result = _cli_in_process(capsys, *train, "--init-from", second, "--output", tmp_path / "x")
     assert result.returncode == 2 and "--finetune-epochs N" in result.stderr
