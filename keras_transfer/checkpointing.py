@@ -256,11 +256,12 @@ def build_before_fit(model, data):
 
 
 def dataset_fit_kwargs(data, fit_kwargs):
-    """`fit_kwargs` with `shuffle=False` added for a `tf.data.Dataset` (which shuffles
-    itself: Keras ignores `shuffle` for it, and warns when it is True, its default)."""
-    import tensorflow as tf
+    """`fit_kwargs` with `shuffle=False` added for a `tf.data.Dataset`, a generator or a
+    torch `DataLoader` (which shuffle themselves: Keras ignores `shuffle` for them, and
+    warns when it is True, its default)."""
+    from keras_transfer.fit_inputs import fit_shuffles
 
-    if isinstance(data, tf.data.Dataset):
+    if not fit_shuffles(data):
         return {"shuffle": False, **fit_kwargs}
     return fit_kwargs
 
@@ -332,7 +333,9 @@ def resumable_fit(
     Args:
         model: a compiled `keras.Model`, compiled the same way as in the interrupted run
             (trainable flags included).
-        train_ds: training data for `model.fit`.
+        train_ds: training data for `model.fit` that can be read in every epoch: a
+            `tf.data.Dataset`, a `keras.utils.PyDataset` or a torch `DataLoader` (these two
+            resume in the order they give, not the uninterrupted run's).
         epochs: int, the epoch number to stop at (as in `fit`).
         checkpoint_dir: folder for the checkpoint; created if missing.
         settings: JSON-able dict describing the run (e.g. epochs, learning rate); a
@@ -340,16 +343,24 @@ def resumable_fit(
         stage: str, a name for this call within the folder; default `"fit"`.
         initial_epoch: int, the epoch to start at when nothing is saved (as in `fit`).
         callbacks: list of Keras callbacks for `fit`.
-        **fit_kwargs: other `fit` arguments (`validation_data`, `class_weight`, `verbose`).
+        **fit_kwargs: other `fit` arguments (`validation_data`, `class_weight`, `verbose`);
+            `class_weight` is checked first (`class_weighting.check_class_weight`: class
+            ids or names of the model's classes, weights > 0; missing classes get 1.0).
 
     Returns:
         `keras.callbacks.History` of the whole stage: `history.history` maps each metric to
         one float per epoch from `initial_epoch` to `epochs`.
 
     Raises:
-        ValueError: the checkpoint has other `settings`, is unreadable or incomplete, or
-            the folder is not writable (checked before training).
+        ValueError: the checkpoint has other `settings`, is unreadable or incomplete, the
+            folder is not writable, or `class_weight` names no class of the model (checked
+            before training).
     """
+    from keras_transfer.class_weighting import check_model_class_weight
+    from keras_transfer.fit_inputs import check_resumable_data
+
+    check_resumable_data(train_ds)  # a generator is read once: it cannot resume
+    fit_kwargs["class_weight"] = check_model_class_weight(model, fit_kwargs.get("class_weight"))
     directory = os.fspath(checkpoint_dir)
     _check_writable(directory)
     settings = json.loads(json.dumps(settings or {}, default=str))  # as state.json holds it

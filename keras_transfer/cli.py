@@ -321,6 +321,24 @@ def _add_output_arguments(parser):
     """--output, checkpoints, feature caching, precision: for `train image` and `train text`."""
     parser.add_argument("--output", required=True, help="folder for the model and reports")
     parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="the --output folder of a finished run: train its model on, in the stage it ended "
+        "in, for --epochs (image: and/or --finetune-epochs) more epochs, the epoch count going on",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --output"
+    )
+    parser.add_argument(
+        "--class-weight",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="loss weight per class, e.g. '{\"bees\": 2.0}' (class names or ids; classes left "
+        "out get 1.0)",
+    )
+    parser.add_argument(
         "--mixed-precision",
         choices=["bfloat16", "float16"],
         default=None,
@@ -393,8 +411,10 @@ def _train_image(args):
     import keras
 
     import keras_transfer as kt
+    from keras_transfer.class_weighting import command_line_class_weight
+    from keras_transfer.run_continuation import continue_run
 
-    _check_output(args.output)
+    _check_output(args.output, args)
     keras.utils.set_random_seed(args.seed)
     # An unknown name or an unloadable preset fails here, before the data is read.
     image_size = kt.default_image_size(args.backbone)
@@ -407,6 +427,10 @@ def _train_image(args):
         validation_split=args.validation_split,
         seed=args.seed,
     )
+    if args.init_from is not None:  # train a finished run's model on
+        weights = command_line_class_weight(args, train_ds, class_names)
+        model, histories = continue_run(args, train_ds, val_ds, class_names, weights)
+        return _evaluate_and_write(args, model, val_ds, class_names, histories)
     model = kt.build_image_classifier(
         args.backbone,
         len(class_names),
@@ -423,9 +447,11 @@ def _train_text(args):
     import keras
 
     import keras_transfer as kt
+    from keras_transfer.class_weighting import command_line_class_weight
+    from keras_transfer.run_continuation import continue_run
     from keras_transfer.text_classifier import count_truncated
 
-    _check_output(args.output)
+    _check_output(args.output, args)
     keras.utils.set_random_seed(args.seed)
     freeze = args.freeze
     if freeze is not None and freeze != "backbone":
@@ -443,6 +469,10 @@ def _train_text(args):
         seed=args.seed,
         max_rows=args.max_rows,
     )
+    if args.init_from is not None:  # train a finished run's model on
+        weights = command_line_class_weight(args, train_ds, class_names)
+        model, histories = continue_run(args, train_ds, val_ds, class_names, weights)
+        return _evaluate_and_write(args, model, val_ds, class_names, histories)
     model = kt.build_text_classifier(
         args.preset,
         len(class_names),
@@ -460,7 +490,7 @@ def _train_text(args):
             f"{limit} for this encoder) to use more of them.",
             file=sys.stderr,
         )
-    class_weight = kt.class_weights(train_ds, len(class_names)) if args.class_weights else None
+    class_weight = command_line_class_weight(args, train_ds, class_names)
     unfreeze_top_n = None
     if isinstance(freeze, int):  # the embeddings and the bottom `freeze` blocks stay frozen
         unfreeze_top_n = len(model.backbone.transformer_layers) - freeze
@@ -483,12 +513,16 @@ def _train_text(args):
     return _evaluate_and_write(args, model, val_ds, class_names, histories)
 
 
-def _check_output(output):
+def _check_output(output, args=None):
     """Refuse an --output that cannot become the output folder before any training."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise FileExistsError(
             f"--output {output!r} is a file; pass a folder (it is made if missing)."
         )
+    if args is not None:  # a finished run there: --overwrite or --init-from
+        from keras_transfer.run_continuation import check_not_finished
+
+        check_not_finished(args)
 
 
 _INPUTS = {
@@ -515,6 +549,7 @@ def _checkpoint_dir(args):
 
 def _fit_and_write(args, model, train_ds, val_ds, class_names):
     import keras_transfer as kt
+    from keras_transfer.class_weighting import command_line_class_weight
 
     histories = kt.fine_tune(
         model,
@@ -525,6 +560,7 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         unfreeze_top_n=args.unfreeze_top_n,
         optimizer=args.optimizer,
         learning_rate=args.lr,
+        class_weight=command_line_class_weight(args, train_ds, class_names),
         checkpoint_dir=_checkpoint_dir(args),
         checkpoint_settings=vars(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
@@ -577,6 +613,7 @@ def _demo(args):
             str(args.epochs),
             "--output",
             args.output,
+            "--overwrite",  # the demo's folder is made anew each time
         ]
     )
     _train_text(text_args)

@@ -107,7 +107,9 @@ def classification_report_from_predictions(y_true, y_pred, class_names):
 
 
 def predict_labelled(model, dataset):
-    """Run `model` over a dataset of `(inputs, one_hot_labels)` batches in one pass.
+    """Run `model` over a dataset of `(inputs, one_hot_labels)` batches in one pass: a
+    `tf.data.Dataset`, a `keras.utils.PyDataset`, a torch `DataLoader`, a generator or any
+    iterable of batches (`fit_inputs.iter_batches`).
 
     Returns:
         `(probabilities, labels)`: `(n, num_classes)` float32 and `(n,)` int class ids, in
@@ -115,29 +117,34 @@ def predict_labelled(model, dataset):
     """
     import tensorflow as tf
 
+    from keras_transfer.fit_inputs import iter_batches, labels_of
+
     probabilities, labels = [], []
-    for batch in dataset:
+    for batch in iter_batches(dataset):
         inputs, targets = batch[0], batch[1]
         if isinstance(inputs, tf.Tensor) and inputs.dtype != tf.string:
             inputs = inputs.numpy()
         probabilities.append(np.asarray(model.predict_on_batch(inputs), dtype="float32"))
-        targets = np.asarray(targets)
-        labels.append(targets.argmax(-1) if targets.ndim == 2 else targets.astype(int))
+        labels.append(labels_of(targets))
     if not probabilities:
         raise ValueError("The dataset is empty: nothing to evaluate.")
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
-def evaluate_classifier(model, dataset, class_names):
+def evaluate_classifier(model, dataset, class_names=None):
     """Evaluate a classifier on labelled data.
 
     Args:
         model: a classifier returning `(batch, num_classes)` probabilities (or logits; only
             the argmax is used).
-        dataset: a `tf.data.Dataset` (or iterable) of `(inputs, labels)` batches, labels
+        dataset: a `tf.data.Dataset`, `keras.utils.PyDataset`, torch `DataLoader`,
+            generator or other iterable of `(inputs, labels)` batches, labels
             one-hot `(batch, num_classes)` or int class ids `(batch,)`, e.g. the `val_ds`
             of `image_folder_datasets` or `text_csv_datasets`.
-        class_names: list of str, index = class id.
+        class_names: list of str, index = class id; default the names the model carries
+            (`keras_transfer.class_names`) or else the dataset's (from
+            `image_folder_datasets` / `text_csv_datasets`); without either, `"0"`, `"1"`,
+            ... with a `UserWarning` that says how to attach them.
 
     Returns:
         A `ClassificationReport`: `.accuracy`, per-class `.precision` / `.recall` / `.f1` /
@@ -148,6 +155,10 @@ def evaluate_classifier(model, dataset, class_names):
         ValueError: an empty dataset, or a model whose number of outputs differs from
             `len(class_names)`.
     """
+    if class_names is None:
+        from keras_transfer.class_names import resolve_class_names
+
+        class_names = resolve_class_names(model, None, "the report", dataset)
     probabilities, labels = predict_labelled(model, dataset)
     if probabilities.shape[-1] != len(class_names):
         raise ValueError(

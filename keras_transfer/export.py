@@ -49,16 +49,15 @@ def _next_version(export_dir):
 
 
 def _check_class_names(model, class_names):
+    from keras_transfer.class_names import resolve_class_names
+
     num_classes = int(model.output_shape[-1])
-    if class_names is None:
-        return [str(i) for i in range(num_classes)]
-    class_names = [str(name) for name in class_names]
-    if len(class_names) != num_classes:
+    if class_names is not None and len(class_names) != num_classes:
         raise ValueError(
             f"`class_names` has {len(class_names)} names but the model predicts "
             f"{num_classes} classes."
         )
-    return class_names
+    return resolve_class_names(model, class_names, "the export")
 
 
 def _write_saved_model(model, path, class_names):
@@ -167,7 +166,9 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
             if the export fails).
         version: positive int, or None (default) for the next integer after the highest
             existing version (1 for an empty folder).
-        class_names: list of str, index = class id; default `"0"`, `"1"`, ...
+        class_names: list of str, index = class id; default the names the model carries
+            (from `fine_tune` on our datasets, `load_classifier`, `attach_class_names`),
+            else `"0"`, `"1"`, ... with a `UserWarning` that says how to attach them.
 
     Returns:
         str: the path of the written version folder.

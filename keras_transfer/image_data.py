@@ -452,8 +452,10 @@ def image_folder_datasets(
         image_size: int or `(height, width)` in pixels, e.g. 224 or `(224, 224)`.
         batch_size: int, default 32.
         validation_split: float in (0, 1) or None; the fraction of the (training) folder
-            held out for validation when there is no `val/` folder (a random pick of the
-            files with `seed`, as Keras does).
+            held out for validation when there is no `val/` folder: `int(split * count)`
+            images, stratified by class (each class keeps its share, at least one image on
+            each side; a class of fewer than 2 images stays in training, with a warning
+            that names it; `stratified_split`), drawn with `seed`.
         seed: int in [0, 2**32), default 1337: the shuffle and split seed (None: drawn
             from NumPy's global generator).
         cache: bool, default True: keep the decoded, resized images of the up-front check
@@ -480,7 +482,9 @@ def image_folder_datasets(
     """
     import numpy as np
 
+    from keras_transfer.class_names import remember_class_names
     from keras_transfer.feature_cache import shuffle_seed
+    from keras_transfer.stratified_split import stratified_split
 
     seed = shuffle_seed(seed)
     root = os.fsdecode(root)  # str, bytes or a path-like
@@ -511,24 +515,15 @@ def image_folder_datasets(
         load = functools.partial(_load_image, image_size=image_size)
     val = None
     if validation_split is not None:
-        order = np.random.RandomState(seed).permutation(len(paths))
         num_val = int(validation_split * len(paths))
         if num_val == 0 or num_val == len(paths):
             raise ValueError(
                 f"`validation_split={validation_split}` of {len(paths)} images leaves "
                 f"{'no validation' if num_val == 0 else 'no training'} images; change it."
             )
-        held_out = sorted(order[-num_val:])
+        kept, held_out = stratified_split(labels, num_val, seed, class_names, _quoted(train_dir))
         val = ([paths[i] for i in held_out], [labels[i] for i in held_out], load)
-        kept = order[:-num_val]
         paths, labels = [paths[i] for i in kept], [labels[i] for i in kept]
-        lost = [name for i, name in enumerate(class_names) if i not in set(labels)]
-        if lost:
-            raise ValueError(
-                f"`validation_split={validation_split}` holds out every image of class(es) "
-                f"{lost} in {_quoted(train_dir)}, leaving none to train on; lower it, add images, "
-                "or give a val/ folder."
-            )
     elif val_dir is not None:
         val_paths, val_labels, _ = indexed[1]
         if cache:
@@ -538,6 +533,8 @@ def image_folder_datasets(
     options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed, in_memory=cache)
     train_ds = _dataset(paths, labels, load, shuffle=True, **options)
     val_ds = None if val is None else _dataset(*val, shuffle=False, **options)
+    remember_class_names(train_ds, class_names)
+    remember_class_names(val_ds, class_names)
     return train_ds, val_ds, class_names
 
 

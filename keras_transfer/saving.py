@@ -60,11 +60,14 @@ def save_classifier(model, path, class_names):
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"`path` must end in '.keras', got {path!r}.")
+    from keras_transfer.class_names import attach_class_names
+
     class_names = [str(name) for name in class_names]
     if len(class_names) != int(model.output_shape[-1]):
         raise ValueError(
             f"{len(class_names)} class names for a model with {model.output_shape[-1]} outputs."
         )
+    attach_class_names(model, class_names)  # a later plain `model.save` keeps them too
     tmp = f"{path}.tmp.keras"
     try:
         model.save(tmp)
@@ -81,13 +84,15 @@ def load_classifier(path, safe_mode=True):
     """Load a `.keras` classifier and its class names.
 
     Args:
-        path: a file written by `save_classifier` (or any `.keras` file: then the class names
-            are None).
+        path: a file written by `save_classifier`, or by `model.save` of a model that
+            carries class names (`keras_transfer.class_names`), or any `.keras` file (then
+            the class names are None).
         safe_mode: passed to `keras.saving.load_model`; default True (our models hold no
             Lambda layers or pickled code).
 
     Returns:
-        `(model, class_names)`; `class_names` a list of str, or None when the file has none.
+        `(model, class_names)`; `class_names` a list of str, or None when the file has none;
+        the model carries them (`class_names.class_names_of`), also into its next save.
         The model is compiled: with its saved compile config, or (KerasHub tasks, which
         Keras does not recompile on load) with `compile_classifier`'s defaults.
 
@@ -99,6 +104,7 @@ def load_classifier(path, safe_mode=True):
     import keras
 
     import keras_transfer.layers  # noqa: F401  (registers ImagePreprocessing)
+    from keras_transfer.class_names import attach_class_names, read_archive_class_names
     from keras_transfer.compiling import compile_classifier
     from keras_transfer.freezing import _recompile
 
@@ -113,6 +119,7 @@ def load_classifier(path, safe_mode=True):
             for name in (CLASS_NAMES_ENTRY, TRAINABLE_ENTRY)
             if name in archive.namelist()
         }
+        saved_names = read_archive_class_names(archive)  # a plain `model.save` of a model
     with warnings.catch_warnings():
         # KerasHub tasks have a custom compile(), so Keras skips it on load; we compile below.
         warnings.filterwarnings("ignore", message=".*compile\\(\\)` was not called.*")
@@ -125,4 +132,7 @@ def load_classifier(path, safe_mode=True):
         _recompile(model)  # the optimizer must be built for the restored flags
     else:
         compile_classifier(model)
-    return model, entries.get(CLASS_NAMES_ENTRY)
+    class_names = entries.get(CLASS_NAMES_ENTRY, saved_names)
+    if class_names is not None:
+        attach_class_names(model, class_names)
+    return model, class_names

@@ -224,8 +224,10 @@ def text_csv_datasets(
         path: training file, `.csv`, `.tsv` or `.jsonl` (see `read_labelled_text`).
         text_column, label_column: column (or JSON key) names; default `"text"`, `"label"`.
         val_path: validation / test file in the same form, or None.
-        validation_split: float in (0, 1) or None: the fraction of `path` held out (random,
-            seeded) when there is no `val_path`.
+        validation_split: float in (0, 1) or None: the fraction of `path` held out when
+            there is no `val_path`, stratified by class (each class keeps its share, at
+            least one row on each side; a class of fewer than 2 rows stays in training,
+            with a warning that names it; `stratified_split`), drawn with `seed`.
         batch_size: int, default 32.
         class_names: list of str, or None (default: the sorted distinct training labels).
         seed: int in [0, 2**32), default 1337: shuffle and split seed (None: drawn from
@@ -248,7 +250,9 @@ def text_csv_datasets(
         `class_names` or a validation label training never saw (names the file), fewer than
         2 classes, both `val_path` and `validation_split`.
     """
+    from keras_transfer.class_names import remember_class_names
     from keras_transfer.feature_cache import shuffle_seed
+    from keras_transfer.stratified_split import stratified_split
 
     seed = shuffle_seed(seed)
     if val_path is not None and validation_split is not None:
@@ -282,24 +286,20 @@ def text_csv_datasets(
         val_texts, val_labels = read_labelled_text(val_path, **columns)
         val = (val_texts, _label_ids(val_path, val_labels, class_names))
     elif validation_split is not None:
-        order = np.random.default_rng(seed).permutation(len(texts))
-        cut = len(texts) - max(1, int(round(len(texts) * validation_split)))
-        held_out = np.sort(order[cut:])  # in file order, as a val_path file is read
-        val = ([texts[i] for i in held_out], ids[held_out])
-        texts, ids = [texts[i] for i in order[:cut]], ids[order[:cut]]
-        if not texts:
+        count = max(1, int(round(len(texts) * validation_split)))
+        if count >= len(texts):
             raise ValueError(
-                f"{path}: `validation_split`={validation_split} of {len(order)} rows leaves "
+                f"{path}: `validation_split`={validation_split} of {len(texts)} rows leaves "
                 "no training rows; use a smaller split or more data."
             )
-        lost = [name for i, name in enumerate(class_names) if i not in set(ids.tolist())]
-        if lost:
-            raise ValueError(
-                f"{path}: `validation_split`={validation_split} holds out every row of "
-                f"class(es) {lost}, leaving none to train on; lower it or add rows."
-            )
+        # In file order, as a val_path file is read; every class keeps a training row.
+        kept, held_out = stratified_split(ids, count, seed, class_names, path)
+        val = ([texts[i] for i in held_out], ids[held_out])
+        texts, ids = [texts[i] for i in kept], ids[kept]
     train_ds = _dataset(texts, ids, len(class_names), batch_size, True, seed)
     val_ds = None if val is None else _dataset(*val, len(class_names), batch_size, False, seed)
+    remember_class_names(train_ds, class_names)
+    remember_class_names(val_ds, class_names)
     return train_ds, val_ds, class_names
 
 

@@ -16,7 +16,9 @@ import math
 import keras
 
 from keras_transfer.batch_augmentation import mix_batches
+from keras_transfer.class_weighting import fit_class_weight
 from keras_transfer.compiling import compile_classifier, is_text_classifier
+from keras_transfer.fit_inputs import plan_for_inputs
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 from keras_transfer.training_stages import (
     StageRunner,
@@ -156,6 +158,10 @@ def fine_tune(
         optimizer=optimizer,
         text_padding=text_padding,
         cache_features=cache_features,
+    )
+    class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
+    cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
+        model, cache_features, text_padding, train_ds, val_ds, verbose
     )
     text = is_text_classifier(model)
     if batch_augmentation is not None and text:

@@ -1,0 +1,131 @@
+"""Training data that is not a `tf.data.Dataset`: Python generators, `keras.utils.PyDataset`
+and torch `DataLoader`s, as `model.fit` takes them.
+
+`fine_tune`, `resumable_fit` and `evaluate_classifier` pass such data to Keras as it is.
+What needs a `tf.data` pipeline is left out for it, with one line that says so: feature
+caching (the backbone's outputs are looked up per example inside `tf.data`) and, for text
+models, padding each batch to its longest row (done by the preprocessor inside `tf.data`;
+the model then preprocesses each batch itself). Checkpoints need data that can be read
+again in every epoch: a `PyDataset` or a `DataLoader` (their order after a resume is the
+one they give, not the uninterrupted run's), not a one-shot generator or iterator.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+
+import numpy as np
+
+
+def is_tf_dataset(data):
+    """Whether `data` is a `tf.data.Dataset` (without importing TensorFlow for other data)."""
+    if data is None or "tensorflow" not in type(data).__module__:
+        return False
+    import tensorflow as tf
+
+    return isinstance(data, tf.data.Dataset)
+
+
+def kind_of(data):
+    """A short name of `data`'s kind for messages (`"Python generator"`, `"PyDataset"`, ...)."""
+    import keras
+
+    if isinstance(data, keras.utils.PyDataset):
+        return "keras.utils.PyDataset"
+    if type(data).__module__.startswith("torch.utils.data"):
+        return "torch DataLoader"
+    if isinstance(data, collections.abc.Iterator):
+        return "Python generator" if isinstance(data, collections.abc.Generator) else "iterator"
+    return type(data).__name__
+
+
+def fit_shuffles(data):
+    """Whether `model.fit(data, shuffle=True)` shuffles `data` itself (arrays and
+    `PyDataset`s); it ignores (and warns about) `shuffle` for the other kinds."""
+    import keras
+
+    if isinstance(data, keras.utils.PyDataset):
+        return True
+    return not (
+        is_tf_dataset(data)
+        or isinstance(data, collections.abc.Iterator)
+        or type(data).__module__.startswith("torch.utils.data")
+    )
+
+
+def plan_for_inputs(model, cache_features, text_padding, train_ds, val_ds, verbose="auto"):
+    """`(cache_features, text_padding)` for `fine_tune`: unchanged when `train_ds` and
+    `val_ds` are `tf.data` datasets (or `val_ds` None); for other data, no feature caching
+    (False) and no per-batch text padding (None), with one line saying so when it leaves
+    out something the model would have used."""
+    from keras_transfer.compiling import is_text_classifier
+
+    others = [data for data in (train_ds, val_ds) if data is not None and not is_tf_dataset(data)]
+    if not others:
+        return cache_features, text_padding
+    uses = (
+        ("feature caching", cache_features is not False),
+        ("per-batch text padding", bool(text_padding) and is_text_classifier(model)),
+    )
+    left_out = [what for what, used in uses if used]
+    if left_out and verbose != 0:
+        print(
+            f"Training without {' and '.join(left_out)}: the data is a {kind_of(others[0])}, "
+            "not a tf.data.Dataset (for them, pass a tf.data pipeline, e.g. "
+            "tf.data.Dataset.from_generator, or image_folder_datasets / text_csv_datasets)."
+        )
+    return False, None
+
+
+def check_resumable_data(data):
+    """Refuse data that `resumable_fit` cannot read again after a resume.
+
+    Raises:
+        ValueError: `data` is a one-shot Python generator or iterator.
+    """
+    if isinstance(data, collections.abc.Iterator) and not is_tf_dataset(data):
+        raise ValueError(
+            f"Checkpoints need training data that can be read again in every epoch and after "
+            f"a resume; a {kind_of(data)} is read once. Pass a tf.data.Dataset (e.g. "
+            "tf.data.Dataset.from_generator), a keras.utils.PyDataset or a torch DataLoader, "
+            "or train without checkpoint_dir."
+        )
+
+
+def _numpy(value):
+    """A torch tensor as a NumPy array; anything else as it is."""
+    if type(value).__module__.startswith("torch"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def iter_batches(data):
+    """The batches of one pass over `data`: a `tf.data.Dataset`, a `PyDataset` (by index,
+    `num_batches` of them), a torch `DataLoader` (tensors as NumPy arrays), a generator or
+    any iterable of `(inputs, labels[, weights])` batches.
+
+    Raises:
+        ValueError: an infinite `PyDataset` (no `num_batches`).
+    """
+    import keras
+
+    if isinstance(data, keras.utils.PyDataset):
+        count = data.num_batches
+        if count is None:
+            raise ValueError(
+                "The PyDataset is infinite (num_batches is None); evaluate on a finite one."
+            )
+        batches = (data[index] for index in range(count))
+    else:
+        batches = iter(data)
+    for batch in batches:
+        if type(batch).__module__.startswith("torch") or isinstance(batch, (list, tuple)):
+            yield tuple(_numpy(part) for part in batch)
+        else:
+            yield batch
+
+
+def labels_of(targets):
+    """int class ids `(batch,)` of one-hot `(batch, num_classes)` or id `(batch,)` labels."""
+    targets = np.asarray(_numpy(targets))
+    return targets.argmax(-1) if targets.ndim == 2 else targets.astype(int)

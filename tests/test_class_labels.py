@@ -1,0 +1,236 @@
+"""Class weights checked before training, stratified validation splits, class names kept."""
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from conftest import write_image_folder, write_text_file
+
+import keras_transfer as kt
+from keras_transfer.class_names import attach_class_names, class_names_of
+from keras_transfer.class_weighting import check_class_weight
+
+
+def _labels(dataset):
+    return np.concatenate([np.asarray(y).argmax(-1) for _, y in dataset.as_numpy_iterator()])
+
+
+def _tiny_classifier(num_classes):
+    """A classifier laid out as `build_image_classifier`'s (a layer named "backbone"), small
+    enough to train in well under a second on every backend."""
+    backbone = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()],
+        name="backbone",
+    )
+    images = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(backbone(images))
+    return keras.Model(images, outputs)
+
+
+def test_class_weight_keys_and_values_are_checked():
+    names = ["ants", "bees", "wasps"]
+    with pytest.warns(UserWarning, match=r"no weight for class\(es\) 1 'bees', 2 'wasps'"):
+        assert check_class_weight({0: 2.0}, 3, names) == {0: 2.0, 1: 1.0, 2: 1.0}
+    with pytest.warns(UserWarning, match="'ants'"):
+        assert check_class_weight({"bees": 0.5, "2": 3}, 3, names) == {0: 1.0, 1: 0.5, 2: 3.0}
+    assert check_class_weight({np.int64(1): np.float32(2), 0: 1}, 2) == {0: 1.0, 1: 2.0}
+    assert check_class_weight(None, 2) is None
+    with pytest.raises(ValueError, match=r"key 7 is not a class.*0 'ants', 1 'bees', 2 'wasps'"):
+        check_class_weight({7: 3.0}, 3, names)
+    with pytest.raises(ValueError, match=r"key 'ants' is not a class.*class ids 0 to 1"):
+        check_class_weight({"ants": 0.5}, 2)
+    with pytest.raises(ValueError, match="two weights"):
+        check_class_weight({0: 1.0, "ants": 2.0}, 3, names)
+    for bad in (0, -1.0, float("nan"), float("inf"), "2", True, None):
+        with pytest.raises(ValueError, match="finite numbers > 0"):
+            check_class_weight({0: bad, 1: 1.0}, 2)
+    with pytest.raises(ValueError, match="must be a dict"):
+        check_class_weight([1.0, 2.0], 2)
+
+
+def test_fine_tune_and_resumable_fit_check_class_weight_before_training(tmp_path):
+    write_image_folder(tmp_path / "data", classes=("ants", "bees", "wasps"), per_class=2)
+    train_ds, _, names = kt.image_folder_datasets(tmp_path / "data", image_size=8, batch_size=6)
+    model = _tiny_classifier(3)
+    with pytest.raises(ValueError, match=r"key 7 .* 0 'ants', 1 'bees', 2 'wasps'"):
+        kt.fine_tune(model, train_ds, head_epochs=1, class_weight={7: 3.0}, verbose=0)
+    with pytest.raises(ValueError, match="key 'hornets'"):
+        kt.fine_tune(
+            model, train_ds, head_epochs=1, class_weight={"hornets": 2.0}, cache_features=False
+        )
+    # A key short of the last class was Keras' `indices[1] = 2 is not in [0, 1)`; a class
+    # name was a TypeError. Both train now, with the missing classes at 1.0.
+    for class_weight in ({0: 2.0}, {"bees": 0.5}):
+        with pytest.warns(UserWarning, match="no weight for class"):
+            history = kt.fine_tune(
+                model,
+                train_ds,
+                head_epochs=1,
+                class_weight=class_weight,
+                checkpoint_dir=tmp_path / "ckpt",
+                verbose=0,
+            )
+        assert np.isfinite(history["head"].history["loss"]).all()
+    kt.compile_classifier(model)
+    with pytest.raises(ValueError, match="key 3 is not a class"):
+        kt.resumable_fit(
+            model, train_ds, epochs=1, checkpoint_dir=tmp_path / "fit", class_weight={3: 1.0}
+        )
+    assert not (tmp_path / "fit" / "state.json").exists()
+
+
+def test_image_validation_split_is_stratified(tmp_path):
+    # 18 images of one class and 2 of another: every split holds one of the rare class.
+    write_image_folder(tmp_path, classes=("common",), per_class=18)
+    write_image_folder(tmp_path, classes=("rare",), per_class=2)
+    splits = []
+    for seed in range(4):
+        train_ds, val_ds, names = kt.image_folder_datasets(
+            tmp_path, image_size=8, validation_split=0.2, seed=seed
+        )
+        assert names == ["common", "rare"]
+        assert np.bincount(_labels(val_ds), minlength=2).tolist() == [3, 1]
+        assert np.bincount(_labels(train_ds), minlength=2).tolist() == [15, 1]
+        splits.append(next(val_ds.as_numpy_iterator())[0])
+    again = kt.image_folder_datasets(tmp_path, image_size=8, validation_split=0.2, seed=3)[1]
+    np.testing.assert_array_equal(next(again.as_numpy_iterator())[0], splits[3])
+    assert any(not np.array_equal(splits[0], other) for other in splits[1:])
+    # A class of one image cannot be split: it stays in training, with a warning naming it.
+    write_image_folder(tmp_path / "few", classes=("a", "b"), per_class=1)
+    write_image_folder(tmp_path / "few", classes=("c",), per_class=5)
+    with pytest.warns(UserWarning, match=r"class\(es\) \['a', 'b'\] have fewer than 2"):
+        train_ds, val_ds, _ = kt.image_folder_datasets(
+            tmp_path / "few", image_size=8, validation_split=0.5
+        )
+    assert sorted(_labels(val_ds).tolist()) == [2, 2, 2]
+    assert sorted(_labels(train_ds).tolist()) == [0, 1, 2, 2]
+    write_image_folder(tmp_path / "ones", classes=("a", "b", "c"), per_class=1)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no class has 2 or more"):
+        kt.image_folder_datasets(tmp_path / "ones", image_size=8, validation_split=0.4)
+
+
+def test_text_validation_split_is_stratified(tmp_path):
+    rows = [(f"text {i}", "rare" if i in (3, 11) else "common") for i in range(20)]
+    rows.append(("the lonely one", "single"))
+    path = write_text_file(tmp_path / "t.csv", rows)
+    with pytest.warns(UserWarning, match=r"\['single'\] have fewer than 2"):
+        train_ds, val_ds, names = kt.text_csv_datasets(path, validation_split=0.2, seed=5)
+    assert names == ["common", "rare", "single"]
+    assert np.bincount(_labels(val_ds), minlength=3).tolist() == [3, 1, 0]
+    assert np.bincount(_labels(train_ds), minlength=3).tolist() == [15, 1, 1]
+    with pytest.warns(UserWarning):
+        again = kt.text_csv_datasets(path, validation_split=0.2, seed=5)[1]
+    assert [x.tolist() for x, _ in again.as_numpy_iterator()] == [
+        x.tolist() for x, _ in val_ds.as_numpy_iterator()
+    ]
+
+
+def test_class_names_travel_with_the_model(tmp_path):
+    write_image_folder(tmp_path / "data", classes=("ants", "bees"), per_class=2)
+    train_ds, val_ds, names = kt.image_folder_datasets(
+        tmp_path / "data", image_size=8, batch_size=4, validation_split=0.5
+    )
+    model = _tiny_classifier(2)
+    assert class_names_of(model) is None
+    with pytest.warns(UserWarning, match="carries no class names.*save_classifier"):
+        report = kt.evaluate_classifier(model, iter(list(val_ds)))
+    assert report.class_names == ["0", "1"]
+    kt.fine_tune(model, train_ds, head_epochs=1, verbose=0)
+    assert class_names_of(model) == ["ants", "bees"]
+    assert kt.evaluate_classifier(model, val_ds).class_names == ["ants", "bees"]
+    model.save(tmp_path / "plain.keras")  # the quickstart's save
+    loaded, loaded_names = kt.load_classifier(tmp_path / "plain.keras")
+    assert loaded_names == ["ants", "bees"] and class_names_of(loaded) == ["ants", "bees"]
+    bare = _tiny_classifier(2)
+    with pytest.raises(ValueError, match="3 class names"):
+        attach_class_names(bare, ["a", "b", "c"])
+    bare.save(tmp_path / "bare.keras")
+    assert kt.load_classifier(tmp_path / "bare.keras")[1] is None
+    kt.save_classifier(bare, tmp_path / "named.keras", ["x", "y"])
+    assert class_names_of(bare) == ["x", "y"]
+    with zipfile.ZipFile(tmp_path / "named.keras") as archive:
+        assert json.loads(archive.read("keras_transfer/class_names.json")) == ["x", "y"]
+
+
+@pytest.mark.backends("tensorflow")
+def test_export_of_a_model_without_class_names_warns(tmp_path):
+    layers = [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2, "softmax")]
+    model = keras.Sequential(layers)
+    with pytest.warns(UserWarning, match="the export labels its 2 classes '0' to '1'"):
+        path = kt.export_saved_model(model, tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "1" / "assets.extra" / "class_names.json").read_text())
+    attach_class_names(model, ["cat", "dog"])
+    path = kt.export_saved_model(model, tmp_path / "export")
+    from keras_transfer.export import read_class_names
+
+    assert read_class_names(path) == ["cat", "dog"]
+
+
+def _arrays(count=12, num_classes=3):
+    rng = np.random.default_rng(0)
+    labels = np.arange(count) % num_classes
+    images = (
+        rng.uniform(0, 255, (count, 8, 8, 3)).astype("float32") + 20 * labels[:, None, None, None]
+    )
+    return images, np.eye(num_classes, dtype="float32")[labels]
+
+
+class _Batches(keras.utils.PyDataset):
+    def __init__(self, images, labels, batch_size=4):
+        super().__init__()
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+
+    def __len__(self):
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.images[part], self.labels[part]
+
+
+def test_fine_tune_takes_generators_and_pydatasets(tmp_path, capsys):
+    images, labels = _arrays()
+
+    def batches():
+        for start in range(0, len(images), 4):
+            yield images[start : start + 4], labels[start : start + 4]
+
+    model = _tiny_classifier(3)
+    history = kt.fine_tune(model, batches(), head_epochs=1)
+    assert "without feature caching: the data is a Python generator" in capsys.readouterr().out
+    assert len(history["head"].history["loss"]) == 1
+    with pytest.raises(ValueError, match="a Python generator is read once"):
+        kt.fine_tune(model, batches(), head_epochs=1, checkpoint_dir=tmp_path / "c", verbose=0)
+    data = _Batches(images, labels)
+    history = kt.fine_tune(
+        model,
+        data,
+        _Batches(images[:8], labels[:8]),
+        head_epochs=2,
+        finetune_epochs=1,
+        class_weight={"0": 2.0, 1: 1.0, 2: 1.0},
+        checkpoint_dir=tmp_path / "ckpt",
+        verbose=0,
+    )
+    assert len(history["finetune"].history["val_loss"]) == 1
+    assert not (tmp_path / "ckpt").exists()  # cleared when done
+    for source in (data, batches()):
+        report = kt.evaluate_classifier(model, source, ["a", "b", "c"])
+        assert report.num_examples == 12 and sum(report.support) == 12
+
+
+@pytest.mark.backends("torch")
+def test_fine_tune_takes_torch_dataloaders(tmp_path, capsys):
+    import torch
+
+    images, labels = _arrays()
+    tensors = torch.utils.data.TensorDataset(torch.tensor(images), torch.tensor(labels))
+    loader = torch.utils.data.DataLoader(tensors, batch_size=4)
+    model = _tiny_classifier(3)
+    history = kt.fine_tune(model, loader, loader, head_epochs=2, checkpoint_dir=tmp_path / "c")
+    assert "the data is a torch DataLoader" in capsys.readouterr().out
+    assert len(history["head"].history["val_loss"]) == 2
+    report = kt.evaluate_classifier(model, loader, ["a", "b", "c"])
+    assert report.num_examples == 12
