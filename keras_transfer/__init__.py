@@ -8,6 +8,7 @@ from keras_transfer.checkpointing import resumable_fit
 from keras_transfer.compiling import compile_classifier
 from keras_transfer.evaluation import ClassificationReport, evaluate_classifier
 from keras_transfer.export import export_saved_model
+from keras_transfer.export_formats import export_litert, export_onnx
 from keras_transfer.freezing import freeze_backbone, get_backbone, unfreeze_backbone
 from keras_transfer.image_classifier import (
     build_image_classifier,
@@ -16,6 +17,7 @@ from keras_transfer.image_classifier import (
 )
 from keras_transfer.image_data import image_folder_datasets
 from keras_transfer.layers import ImagePreprocessing
+from keras_transfer.quantization import quantize_classifier
 from keras_transfer.saving import load_classifier, save_classifier
 from keras_transfer.text_classifier import build_text_classifier
 from keras_transfer.text_data import class_weights, read_labelled_text, text_csv_datasets
@@ -34,6 +36,8 @@ __all__ = [
     "default_augmentation",
     "default_image_size",
     "evaluate_classifier",
+    "export_litert",
+    "export_onnx",
     "export_saved_model",
     "fine_tune",
     "freeze_backbone",
@@ -42,6 +46,7 @@ __all__ = [
     "image_folder_datasets",
     "list_backbones",
     "load_classifier",
+    "quantize_classifier",
     "read_labelled_text",
     "resumable_fit",
     "save_classifier",
