@@ -327,8 +327,11 @@ def inference_model(model):
 
 
 def _write_artifact(model, folder, class_names, kind, quantization, calibration_file):
-    """Convert `model` into `folder` (tensorflow backend only)."""
+    """Convert `model` into `folder` (tensorflow backend only); `quantization`: None,
+    `"none"`, `"dynamic"` or `"int8"`."""
+    quantization = None if quantization == "none" else quantization
     model = inference_model(model)
+    model(np.zeros((1, *model.input_shape[1:]), "float32"), training=False)  # exporters need it
     path = os.path.join(folder, FILES[kind])
     try:
         if kind == "onnx":
@@ -381,14 +384,7 @@ def _main(argv):
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("keras_transfer.export_formats must run with KERAS_BACKEND=tensorflow")
     model = keras.saving.load_model(model_file, safe_mode=True)
-    _write_artifact(
-        model,
-        folder,
-        json.loads(class_names),
-        kind,
-        None if quantization == "none" else quantization,
-        calibration_file,
-    )
+    _write_artifact(model, folder, json.loads(class_names), kind, quantization, calibration_file)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,20 @@ def onnx_probabilities(model_file, pixels):
 
 def litert_interpreter(model_file):
     """A LiteRT interpreter for `model_file`: `ai_edge_litert` if installed, else
-    TensorFlow's `tf.lite.Interpreter` (the same runtime, shipped with TensorFlow)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tensorflow.lite import Interpreter
-    return Interpreter(model_path=str(model_file))
+    TensorFlow's `tf.lite.Interpreter` (the same runtime, shipped with TensorFlow). In a
+    process that has imported TensorFlow already, TensorFlow's is used: the two packages
+    each carry their own copy of the runtime, and loading both into one process can crash
+    it."""
+    if "tensorflow" not in sys.modules:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            return Interpreter(model_path=str(model_file))
+        except ImportError:
+            pass
+    import tensorflow as tf
+
+    return tf.lite.Interpreter(model_path=str(model_file))
 
 
 def litert_probabilities(model_file, pixels):
