@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -155,7 +154,8 @@ def export_litert(
         if representative_data is None:
             raise ValueError(
                 "`quantization='int8'` needs `representative_data`: 100-500 training images "
-                "(batch, height, width, 3) in [0, 255] to calibrate the int8 ranges."
+                "(batch, height, width, 3) in [0, 255] to calibrate the int8 ranges (command "
+                "line: --calibration-data TRAIN_FOLDER)."
             )
         calibration = _images(
             model, representative_data, CALIBRATION_EXAMPLES, "representative_data"
@@ -219,9 +219,11 @@ def _export(
                 model, staged, class_names, workdir, "keras_transfer.export_formats", args
             )
         expected = np.asarray(model.predict(sample, verbose=0), dtype="float32")
-        report = check_artifact(kind, os.path.join(staged, FILES[kind]), sample, expected, workdir)
+        report = runtimes.check_artifact(
+            kind, os.path.join(staged, FILES[kind]), sample, expected, workdir
+        )
         report["quantization"] = quantization
-        _verdict(report, quantization, tolerance, min_agreement)
+        runtimes.verdict(report, quantization, tolerance, min_agreement)
         with open(os.path.join(staged, CHECK_FILE), "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=1)
 
@@ -248,63 +250,6 @@ def _images(model, data, limit, name):
             f"n >= 1 (the model's input size, pixels in [0, 255]); got shape {images.shape}."
         )
     return images[:limit].astype("float32")
-
-
-def check_artifact(kind, model_file, pixels, expected, workdir):
-    """Run `model_file` on `pixels` in its runtime in a fresh process and compare.
-
-    Args:
-        kind: `"onnx"` or `"litert"`.
-        model_file: the artifact's path.
-        pixels: float32 `(n, height, width, 3)` in [0, 255].
-        expected: the Keras model's float32 probabilities `(n, num_classes)`.
-        workdir: a folder for the exchanged `.npy` files.
-
-    Returns:
-        dict: `runtime`, `examples`, `max_abs_diff`, `top1_agreement` (share in [0, 1]).
-
-    Raises:
-        RuntimeError: the runtime process failed (its error is included).
-    """
-    pixels_file = os.path.join(workdir, "check_pixels.npy")
-    output_file = os.path.join(workdir, "check_probabilities.npy")
-    np.save(pixels_file, pixels)
-    result = subprocess.run(
-        [sys.executable, runtimes.__file__, kind, model_file, pixels_file, output_file],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"The exported {kind} model failed in its runtime:\n{result.stderr[-4000:]}"
-        )
-    got = np.load(output_file)
-    if got.shape != expected.shape:
-        raise RuntimeError(
-            f"The exported {kind} model returned shape {got.shape}, Keras {expected.shape}."
-        )
-    return {
-        "runtime": "onnxruntime" if kind == "onnx" else "litert",
-        "examples": len(pixels),
-        "max_abs_diff": float(np.abs(got - expected).max()),
-        "top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).mean()),
-    }
-
-
-def _verdict(report, quantization, tolerance, min_agreement):
-    if quantization is None:
-        if report["max_abs_diff"] > tolerance or report["top1_agreement"] < 1:
-            raise RuntimeError(
-                f"The exported model disagrees with the Keras model: max |probability "
-                f"difference| {report['max_abs_diff']:.2e} (allowed {tolerance:.0e}), top-1 "
-                f"agreement {report['top1_agreement']:.3f} on {report['examples']} images."
-            )
-    elif report["top1_agreement"] < min_agreement:
-        raise RuntimeError(
-            f"The {quantization}-quantised model agrees with the Keras model's top-1 class on "
-            f"only {report['top1_agreement']:.3f} of {report['examples']} images (at least "
-            f"{min_agreement} required); try more representative data, or a float variant."
-        )
 
 
 def inference_model(model):

@@ -7,6 +7,8 @@ process to check every artifact after writing it:
 
     python runtimes.py onnx|litert MODEL_FILE PIXELS.npy PROBABILITIES.npy
 
+(`check_artifact` runs that and compares with the Keras model's probabilities.)
+
 Input of both formats: pixels, float32 `(batch, height, width, 3)` RGB in [0, 255], resized
 to the model's input size (the model's own preprocessing is inside the artifact). A full-int8
 LiteRT model takes uint8 pixels and returns uint8 probabilities; `litert_probabilities`
@@ -16,9 +18,49 @@ pass float pixels and get float32 probabilities back.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import numpy as np
+
+
+def decode_like_training(image_file, image_size):
+    """Decode and resize one image file as training did (`image_data.decode_and_resize`),
+    with Pillow and numpy only: RGB (grayscale and RGBA converted, alpha dropped; a GIF gives
+    its first frame), then bilinear resizing with half-pixel centres and no antialiasing, as
+    `tf.image.resize(..., "bilinear")` does, without cropping (the aspect ratio is not kept).
+
+    Pixels equal TensorFlow's to float rounding for lossless files (PNG, BMP, GIF); JPEG
+    decoders may differ by a grey level or so between libjpeg builds.
+
+    Args:
+        image_file: a path or a binary file object.
+        image_size: `(height, width)` in pixels: the model's input size.
+
+    Returns:
+        float32 array `(height, width, 3)` in [0, 255].
+    """
+    from PIL import Image
+
+    with Image.open(image_file) as image:
+        image.seek(0)
+        pixels = np.asarray(image.convert("RGB"), dtype="float32")
+    (y0, y1, dy), (x0, x1, dx) = (
+        _bilinear_axis(out, size) for out, size in zip(image_size, pixels.shape[:2], strict=True)
+    )
+    dx = dx[None, :, None]
+    top = pixels[y0][:, x0] + (pixels[y0][:, x1] - pixels[y0][:, x0]) * dx
+    bottom = pixels[y1][:, x0] + (pixels[y1][:, x1] - pixels[y1][:, x0]) * dx
+    return (top + (bottom - top) * dy[:, None, None]).astype("float32")
+
+
+def _bilinear_axis(out_size, in_size):
+    position = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    floor = np.floor(position)
+    lower = np.maximum(floor, 0).astype(int)
+    upper = np.minimum(np.ceil(position), in_size - 1).astype(int)
+    return lower, upper, (position - floor).astype("float32")
 
 
 def onnx_probabilities(model_file, pixels):
@@ -98,6 +140,66 @@ def _dequantize(values, details):
         return values.astype("float32")
     scale, zero_point = details["quantization"]
     return ((values.astype("float32") - zero_point) * scale).astype("float32")
+
+
+def check_artifact(kind, model_file, pixels, expected, workdir):
+    """Run `model_file` on `pixels` in its runtime in a fresh process and compare.
+
+    Args:
+        kind: `"onnx"` or `"litert"`.
+        model_file: the artifact's path.
+        pixels: float32 `(n, height, width, 3)` in [0, 255].
+        expected: the Keras model's float32 probabilities `(n, num_classes)`.
+        workdir: a folder for the exchanged `.npy` files.
+
+    Returns:
+        dict: `runtime`, `examples`, `max_abs_diff`, `top1_agreement` (share in [0, 1]).
+
+    Raises:
+        RuntimeError: the runtime process failed (its error is included).
+    """
+    pixels_file = os.path.join(workdir, "check_pixels.npy")
+    output_file = os.path.join(workdir, "check_probabilities.npy")
+    np.save(pixels_file, pixels)
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), kind, model_file, pixels_file, output_file],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"The exported {kind} model failed in its runtime:\n{result.stderr[-4000:]}"
+        )
+    got = np.load(output_file)
+    if got.shape != expected.shape:
+        raise RuntimeError(
+            f"The exported {kind} model returned shape {got.shape}, Keras {expected.shape}."
+        )
+    return {
+        "runtime": "onnxruntime" if kind == "onnx" else "litert",
+        "examples": len(pixels),
+        "max_abs_diff": float(np.abs(got - expected).max()),
+        "top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).mean()),
+    }
+
+
+def verdict(report, quantization, tolerance, min_agreement):
+    """Raise RuntimeError where a `check_artifact` report fails: float formats (quantization
+    None) need max |difference| <= tolerance and the same top-1 everywhere; quantised ones
+    a top-1 agreement >= min_agreement."""
+    if quantization is None:
+        if report["max_abs_diff"] > tolerance or report["top1_agreement"] < 1:
+            raise RuntimeError(
+                f"The exported model disagrees with the Keras model: max |probability "
+                f"difference| {report['max_abs_diff']:.2e} (allowed {tolerance:.0e}), top-1 "
+                f"agreement {report['top1_agreement']:.3f} on {report['examples']} images."
+            )
+    elif report["top1_agreement"] < min_agreement:
+        raise RuntimeError(
+            f"The {quantization}-quantised model agrees with the Keras model's top-1 class on "
+            f"only {report['top1_agreement']:.3f} of {report['examples']} images (at least "
+            f"{min_agreement} required); try more representative data, or a float variant."
+        )
 
 
 RUNNERS = {"onnx": onnx_probabilities, "litert": litert_probabilities}

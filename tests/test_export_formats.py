@@ -5,10 +5,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SENTIMENT_ROWS
+from conftest import SENTIMENT_ROWS, write_image_folder
 
 import keras_transfer as kt
-from keras_transfer import export_formats
+from keras_transfer import cli, runtimes
 
 SIZE = 32
 NAMES = ["ants", "bees", "wasps"]
@@ -67,7 +67,7 @@ def _run(model, model_file, tmp_path, n=5):
     pixels = _pixels(n, seed=n)
     expected = model.predict(pixels, verbose=0)
     kind = "onnx" if model_file.endswith(".onnx") else "litert"
-    return export_formats.check_artifact(kind, model_file, pixels, expected, str(tmp_path))
+    return runtimes.check_artifact(kind, model_file, pixels, expected, str(tmp_path))
 
 
 def test_onnx_export_runs_in_onnx_runtime(image_model, tmp_path):
@@ -88,16 +88,18 @@ def test_litert_float_export_runs_in_litert(image_model, tmp_path):
 
 
 @pytest.mark.backends("tensorflow")
-def test_litert_int8_takes_uint8_pixels_and_is_smaller(image_model, tmp_path):
-    calibration = _pixels(100, seed=7)
-    folder = kt.export_litert(
-        image_model,
-        tmp_path / "q",
-        quantization="int8",
-        representative_data=[(calibration[:50], None), (calibration[50:], None)],
-        class_names=NAMES,
-        min_top1_agreement=0.5,
-    )
+def test_cli_litert_int8_takes_uint8_pixels_and_is_smaller(image_model, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    kt.save_classifier(image_model, run / "model.keras", NAMES)
+    write_image_folder(tmp_path / "train", classes=NAMES, per_class=40, size=(40, 48))
+    args = ["export", str(run), "--output", str(tmp_path / "q"), "--format", "litert"]
+    assert cli.main(args + ["--quantization", "int8"]) == 2  # no --calibration-data
+    assert cli.main(args + ["--format", "onnx", "--quantization", "int8"]) == 2
+    assert not (tmp_path / "q").exists()
+    args += ["--quantization", "int8", "--calibration-data", str(tmp_path / "train")]
+    assert cli.main(args) == 0
+    folder = str(tmp_path / "q" / "1")
     report = _check_report(folder, "int8")
     assert report["examples"] == 32 and report["top1_agreement"] >= 0.5
     model_file = os.path.join(folder, "model.tflite")
@@ -188,3 +190,23 @@ def test_quantize_classifier_refuses_models_without_dense_layers():
     model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
     with pytest.raises(ValueError, match="export_litert"):
         kt.quantize_classifier(model)
+
+
+def test_client_decoding_matches_the_training_pipeline(tmp_path):
+    from PIL import Image
+
+    from keras_transfer.image_data import decode_and_resize
+
+    rng = np.random.default_rng(2)
+    files = {
+        "rgb.png": Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype="uint8")),
+        "gray.png": Image.fromarray(rng.integers(0, 255, (20, 90), dtype="uint8"), "L"),
+        "rgba.png": Image.fromarray(rng.integers(0, 255, (64, 30, 4), dtype="uint8"), "RGBA"),
+    }
+    for name, image in files.items():
+        image.save(tmp_path / name)
+        for size in ((32, 32), (48, 24)):
+            expected = decode_and_resize(tf.io.read_file(str(tmp_path / name)), size).numpy()
+            got = runtimes.decode_like_training(tmp_path / name, size)
+            assert got.shape == (*size, 3) and got.dtype == np.float32
+            np.testing.assert_allclose(got, expected, atol=1e-3, err_msg=name)
