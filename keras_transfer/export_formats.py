@@ -174,6 +174,61 @@ def export_litert(
     )
 
 
+FORMATS = ("saved_model", "onnx", "litert")
+
+
+def export_model(
+    model,
+    export_dir,
+    *,
+    format="saved_model",
+    quantization=None,
+    representative_data=None,
+    version=None,
+    class_names=None,
+):
+    """Export with `export_saved_model`, `export_onnx` or `export_litert`, chosen by `format`
+    (`"saved_model"`, the default, `"onnx"` or `"litert"`); the other arguments are theirs
+    (`quantization` and `representative_data`: LiteRT only). Returns the version folder.
+
+    Raises:
+        ValueError: an unknown `format`, or `quantization` with another format than
+            `"litert"`; and whatever the chosen exporter raises.
+    """
+    from keras_transfer.export import export_saved_model
+
+    if format not in FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}.")
+    if format != "litert" and quantization is not None:
+        raise ValueError(f"`quantization` applies to format 'litert' only, not {format!r}.")
+    options = dict(version=version, class_names=class_names)
+    if format == "saved_model":
+        return export_saved_model(model, export_dir, **options)
+    if format == "onnx":
+        return export_onnx(model, export_dir, **options)
+    return export_litert(
+        model,
+        export_dir,
+        quantization=quantization,
+        representative_data=representative_data,
+        **options,
+    )
+
+
+def calibration_images(directory, model, class_names, count=CALIBRATION_EXAMPLES, seed=0):
+    """`count` images drawn at random (seeded) from an image folder `directory/<class>/*`
+    (e.g. the training data), decoded and resized as in training: float32
+    `(n, height, width, 3)` in [0, 255], for `export_litert(..., quantization="int8")`.
+    Reads at most about 2,000 images (in file order) to draw from."""
+    from keras_transfer.image_data import evaluation_dataset
+
+    size = tuple(int(d) for d in model.input_shape[1:3])
+    dataset = evaluation_dataset(directory, image_size=size, class_names=class_names)
+    images = np.concatenate([np.asarray(x) for x, _ in dataset.take(2000 // 32 + 1)])
+    order = np.random.default_rng(seed).permutation(len(images))[:count]
+    return images[np.sort(order)]
+
+
 def _export(
     kind,
     model,
