@@ -70,6 +70,9 @@ def _run(model, model_file, tmp_path, n=5):
     return runtimes.check_artifact(kind, model_file, pixels, expected, str(tmp_path))
 
 
+# jax and torch models take one path for both formats (saved, rebuilt on tensorflow in a
+# subprocess, converted there): ONNX is tested from jax, LiteRT from torch, to keep CI short.
+@pytest.mark.backends("tensorflow", "jax")
 def test_onnx_export_runs_in_onnx_runtime(image_model, tmp_path):
     folder = kt.export_onnx(image_model, tmp_path / "onnx", class_names=NAMES)
     assert folder == str(tmp_path / "onnx" / "1")
@@ -79,6 +82,7 @@ def test_onnx_export_runs_in_onnx_runtime(image_model, tmp_path):
     assert report["max_abs_diff"] <= 1e-4 and report["top1_agreement"] == 1
 
 
+@pytest.mark.backends("tensorflow", "torch")
 def test_litert_float_export_runs_in_litert(image_model, tmp_path):
     folder = kt.export_litert(image_model, tmp_path / "litert", class_names=NAMES)
     report = _check_report(folder)
@@ -180,7 +184,6 @@ def test_quantize_classifier_int8_keeps_the_encoder_outputs(tiny_bert_preset):
     got = encoded()
     error = np.abs(got - expected)
     assert 0 < error.mean() < 0.02 * expected.std() and error.max() < 0.2 * expected.std()
-    assert model.predict(texts, verbose=0).shape == (len(texts), 2)
     with pytest.raises(ValueError, match="`mode`"):
         kt.quantize_classifier(model, "int3")
 
