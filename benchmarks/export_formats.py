@@ -1,6 +1,6 @@
 """Exported formats side by side: accuracy, agreement with Keras, file size, batch-1 latency.
 
-    KERAS_BACKEND=tensorflow python benchmarks/export_formats.py [--epochs 3] [--calls 100]
+    KERAS_BACKEND=tensorflow python benchmarks/export_formats.py [--epochs 10] [--calls 100]
 
 Trains the README's image model (hymenoptera, MobileNet alpha=0.25 ImageNet 224, frozen
 backbone, no augmentation, `fine_tune(head_epochs=EPOCHS)`), then exports it as a SavedModel,
@@ -56,13 +56,12 @@ def _size(path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--calls", type=int, default=100)
     args = parser.parse_args()
     import tensorflow as tf
 
-    train, val = kt.image_folder_datasets(DATA, image_size=224)
-    names = list(train.class_names)
+    train, val, names = kt.image_folder_datasets(DATA, image_size=224)
     model = kt.build_image_classifier(
         "mobilenet",
         len(names),
@@ -74,7 +73,7 @@ def main():
     val_images, val_labels = _arrays(val)
     train_images, _ = _arrays(train)
     keras_probs = model.predict(val_images, verbose=0)
-    rows = [("Keras (tensorflow)", keras_probs, None, lambda x: model(x, training=False))]
+    rows = [("Keras `model(x)`, eager", keras_probs, None, lambda x: model(x, training=False))]
     with tempfile.TemporaryDirectory() as tmp:
         folder = kt.export_saved_model(model, os.path.join(tmp, "sm"), class_names=names)
         serve = tf.saved_model.load(folder).signatures["serving_pixels"]
