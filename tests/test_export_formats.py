@@ -213,3 +213,15 @@ def test_client_decoding_matches_the_training_pipeline(tmp_path):
             got = runtimes.decode_like_training(tmp_path / name, size)
             assert got.shape == (*size, 3) and got.dtype == np.float32
             np.testing.assert_allclose(got, expected, atol=1e-3, err_msg=name)
+
+
+@pytest.mark.backends("tensorflow")
+def test_image_saved_model_stores_each_weight_once(image_model, tmp_path):
+    folder = kt.export_saved_model(image_model, tmp_path / "sm")
+    variables = tmp_path / "sm" / "1" / "variables"
+    stored = sum(f.stat().st_size for f in variables.iterdir())
+    weights = 4 * image_model.count_params()  # float32
+    assert weights <= stored < 1.25 * weights  # once, plus the checkpoint's bookkeeping
+    keys = tf.train.load_checkpoint(os.path.join(folder, "variables", "variables"))
+    stored = [k for k in keys.get_variable_to_shape_map() if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(stored) <= len(image_model.weights)
