@@ -80,9 +80,10 @@ def _write_saved_model(model, path, class_names):
             "class_names": tf.gather(names, class_ids),
         }
 
+    # Not `archive.track(model)`: the endpoints track the variables they use, and tracking
+    # the model too would store every weight twice (`variables/` and `_all_variables/`).
     archive = keras.export.ExportArchive()
     if is_text_classifier(model):
-        archive.track(model)
         preprocessor = model.preprocessor
         preprocessor(tf.constant(["build the preprocessor"]))  # unbuilt layers cannot be tracked
         archive.track(preprocessor)
@@ -94,9 +95,6 @@ def _write_saved_model(model, path, class_names):
             "serving_default", serve_text, [tf.TensorSpec([None], tf.string, name=TEXT_INPUT)]
         )
     else:
-        # Not `archive.track(model)`: the endpoints track the variables they use, and
-        # tracking the model too would store every weight twice (`variables/` and
-        # `_all_variables/`).
         height, width = (int(d) for d in model.input_shape[1:3])
 
         def decode(encoded):
