@@ -4,7 +4,7 @@
     keras-transfer train text --data train.csv [--val test.csv] --preset NAME_OR_DIR --output DIR
     keras-transfer evaluate MODEL_DIR --data DIR_OR_FILE
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
-    keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N]
+    keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N] [--format FORMAT]
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
 `report.txt` and `history.json`. Paths are only ever opened as files, never passed to a shell.
@@ -228,7 +228,9 @@ def _parser():
     )
     predict.add_argument("--json", action="store_true", help="print JSON lines")
 
-    export = sub_parser(commands, "export", "export a trained model for TF Serving")
+    export = sub_parser(
+        commands, "export", "export a trained model for TF Serving, ONNX Runtime or LiteRT"
+    )
     export.add_argument("model_dir", help="output folder of `keras-transfer train`")
     export.add_argument("--output", required=True, help="base folder; writes <output>/<version>/")
     export.add_argument(
@@ -236,6 +238,23 @@ def _parser():
         type=_positive,
         default=None,
         help="version folder to write (default: one more than the highest there)",
+    )
+    export.add_argument(
+        "--format",
+        choices=("saved_model", "onnx", "litert"),
+        default="saved_model",
+        help="saved_model (default: TF Serving, raw image bytes or strings in), onnx or "
+        "litert (image models, pixels in)",
+    )
+    export.add_argument(
+        "--quantization",
+        choices=("dynamic", "int8"),
+        default=None,
+        help="litert only: dynamic-range or full int8 (default: float32)",
+    )
+    export.add_argument(
+        "--calibration-data",
+        help="int8 only: image folder <class>/* to calibrate on, e.g. DATA/train",
     )
 
     sub_parser(commands, "backbones", "list the registry's image backbones")
@@ -776,10 +795,19 @@ def _print_top_k(args, inputs, probabilities, class_names):
 
 
 def _export(args):
-    from keras_transfer.export import export_saved_model
+    from keras_transfer.export_formats import calibration_images, export_model
 
     model, class_names = load_trained(args.model_dir)
-    path = export_saved_model(model, args.output, version=args.version, class_names=class_names)
+    data = args.calibration_data and calibration_images(args.calibration_data, model, class_names)
+    path = export_model(
+        model,
+        args.output,
+        format=args.format,
+        quantization=args.quantization,
+        representative_data=data,
+        version=args.version,
+        class_names=class_names,
+    )
     print(f"Exported {path}")
     return 0
 

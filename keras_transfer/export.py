@@ -79,8 +79,9 @@ def _write_saved_model(model, path, class_names):
             "class_names": tf.gather(names, class_ids),
         }
 
+    # Not `archive.track(model)`: the endpoints track the variables they use, and tracking
+    # the model too would store every weight twice (`variables/` and `_all_variables/`).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     if is_text_classifier(model):
         preprocessor = model.preprocessor
         preprocessor(tf.constant(["build the preprocessor"]))  # unbuilt layers cannot be tracked
@@ -123,13 +124,18 @@ def _write_saved_model(model, path, class_names):
         json.dump(class_names, handle, ensure_ascii=False)
 
 
-def _export_in_tensorflow_process(model, path, class_names, workdir):
-    """Rebuild the model on the tensorflow backend in a subprocess and export it there."""
+def _export_in_tensorflow_process(
+    model, path, class_names, workdir, module="keras_transfer.export", extra_args=()
+):
+    """Rebuild the model on the tensorflow backend in a subprocess and export it there.
+
+    The subprocess runs `python -m <module> MODEL.keras PATH CLASS_NAMES_JSON *extra_args`.
+    """
     model_file = os.path.join(workdir, "model.keras")
     model.save(model_file)
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
     result = subprocess.run(
-        [sys.executable, "-m", "keras_transfer.export", model_file, path, json.dumps(class_names)],
+        [sys.executable, "-m", module, model_file, path, json.dumps(class_names), *extra_args],
         env=env,
         capture_output=True,
         text=True,
@@ -181,11 +187,33 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
     """
     import keras
 
+    class_names = _check_class_names(model, class_names)
+
+    def write(staged, workdir):
+        if keras.backend.backend() == "tensorflow":
+            _write_saved_model(model, staged, class_names)
+        else:
+            _export_in_tensorflow_process(model, staged, class_names, workdir)
+
+    return write_version(export_dir, version, write)
+
+
+def write_version(export_dir, version, write):
+    """Write `export_dir/<version>/` atomically: `write(staged, workdir)` fills the folder
+    `staged` (which it creates) inside the hidden temporary folder `workdir` in `export_dir`,
+    then `staged` is renamed into place. A failed write leaves nothing behind.
+
+    Returns:
+        str: the path of the written version folder.
+
+    Raises:
+        FileExistsError: `export_dir/<version>` exists already.
+        ValueError: bad `version`, or an `export_dir` whose path is not valid UTF-8.
+    """
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version < 1
     ):
         raise ValueError(f"`version` must be a positive int or None, got {version!r}.")
-    class_names = _check_class_names(model, class_names)
     export_dir = utf8_path(export_dir, "export to")
     made = _missing_folders(export_dir)
     workdir = None
@@ -199,11 +227,8 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None):
                 "another `version` or leave it None for the next one."
             )
         workdir = tempfile.mkdtemp(prefix=f".export-{version}-", dir=export_dir)
-        staged = os.path.join(workdir, "saved_model")
-        if keras.backend.backend() == "tensorflow":
-            _write_saved_model(model, staged, class_names)
-        else:
-            _export_in_tensorflow_process(model, staged, class_names, workdir)
+        staged = os.path.join(workdir, "staged")
+        write(staged, workdir)
         os.rename(staged, final)
     except BaseException:
         _remove(workdir, made)

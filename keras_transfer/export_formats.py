@@ -1,0 +1,393 @@
+"""`export_onnx` and `export_litert`: image classifiers for ONNX Runtime and LiteRT.
+
+Beside `export_saved_model` (TF Serving), these write one file per version folder, with the
+same atomic, versioned layout (`export_dir/<version>/`, never overwritten):
+
+- `model.onnx` (ONNX Runtime) or `model.tflite` (LiteRT, the new name of TensorFlow Lite);
+- `class_names.json`: the class names, index = class id;
+- `check.json`: the check made after writing (see below).
+
+Input: pixels, float32 `(batch, height, width, 3)` RGB in [0, 255] at the model's input size,
+with the model's preprocessing inside (full-int8 LiteRT: uint8 pixels). Output: the softmax
+probabilities `(batch, num_classes)`. Neither format can decode JPEG / PNG bytes inside the
+model; clients decode and resize as training did (`docs/serving.md` has the few lines).
+The training-time augmentation layers are left out of the artifacts (they are identities at
+inference).
+
+Conversion uses Keras' own exporters (`model.export(format="onnx" | "litert")`: tf2onnx and
+the TFLite converter) on the tensorflow backend; models trained on jax or torch are saved,
+rebuilt on tensorflow in a subprocess and converted there, as `export_saved_model` does.
+
+Every artifact is run after writing, in a fresh process, in its own runtime
+(`keras_transfer/runtimes.py`: `onnxruntime`; `ai_edge_litert`, else `tf.lite.Interpreter`)
+on a sample of images, and compared with the Keras model: float formats must give the same
+top-1 class and probabilities within `tolerance` (default 1e-4); quantised LiteRT models must
+give the same top-1 class on at least `min_top1_agreement` of the sample. A failed check
+raises and leaves no version folder behind.
+
+Text classifiers are not supported yet by these formats: use `export_saved_model`, which
+tokenises raw strings inside the SavedModel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+from keras_transfer import runtimes
+from keras_transfer.export import (
+    _check_class_names,
+    _export_in_tensorflow_process,
+    write_version,
+)
+
+FILES = {"onnx": "model.onnx", "litert": "model.tflite"}
+CLASS_NAMES_FILE = "class_names.json"
+CHECK_FILE = "check.json"
+QUANTIZATIONS = (None, "dynamic", "int8")
+CALIBRATION_EXAMPLES = 300
+CHECK_EXAMPLES = 32
+
+
+def export_onnx(
+    model, export_dir, *, version=None, class_names=None, check_data=None, tolerance=1e-4
+):
+    """Export an image classifier as `export_dir/<version>/model.onnx` for ONNX Runtime.
+
+    Converted with Keras' `model.export(format="onnx")` (tf2onnx, on the tensorflow backend;
+    jax and torch models are rebuilt on tensorflow in a subprocess). The ONNX graph has one
+    input, `image`: float32 `(batch, height, width, 3)` RGB pixels in [0, 255] (any batch
+    size), and one output: float32 probabilities `(batch, num_classes)`. Checked after
+    writing in ONNX Runtime in a fresh process (see the module docstring).
+
+    Args:
+        model: a classifier from `build_image_classifier`, on any backend.
+        export_dir: base folder (str or path-like, valid UTF-8), created if missing.
+        version: positive int, or None (default) for the next integer.
+        class_names: list of str, index = class id; default `"0"`, `"1"`, ...
+        check_data: pixels `(n, height, width, 3)` in [0, 255] for the check; default: 16
+            random images (seed 0).
+        tolerance: largest allowed |probability difference| against Keras; default 1e-4.
+
+    Returns:
+        str: the version folder written.
+
+    Raises:
+        ValueError: a text classifier, bad `version` / `class_names` / `check_data`.
+        FileExistsError: the version exists already.
+        RuntimeError: conversion failed, or the artifact disagrees with the Keras model.
+
+    Example:
+    ```python
+    folder = keras_transfer.export_onnx(model, "exports/ants_bees_onnx", class_names=names)
+    probabilities = keras_transfer.runtimes.onnx_probabilities(
+        os.path.join(folder, "model.onnx"), pixels)
+    ```
+    """
+    return _export(
+        "onnx", model, export_dir, version, class_names, None, None, check_data, tolerance, 1.0
+    )
+
+
+def export_litert(
+    model,
+    export_dir,
+    *,
+    quantization=None,
+    representative_data=None,
+    version=None,
+    class_names=None,
+    check_data=None,
+    tolerance=1e-4,
+    min_top1_agreement=0.8,
+):
+    """Export an image classifier as `export_dir/<version>/model.tflite` for LiteRT.
+
+    Converted with Keras' `model.export(format="litert")` (the TFLite converter, on the
+    tensorflow backend; jax and torch models are rebuilt on tensorflow in a subprocess),
+    restricted to LiteRT's builtin ops so that the file runs on any LiteRT runtime without
+    the TensorFlow (Flex) delegate. The batch dimension is dynamic
+    (`interpreter.resize_tensor_input`).
+
+    Variants (`quantization`):
+    - None: float32 weights and activations; float32 pixels in [0, 255] in, float32
+      probabilities out.
+    - `"dynamic"`: dynamic-range quantisation, int8 weights (about 1/4 the size), float
+      computation where kernels lack int8; float32 input and output as above.
+    - `"int8"`: full-integer quantisation calibrated on `representative_data`; every op in
+      int8, input uint8 pixels `(batch, height, width, 3)` (scale ~1, zero point 0: the raw
+      pixel values) and output uint8 probabilities (scale 1/256): see
+      `runtimes.litert_probabilities` for the conversion.
+
+    Args:
+        model: a classifier from `build_image_classifier`, on any backend.
+        export_dir: base folder (str or path-like, valid UTF-8), created if missing.
+        quantization: None (default), `"dynamic"` or `"int8"`.
+        representative_data: images drawn from the training data for the int8 calibration
+            (100-500 recommended; the first 300 are used): an array `(n, height, width, 3)`
+            in [0, 255], or an iterable / `tf.data.Dataset` of such batches or of
+            `(images, labels)` batches. Required for `"int8"`, ignored otherwise.
+        version: positive int, or None (default) for the next integer.
+        class_names: list of str, index = class id; default `"0"`, `"1"`, ...
+        check_data: pixels `(n, height, width, 3)` in [0, 255] for the check; default: the
+            first 32 representative images if given, else 16 random images (seed 0).
+        tolerance: float formats: largest allowed |probability difference|; default 1e-4.
+        min_top1_agreement: quantised formats: the smallest share of the check images with
+            the Keras model's top-1 class; default 0.8.
+
+    Returns:
+        str: the version folder written.
+
+    Raises:
+        ValueError: a text classifier, bad `quantization`, `"int8"` without
+            `representative_data`, bad `version` / `class_names` / data shapes.
+        FileExistsError: the version exists already.
+        RuntimeError: conversion failed, or the artifact disagrees with the Keras model.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"`quantization` must be None, 'dynamic' or 'int8', got {quantization!r}.")
+    calibration = None
+    if quantization == "int8":
+        if representative_data is None:
+            raise ValueError(
+                "`quantization='int8'` needs `representative_data`: 100-500 training images "
+                "(batch, height, width, 3) in [0, 255] to calibrate the int8 ranges (command "
+                "line: --calibration-data TRAIN_FOLDER)."
+            )
+        calibration = _images(
+            model, representative_data, CALIBRATION_EXAMPLES, "representative_data"
+        )
+    return _export(
+        "litert",
+        model,
+        export_dir,
+        version,
+        class_names,
+        quantization,
+        calibration,
+        check_data,
+        tolerance,
+        min_top1_agreement,
+    )
+
+
+FORMATS = ("saved_model", "onnx", "litert")
+
+
+def export_model(
+    model,
+    export_dir,
+    *,
+    format="saved_model",
+    quantization=None,
+    representative_data=None,
+    version=None,
+    class_names=None,
+):
+    """Export with `export_saved_model`, `export_onnx` or `export_litert`, chosen by `format`
+    (`"saved_model"`, the default, `"onnx"` or `"litert"`); the other arguments are theirs
+    (`quantization` and `representative_data`: LiteRT only). Returns the version folder.
+
+    Raises:
+        ValueError: an unknown `format`, or `quantization` with another format than
+            `"litert"`; and whatever the chosen exporter raises.
+    """
+    from keras_transfer.export import export_saved_model
+
+    if format not in FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}, got {format!r}.")
+    if format != "litert" and quantization is not None:
+        raise ValueError(f"`quantization` applies to format 'litert' only, not {format!r}.")
+    options = dict(version=version, class_names=class_names)
+    if format == "saved_model":
+        return export_saved_model(model, export_dir, **options)
+    if format == "onnx":
+        return export_onnx(model, export_dir, **options)
+    return export_litert(
+        model,
+        export_dir,
+        quantization=quantization,
+        representative_data=representative_data,
+        **options,
+    )
+
+
+def calibration_images(directory, model, class_names, count=CALIBRATION_EXAMPLES, seed=0):
+    """`count` images drawn at random (seeded) from an image folder `directory/<class>/*`
+    (e.g. the training data), decoded and resized as in training: float32
+    `(n, height, width, 3)` in [0, 255], for `export_litert(..., quantization="int8")`.
+    Reads at most about 2,000 images (in file order) to draw from."""
+    from keras_transfer.image_data import evaluation_dataset
+
+    size = tuple(int(d) for d in model.input_shape[1:3])
+    dataset = evaluation_dataset(directory, image_size=size, class_names=class_names)
+    images = np.concatenate([np.asarray(x) for x, _ in dataset.take(2000 // 32 + 1)])
+    order = np.random.default_rng(seed).permutation(len(images))[:count]
+    return images[np.sort(order)]
+
+
+def _export(
+    kind,
+    model,
+    export_dir,
+    version,
+    class_names,
+    quantization,
+    calibration,
+    check_data,
+    tolerance,
+    min_agreement,
+):
+    import keras
+
+    from keras_transfer.compiling import is_text_classifier
+
+    if is_text_classifier(model):
+        raise ValueError(
+            f"Exporting text classifiers to {kind.upper()} is not supported yet (the tokenizer "
+            "would have to run outside the model). Use `export_saved_model` (or "
+            "`keras-transfer export RUN --format saved_model`), which takes raw strings."
+        )
+    class_names = _check_class_names(model, class_names)
+    if check_data is not None:
+        sample = _images(model, check_data, None, "check_data")
+    elif calibration is not None:
+        sample = calibration[:CHECK_EXAMPLES]
+    else:
+        shape = (16, *(int(d) for d in model.input_shape[1:]))
+        sample = np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
+
+    def write(staged, workdir):
+        os.makedirs(staged)
+        calibration_file = ""
+        if calibration is not None:
+            calibration_file = os.path.join(workdir, "calibration.npy")
+            np.save(calibration_file, calibration)
+        args = (kind, quantization or "none", calibration_file)
+        if keras.backend.backend() == "tensorflow":
+            _write_artifact(model, staged, class_names, *args)
+        else:
+            _export_in_tensorflow_process(
+                model, staged, class_names, workdir, "keras_transfer.export_formats", args
+            )
+        expected = np.asarray(model.predict(sample, verbose=0), dtype="float32")
+        report = runtimes.check_artifact(
+            kind, os.path.join(staged, FILES[kind]), sample, expected, workdir
+        )
+        report["quantization"] = quantization
+        runtimes.verdict(report, quantization, tolerance, min_agreement)
+        with open(os.path.join(staged, CHECK_FILE), "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=1)
+
+    return write_version(export_dir, version, write)
+
+
+def _images(model, data, limit, name):
+    """`data` (array, or iterable of batches / (batch, labels)) as float32 `(n, h, w, 3)`."""
+    shape = tuple(int(d) for d in model.input_shape[1:])
+    if hasattr(data, "shape"):
+        batches = [np.asarray(data)]
+    else:
+        batches, count = [], 0
+        for batch in data:
+            batch = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            batches.append(batch)
+            count += len(batch)
+            if limit is not None and count >= limit:
+                break
+    images = np.concatenate(batches) if batches else np.zeros((0, *shape))
+    if images.ndim != 4 or images.shape[1:] != shape or len(images) == 0:
+        raise ValueError(
+            f"`{name}` must hold images of shape (n, {', '.join(map(str, shape))}) with "
+            f"n >= 1 (the model's input size, pixels in [0, 255]); got shape {images.shape}."
+        )
+    return images[:limit].astype("float32")
+
+
+def inference_model(model):
+    """`model` without its training-time augmentation block (layers shared, not copied):
+    random augmentation layers are identities at inference, but their random ops stay in
+    the traced graph, where ONNX and LiteRT builtins have no kernels for them."""
+    import keras
+
+    if "augmentation" not in [layer.name for layer in model.layers]:
+        return model
+
+    class Passthrough(keras.layers.Layer):
+        def call(self, inputs, mask=None, training=None):
+            return inputs
+
+    def swap(layer):
+        return Passthrough(name=layer.name) if layer.name == "augmentation" else layer
+
+    return keras.models.clone_model(model, clone_function=swap)
+
+
+def _write_artifact(model, folder, class_names, kind, quantization, calibration_file):
+    """Convert `model` into `folder` (tensorflow backend only); `quantization`: None,
+    `"none"`, `"dynamic"` or `"int8"`."""
+    quantization = None if quantization == "none" else quantization
+    model = inference_model(model)
+    model(np.zeros((1, *model.input_shape[1:]), "float32"), training=False)  # exporters need it
+    path = os.path.join(folder, FILES[kind])
+    try:
+        if kind == "onnx":
+            model.export(path, format="onnx", verbose=False)
+        else:
+            model.export(
+                path,
+                format="litert",
+                verbose=False,
+                **_litert_options(quantization, calibration_file),
+            )
+    except Exception as error:  # the converters raise many types; keep theirs as the cause
+        raise RuntimeError(f"Converting the model to {kind} failed: {error}") from error
+    with open(os.path.join(folder, CLASS_NAMES_FILE), "w", encoding="utf-8") as handle:
+        json.dump(class_names, handle, ensure_ascii=False)
+
+
+def _litert_options(quantization, calibration_file):
+    import tensorflow as tf
+
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    if quantization is None:
+        return {"target_spec": {"supported_ops": [builtins]}}
+    if quantization == "dynamic":
+        return {
+            "target_spec": {"supported_ops": [builtins]},
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+        }
+    calibration = np.load(calibration_file)
+
+    def representative_dataset():
+        for image in calibration:
+            yield [image[None]]
+
+    return {
+        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "representative_dataset": representative_dataset,
+        "inference_input_type": tf.uint8,
+        "inference_output_type": tf.uint8,
+    }
+
+
+def _main(argv):
+    """`python -m keras_transfer.export_formats MODEL.keras FOLDER CLASS_NAMES_JSON KIND
+    QUANTIZATION CALIBRATION_NPY` (tensorflow backend)."""
+    import keras
+
+    model_file, folder, class_names, kind, quantization, calibration_file = argv
+    if keras.backend.backend() != "tensorflow":
+        raise SystemExit("keras_transfer.export_formats must run with KERAS_BACKEND=tensorflow")
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    _write_artifact(model, folder, json.loads(class_names), kind, quantization, calibration_file)
+
+
+if __name__ == "__main__":
+    import keras_transfer  # noqa: F401  (registers the layers before loading)
+
+    _main(sys.argv[1:])

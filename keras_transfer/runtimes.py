@@ -1,0 +1,214 @@
+"""Run exported ONNX and LiteRT image classifiers in their own runtimes, without Keras.
+
+These functions are the client code for the artifacts `export_onnx` and `export_litert` write:
+they need only numpy and the runtime (`onnxruntime`, or `ai_edge_litert` with a fallback to
+TensorFlow's `tf.lite.Interpreter`). The exporters run this file as a script in a fresh
+process to check every artifact after writing it:
+
+    python runtimes.py onnx|litert MODEL_FILE PIXELS.npy PROBABILITIES.npy
+
+(`check_artifact` runs that and compares with the Keras model's probabilities.)
+
+Input of both formats: pixels, float32 `(batch, height, width, 3)` RGB in [0, 255], resized
+to the model's input size (the model's own preprocessing is inside the artifact). A full-int8
+LiteRT model takes uint8 pixels and returns uint8 probabilities; `litert_probabilities`
+converts both ways with the quantisation parameters stored in the file, so callers always
+pass float pixels and get float32 probabilities back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+
+def decode_like_training(image_file, image_size):
+    """Decode and resize one image file as training did (`image_data.decode_and_resize`),
+    with Pillow and numpy only: RGB (grayscale and RGBA converted, alpha dropped; a GIF gives
+    its first frame), then bilinear resizing with half-pixel centres and no antialiasing, as
+    `tf.image.resize(..., "bilinear")` does, without cropping (the aspect ratio is not kept).
+
+    Pixels equal TensorFlow's to float rounding for lossless files (PNG, BMP, GIF); JPEG
+    decoders may differ by a grey level or so between libjpeg builds.
+
+    Args:
+        image_file: a path or a binary file object.
+        image_size: `(height, width)` in pixels: the model's input size.
+
+    Returns:
+        float32 array `(height, width, 3)` in [0, 255].
+    """
+    from PIL import Image
+
+    with Image.open(image_file) as image:
+        image.seek(0)
+        pixels = np.asarray(image.convert("RGB"), dtype="float32")
+    (y0, y1, dy), (x0, x1, dx) = (
+        _bilinear_axis(out, size) for out, size in zip(image_size, pixels.shape[:2], strict=True)
+    )
+    dx = dx[None, :, None]
+    top = pixels[y0][:, x0] + (pixels[y0][:, x1] - pixels[y0][:, x0]) * dx
+    bottom = pixels[y1][:, x0] + (pixels[y1][:, x1] - pixels[y1][:, x0]) * dx
+    return (top + (bottom - top) * dy[:, None, None]).astype("float32")
+
+
+def _bilinear_axis(out_size, in_size):
+    position = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    floor = np.floor(position)
+    lower = np.maximum(floor, 0).astype(int)
+    upper = np.minimum(np.ceil(position), in_size - 1).astype(int)
+    return lower, upper, (position - floor).astype("float32")
+
+
+def onnx_probabilities(model_file, pixels):
+    """Class probabilities of an ONNX classifier in ONNX Runtime (CPU).
+
+    Args:
+        model_file: path of the `.onnx` file.
+        pixels: array `(batch, height, width, 3)` of RGB values in [0, 255].
+
+    Returns:
+        float32 array `(batch, num_classes)`.
+    """
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    (probabilities,) = session.run(None, {name: np.asarray(pixels, dtype="float32")})
+    return np.asarray(probabilities, dtype="float32")
+
+
+def litert_interpreter(model_file):
+    """A LiteRT interpreter for `model_file`: `ai_edge_litert` if installed, else
+    TensorFlow's `tf.lite.Interpreter` (the same runtime, shipped with TensorFlow). In a
+    process that has imported TensorFlow already, TensorFlow's is used: the two packages
+    each carry their own copy of the runtime, and loading both into one process can crash
+    it."""
+    if "tensorflow" not in sys.modules:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            return Interpreter(model_path=str(model_file))
+        except ImportError:
+            pass
+    import tensorflow as tf
+
+    return tf.lite.Interpreter(model_path=str(model_file))
+
+
+def litert_probabilities(model_file, pixels):
+    """Class probabilities of a LiteRT classifier (float32, dynamic-range or full int8).
+
+    Float inputs are passed as they are; for a uint8 / int8 input the pixels are quantised
+    with the input's `(scale, zero_point)` (for the int8 models `export_litert` writes, scale
+    is about 1 and zero point 0: the uint8 pixels themselves). Quantised outputs are
+    dequantised with the output's parameters.
+
+    Args:
+        model_file: path of the `.tflite` file.
+        pixels: array `(batch, height, width, 3)` of RGB values in [0, 255].
+
+    Returns:
+        float32 array `(batch, num_classes)`.
+    """
+    pixels = np.asarray(pixels, dtype="float32")
+    interpreter = litert_interpreter(model_file)
+    source = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(source["index"], list(pixels.shape))
+    interpreter.allocate_tensors()
+    source = interpreter.get_input_details()[0]
+    target = interpreter.get_output_details()[0]
+    interpreter.set_tensor(source["index"], _quantize(pixels, source))
+    interpreter.invoke()
+    return _dequantize(interpreter.get_tensor(target["index"]), target)
+
+
+def _quantize(values, details):
+    dtype = np.dtype(details["dtype"])
+    if dtype.kind == "f":
+        return values.astype(dtype)
+    scale, zero_point = details["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(values, details):
+    if np.dtype(details["dtype"]).kind == "f":
+        return values.astype("float32")
+    scale, zero_point = details["quantization"]
+    return ((values.astype("float32") - zero_point) * scale).astype("float32")
+
+
+def check_artifact(kind, model_file, pixels, expected, workdir):
+    """Run `model_file` on `pixels` in its runtime in a fresh process and compare.
+
+    Args:
+        kind: `"onnx"` or `"litert"`.
+        model_file: the artifact's path.
+        pixels: float32 `(n, height, width, 3)` in [0, 255].
+        expected: the Keras model's float32 probabilities `(n, num_classes)`.
+        workdir: a folder for the exchanged `.npy` files.
+
+    Returns:
+        dict: `runtime`, `examples`, `max_abs_diff`, `top1_agreement` (share in [0, 1]).
+
+    Raises:
+        RuntimeError: the runtime process failed (its error is included).
+    """
+    pixels_file = os.path.join(workdir, "check_pixels.npy")
+    output_file = os.path.join(workdir, "check_probabilities.npy")
+    np.save(pixels_file, pixels)
+    result = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), kind, model_file, pixels_file, output_file],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"The exported {kind} model failed in its runtime:\n{result.stderr[-4000:]}"
+        )
+    got = np.load(output_file)
+    if got.shape != expected.shape:
+        raise RuntimeError(
+            f"The exported {kind} model returned shape {got.shape}, Keras {expected.shape}."
+        )
+    return {
+        "runtime": "onnxruntime" if kind == "onnx" else "litert",
+        "examples": len(pixels),
+        "max_abs_diff": float(np.abs(got - expected).max()),
+        "top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).mean()),
+    }
+
+
+def verdict(report, quantization, tolerance, min_agreement):
+    """Raise RuntimeError where a `check_artifact` report fails: float formats (quantization
+    None) need max |difference| <= tolerance and the same top-1 everywhere; quantised ones
+    a top-1 agreement >= min_agreement."""
+    if quantization is None:
+        if report["max_abs_diff"] > tolerance or report["top1_agreement"] < 1:
+            raise RuntimeError(
+                f"The exported model disagrees with the Keras model: max |probability "
+                f"difference| {report['max_abs_diff']:.2e} (allowed {tolerance:.0e}), top-1 "
+                f"agreement {report['top1_agreement']:.3f} on {report['examples']} images."
+            )
+    elif report["top1_agreement"] < min_agreement:
+        raise RuntimeError(
+            f"The {quantization}-quantised model agrees with the Keras model's top-1 class on "
+            f"only {report['top1_agreement']:.3f} of {report['examples']} images (at least "
+            f"{min_agreement} required); try more representative data, or a float variant."
+        )
+
+
+RUNNERS = {"onnx": onnx_probabilities, "litert": litert_probabilities}
+
+
+def _main(argv):
+    kind, model_file, pixels_file, output_file = argv
+    np.save(output_file, RUNNERS[kind](model_file, np.load(pixels_file)))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
