@@ -1,8 +1,9 @@
-"""Fine-tune a pretrained CNN on an image folder with keras_transfer (the classic recipe).
+"""Fine-tune a pretrained CNN on an image folder with keras_transfer's default recipe.
 
-Folder data with train/ and val/, a pretrained ImageNet backbone at 224x224, random horizontal
-flips, the backbone's own ImageNet normalisation inside the model, a frozen backbone, SGD lr
-1e-3 with momentum 0.9, 10 epochs, validation accuracy.
+Folder data with train/ and val/, a pretrained ImageNet backbone at 224x224, random flips,
+rotations and zooms, the backbone's own ImageNet normalisation inside the model; the head
+fitted as a cross-validated linear probe on the frozen backbone's outputs, then the backbone
+fine-tuned while the validation loss improves (`fine_tune`'s defaults); validation accuracy.
 
 Offline, on the real data and weights in ../shared (the Keras cache seeded first):
     ../shared/tools/seed-keras-home /tmp/keras-home && export KERAS_HOME=/tmp/keras-home
@@ -32,9 +33,12 @@ def main():
     parser.add_argument("--backbone", default="mobilenet", help="registry name or hub:<preset>")
     parser.add_argument("--alpha", type=float, default=0.25, help="MobileNet width multiplier")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    parser.add_argument("--lr", type=float, default=None, help="default: SGD 1e-3, Adam 1e-3")
+    parser.add_argument("--epochs", default="auto", help="head epochs (default auto: the probe)")
+    parser.add_argument(
+        "--finetune-epochs", default="auto", help="fine-tuning epochs (default auto; 0: none)"
+    )
+    parser.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=None)
+    parser.add_argument("--lr", type=float, default=None, help="default: Adam 1e-3")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--report", help="write the evaluation report (JSON) here")
     parser.add_argument("--save", help="save the model and class names here (.keras)")
@@ -72,6 +76,10 @@ def main():
             json.dump(report.to_dict(), handle, indent=1)
     if args.save:
         kt.save_classifier(model, args.save, class_names)
+
+
+def _epochs(text):
+    return text if text == "auto" else int(text)
 
 
 if __name__ == "__main__":

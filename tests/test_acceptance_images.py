@@ -16,7 +16,9 @@ def _run_example(tmp_path, *args):
 
 def test_hymenoptera_mobilenet_imagenet_reaches_80_percent_and_serves_the_same(tmp_path):
     require_shared("weights", "keras", "mobilenet_2_5_224_tf_no_top.h5")
-    report, saved = _run_example(tmp_path, "--backbone", "mobilenet", "--alpha", "0.25")
+    report, saved = _run_example(  # the probe head alone: fine-tuning is measured in benchmarks/
+        tmp_path, "--backbone", "mobilenet", "--alpha", "0.25", "--finetune-epochs", "0"
+    )
     assert report["num_examples"] == 153
     assert report["accuracy"] >= 0.80
 
@@ -51,7 +53,5 @@ def test_hymenoptera_mobilenet_imagenet_reaches_80_percent_and_serves_the_same(t
 @pytest.mark.backends("tensorflow")
 def test_hymenoptera_efficientnet_lite0_hub_preset_reaches_92_percent(tmp_path):
     preset = require_shared("weights", "keras_hub", "efficientnet_lite0_imagenet")
-    # Adam lr 1e-3 for the head, as in the Keras transfer-learning guide: the seed's SGD 1e-3
-    # is still converging after 10 epochs on these 1280-d features (0.915 measured).
-    report, _ = _run_example(tmp_path, "--backbone", f"hub:{preset}", "--optimizer", "adam")
+    report, _ = _run_example(tmp_path, "--backbone", f"hub:{preset}", "--finetune-epochs", "0")
     assert report["accuracy"] >= 0.92
