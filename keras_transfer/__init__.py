@@ -16,6 +16,7 @@ from keras_transfer.image_classifier import (
 )
 from keras_transfer.image_data import image_folder_datasets
 from keras_transfer.layers import ImagePreprocessing
+from keras_transfer.lr_finder import LRFinderResult, lr_find
 from keras_transfer.saving import load_classifier, save_classifier
 from keras_transfer.text_classifier import build_text_classifier
 from keras_transfer.text_data import class_weights, read_labelled_text, text_csv_datasets
@@ -27,6 +28,7 @@ __all__ = [
     "BackboneSpec",
     "ClassificationReport",
     "ImagePreprocessing",
+    "LRFinderResult",
     "build_image_classifier",
     "build_text_classifier",
     "class_weights",
@@ -41,6 +43,7 @@ __all__ = [
     "get_backbone_spec",
     "image_folder_datasets",
     "list_backbones",
+    "lr_find",
     "load_classifier",
     "read_labelled_text",
     "resumable_fit",
