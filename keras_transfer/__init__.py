@@ -21,6 +21,7 @@ from keras_transfer.saving import load_classifier, save_classifier
 from keras_transfer.text_classifier import build_text_classifier
 from keras_transfer.text_data import class_weights, read_labelled_text, text_csv_datasets
 from keras_transfer.training import fine_tune
+from keras_transfer.tuning import tune_image_classifier
 
 __version__ = "0.1.0"
 
@@ -49,5 +50,6 @@ __all__ = [
     "resumable_fit",
     "save_classifier",
     "text_csv_datasets",
+    "tune_image_classifier",
     "unfreeze_backbone",
 ]

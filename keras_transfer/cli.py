@@ -5,6 +5,7 @@
     keras-transfer evaluate MODEL_DIR --data DIR_OR_FILE
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
     keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N]
+    keras-transfer tune image --data DIR --backbones A,B --max-trials N --max-time S --output DIR
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
 `report.txt` and `history.json`. Paths are only ever opened as files, never passed to a shell.
@@ -163,6 +164,10 @@ def _parser():
     export.add_argument("--version", type=int, default=None, help="default: the next integer")
 
     commands.add_parser("backbones", help="list the registry's image backbones")
+
+    from keras_transfer.tuning_cli import add_tune_parser
+
+    add_tune_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="offline main job: fine-tune MiniLM on a small review set we ship"
@@ -658,6 +663,10 @@ def main(argv=None):
             return _train_image(args) if args.kind == "image" else _train_text(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "tune":
+            from keras_transfer.tuning_cli import run_tune_command
+
+            return run_tune_command(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "predict":
