@@ -166,7 +166,7 @@ def lr_find(
         )
     rates = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     weights = model.get_weights()
-    flags = [layer.trainable for layer in model._flatten_layers(include_self=True)]
+    flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
     optimizer = model.optimizer
     compiled = model.get_compile_config()
     trained, data, trained_name, restore_inputs = _what_to_train(model, train_ds, cache_features)
@@ -181,7 +181,7 @@ def lr_find(
         )
     finally:
         restore_inputs()
-        for layer, flag in zip(model._flatten_layers(include_self=True), flags, strict=True):
+        for layer, flag in flags:
             if layer.trainable != flag:
                 layer.trainable = flag
         model.set_weights(weights)

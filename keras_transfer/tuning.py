@@ -45,6 +45,7 @@ def tune_image_classifier(
     weights="imagenet",
     backbone_kwargs=None,
     head_epochs=HEAD_EPOCHS,
+    finetune_epochs="auto",
     seed=1337,
     verbose=1,
 ):
@@ -79,6 +80,8 @@ def tune_image_classifier(
         head_epochs: int >= 1, epochs of the head at most (early stopping after
             `HEAD_PATIENCE` = 5 without a lower `val_loss`, best weights restored);
             default 50.
+        finetune_epochs: `"auto"` (default: `fine_tune`'s step budget and early stopping)
+            or an int >= 1, the fine-tuning epochs of trials with an unfreeze depth above 0.
         seed: int, seeds the data split, the search and the weights; default 1337.
         verbose: 0 silent, 1 (default) a line per trial.
 
@@ -112,6 +115,14 @@ def tune_image_classifier(
     import keras
 
     space = _check(backbones, max_trials, max_time, search_space, head_epochs)
+    if finetune_epochs != "auto" and (
+        isinstance(finetune_epochs, bool)
+        or not isinstance(finetune_epochs, int)
+        or finetune_epochs < 1
+    ):
+        raise ValueError(
+            f"`finetune_epochs` must be 'auto' or an int >= 1, got {finetune_epochs!r}."
+        )
     started = time.monotonic()
     deadline = None if max_time is None else started + max_time
     keras.utils.set_random_seed(seed)
@@ -126,6 +137,7 @@ def tune_image_classifier(
             weights=weights,
             backbone_kwargs=backbone_kwargs or {},
             head_epochs=head_epochs,
+            finetune_epochs=finetune_epochs,
             seed=seed,
             verbose=verbose,
         ),
@@ -325,6 +337,7 @@ class _Search:
                 train_ds,
                 val_ds,
                 head_epochs=0,
+                finetune_epochs=self.settings["finetune_epochs"],
                 unfreeze_top_n=int(values["unfreeze_top_n"]),
                 callbacks=[_deadline_callback(self.deadline)],
                 verbose=0,

@@ -41,6 +41,12 @@ def add_tune_parser(commands):
     image.add_argument("--image-size", type=int, default=None)
     image.add_argument("--batch-size", type=int, default=32)
     image.add_argument("--validation-split", type=float, default=None)
+    image.add_argument(
+        "--finetune-epochs",
+        default="auto",
+        help="fine-tuning epochs of trials with an unfreeze depth above 0 (default auto: "
+        "fine_tune's step budget with early stopping)",
+    )
     image.add_argument("--seed", type=int, default=1337)
 
 
@@ -63,8 +69,20 @@ def run_tune_command(args):
         batch_size=args.batch_size,
         validation_split=args.validation_split,
         weights=None if args.weights.lower() == "none" else args.weights,
+        finetune_epochs=_finetune_epochs(args.finetune_epochs),
         seed=args.seed,
         **options,
     )
     print(leaderboard_markdown(result), end="")
     return 0
+
+
+def _finetune_epochs(text):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"--finetune-epochs must be 'auto' or an int >= 1, got {text!r}."
+        ) from None

@@ -125,3 +125,22 @@ def test_whole_image_classifier_after_unfreezing_is_restored(tmp_path):
     assert [layer.trainable for layer in model.get_layer("backbone").layers] == flags
     for old, new in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.backends("tensorflow")
+def test_text_classifier_frozen_and_whole(tiny_bert_preset, tmp_path):
+    from conftest import SENTIMENT_ROWS, write_text_file
+
+    train = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
+    train_ds, _, _ = kt.text_csv_datasets(train, batch_size=4)
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16, freeze="backbone")
+    before = [w.copy() for w in model.get_weights()]
+    head = kt.lr_find(model, train_ds, num_steps=12, start_lr=1e-4, end_lr=1.0)
+    assert head.trained == "head on cached features" and len(head.learning_rates) >= 2
+    kt.unfreeze_backbone(model)
+    whole = kt.lr_find(model, train_ds, num_steps=4, start_lr=1e-5, end_lr=1e-3)
+    assert whole.trained == "whole model" and len(whole.raw_losses) == 4
+    assert model.preprocessor is not None  # put back: the model still takes raw strings
+    assert model.predict(["a good movie"], verbose=0).shape == (1, 2)
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)

@@ -95,6 +95,7 @@ def test_bad_arguments_are_refused(tmp_path):
         (dict(backbones=[]), "backbones"),
         (dict(max_trials=0), "max_trials"),
         (dict(max_time=-1), "max_time"),
+        (dict(finetune_epochs=0), "finetune_epochs"),
         (dict(search_space={"lr": [1e-3]}), "lr"),
         (dict(search_space={"dropout": []}), "dropout"),
     ]:
@@ -103,8 +104,7 @@ def test_bad_arguments_are_refused(tmp_path):
             kt.tune_image_classifier(tmp_path, **kwargs)
 
 
-@pytest.mark.backends("tensorflow")
-def test_cli_tunes_two_backbones_and_fine_tunes(tmp_path, capsys):
+def test_cli_tunes_two_backbones(tmp_path, capsys):
     data = _folder(tmp_path)
     status = main(
         [
@@ -123,19 +123,41 @@ def test_cli_tunes_two_backbones_and_fine_tunes(tmp_path, capsys):
             "--image-size",
             "32",
             "--batch-size",
-            "12",  # one step per epoch: stage 2 runs its 30 epochs at most
+            "4",
             "--search-space",
-            '{"unfreeze_top_n": [2], "dropout": [0.2]}',
+            '{"unfreeze_top_n": [0], "dropout": [0.2], "learning_rate": [1e-3], '
+            '"label_smoothing": [0.0]}',
             "--backbone-kwargs",
             '{"mobilenet": {"alpha": 0.25}, "mobilenet_v2": {"alpha": 0.35}}',
         ]
     )
     assert status == 0
     board = json.loads((tmp_path / "out" / "leaderboard.json").read_text())["leaderboard"]
-    assert len(board) == 2
-    assert all(row["fine_tuning"] in ("kept", "reverted") for row in board)
+    # Two combinations in the space: each backbone once.
+    assert sorted(row["backbone"] for row in board) == ["mobilenet", "mobilenet_v2"]
     assert "| rank |" in capsys.readouterr().out
-    model, _ = kt.load_classifier(tmp_path / "out" / "best_model.keras")
+    assert (tmp_path / "out" / "best_model.keras").is_file()
+
+
+@pytest.mark.backends("tensorflow")  # compiling the whole model's training step is slow
+def test_fine_tuning_trial_is_kept_or_reverted_and_saved_frozen(tmp_path):
+    result = kt.tune_image_classifier(
+        _folder(tmp_path),
+        ["mobilenet"],
+        directory=tmp_path / "out",
+        max_trials=1,
+        search_space={"unfreeze_top_n": [2]},
+        image_size=32,
+        batch_size=4,
+        weights=None,
+        backbone_kwargs=TINY,
+        head_epochs=2,
+        finetune_epochs=1,
+        verbose=0,
+    )
+    (row,) = result["leaderboard"]
+    assert row["unfreeze_top_n"] == 2 and row["fine_tuning"] in ("kept", "reverted")
+    assert np.isfinite(row["val_loss"])
+    model, _ = kt.load_classifier(result["best_model"])
     # Saved with the backbone frozen again (fine-tuned weights or not).
     assert not any(w.trainable for w in model.get_layer("backbone").weights)
-    assert np.isfinite(board[0]["val_loss"])
