@@ -144,6 +144,7 @@ def tune_image_classifier(
         directory,
         deadline,
     )
+    search.class_names = list(search._datasets(backbones[0])[2])  # bad data fails here
     oracle = _timed_oracle(keras_tuner)(
         objective=keras_tuner.Objective("val_accuracy", "max"),
         max_trials=max_trials,

@@ -102,8 +102,14 @@ def test_bad_arguments_are_refused(tmp_path):
         kwargs = {"backbones": ["mobilenet"], "directory": tmp_path, **bad}
         with pytest.raises(ValueError, match=match):
             kt.tune_image_classifier(tmp_path, **kwargs)
+    from conftest import write_image_folder
+
+    flat = write_image_folder(tmp_path / "flat", per_class=2, size=(32, 32))  # no val/
+    with pytest.raises(ValueError, match="validation-split"):
+        kt.tune_image_classifier(flat, ["mobilenet"], directory=tmp_path / "out", image_size=32)
 
 
+@pytest.mark.backends("tensorflow")  # the command line's plumbing; the search runs on all three
 def test_cli_tunes_two_backbones(tmp_path, capsys):
     data = _folder(tmp_path)
     status = main(
