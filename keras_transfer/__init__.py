@@ -40,6 +40,9 @@ _EXPORTS = {
     "read_labelled_text": "text_data",
     "text_csv_datasets": "text_data",
     "fine_tune": "training",
+    "LRFinderResult": "lr_finder",
+    "lr_find": "lr_finder",
+    "tune_image_classifier": "tuning",
 }
 
 __all__ = sorted(_EXPORTS)

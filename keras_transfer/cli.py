@@ -5,6 +5,7 @@
     keras-transfer evaluate MODEL_DIR --data DIR_OR_FILE
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
     keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N] [--format FORMAT]
+    keras-transfer tune image --data DIR --backbones A,B --max-trials N --max-time S --output DIR
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
 `report.txt` and `history.json`. Paths are only ever opened as files, never passed to a shell.
@@ -258,6 +259,10 @@ def _parser():
     )
 
     sub_parser(commands, "backbones", "list the registry's image backbones")
+
+    from keras_transfer.tuning_cli import add_tune_parser
+
+    add_tune_parser(commands)
 
     demo = sub_parser(
         commands, "demo", "offline main job: fine-tune MiniLM on a small review set it writes"
@@ -839,6 +844,10 @@ def main(argv=None):
             return _train_image(args) if args.kind == "image" else _train_text(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "tune":
+            from keras_transfer.tuning_cli import run_tune_command
+
+            return run_tune_command(args)
         if args.command == "evaluate":
             return _evaluate(args)
         if args.command == "predict":
