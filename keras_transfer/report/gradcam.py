@@ -139,18 +139,18 @@ def grad_cam(model, images, class_index=None, batch_size=16):
         classes = np.broadcast_to(np.asarray(class_index, dtype=int), (len(images),))
     if classes.min() < 0 or classes.max() >= num_classes:
         raise ValueError(f"`class_index` must lie in [0, {num_classes}); got {class_index!r}.")
+
+    def score(x, one_hot):
+        outputs = keras.ops.cast(head(x, training=False), "float32")
+        return keras.ops.sum(outputs * one_hot, axis=-1)
+
     heatmaps = []
     offset = 0
     for features in maps:
-        chosen = keras.ops.convert_to_tensor(classes[offset : offset + len(features)])
+        chosen = classes[offset : offset + len(features)]
         offset += len(features)
-
-        def score(x, chosen=chosen):
-            outputs = keras.ops.cast(head(x, training=False), "float32")
-            one_hot = keras.ops.one_hot(chosen, num_classes, dtype="float32")
-            return keras.ops.sum(outputs * one_hot, axis=-1)
-
-        _, gradients = value_and_gradient(score, features)
+        one_hot = np.eye(num_classes, dtype="float32")[chosen]
+        _, gradients = value_and_gradient(score, features, one_hot)
         weights = gradients.mean(axis=(1, 2), keepdims=True)
         heatmaps.append(np.maximum((weights * features).sum(-1), 0))
     cams = np.concatenate(heatmaps)[..., None]
