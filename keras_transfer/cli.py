@@ -7,7 +7,8 @@
     keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N]
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
-`report.txt` and `history.json`. Paths are only ever opened as files, never passed to a shell.
+`report.txt`, `report.html` (plots and the top losses, self-contained) and `history.json`.
+Paths are only ever opened as files, never passed to a shell.
 """
 
 from __future__ import annotations
@@ -417,6 +418,10 @@ def _evaluate_and_write(args, model, val_ds, class_names, histories):
         report = kt.evaluate_classifier(model, val_ds, class_names)
         print(report)
     write_outputs(args.output, model, class_names, report, histories)
+    if report is not None:
+        from keras_transfer.report.html import write_run_report
+
+        write_run_report(args.output, model, class_names, report, histories, val_ds, vars(args))
     if report is None:
         print(
             f"Wrote {os.path.join(args.output, MODEL_FILE)}, {CLASS_NAMES_FILE} and "
@@ -479,6 +484,7 @@ def _evaluate(args):
         print(report)
         if args.output:
             write_outputs(args.output, model, class_names, report)
+            _write_html(args, model, class_names, report, dataset)
         return 0
     train_dir, val_dir = split_folders(args.data)  # only the scored folder is read
     dataset = evaluation_dataset(
@@ -491,7 +497,14 @@ def _evaluate(args):
     print(report)
     if args.output:
         write_outputs(args.output, model, class_names, report)
+        _write_html(args, model, class_names, report, dataset)
     return 0
+
+
+def _write_html(args, model, class_names, report, dataset):
+    from keras_transfer.report.html import write_run_report
+
+    write_run_report(args.output, model, class_names, report, None, dataset, vars(args))
 
 
 def _load_image(path, image_size):
