@@ -5,6 +5,7 @@
     keras-transfer evaluate MODEL_DIR --data DIR_OR_FILE
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
     keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N]
+    keras-transfer explain MODEL_DIR INPUT [INPUT ...] [--class NAME] [--output DIR]
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
 `report.txt`, `report.html` (plots and the top losses, self-contained) and `history.json`.
@@ -151,6 +152,12 @@ def _parser():
     export.add_argument("model_dir", help="output folder of `keras-transfer train`")
     export.add_argument("--output", required=True, help="base folder; writes <output>/<version>/")
     export.add_argument("--version", type=int, default=None, help="default: the next integer")
+
+    explain = commands.add_parser("explain", help="Grad-CAM overlays or word scores")
+    explain.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    explain.add_argument("inputs", nargs="+", help="image files, or texts for a text model")
+    explain.add_argument("--output", default=None, help="default: MODEL_DIR/explain")
+    explain.add_argument("--class", dest="class_name", default=None, help="default: predicted")
 
     commands.add_parser("backbones", help="list the registry's image backbones")
 
@@ -507,6 +514,20 @@ def _write_html(args, model, class_names, report, dataset):
     write_run_report(args.output, model, class_names, report, None, dataset, vars(args))
 
 
+def _explain(args):
+    import keras_transfer as kt
+    from keras_transfer.report import explain
+
+    model, class_names = load_trained(args.model_dir)
+    output = args.output or os.path.join(args.model_dir, "explain")
+    if kt.compiling.is_text_classifier(model):
+        explain.explain_texts(model, class_names, args.inputs, output, args.class_name)
+        return 0
+    images = [_load_image(path, tuple(model.input_shape[1:3])) for path in args.inputs]
+    explain.explain_images(model, class_names, args.inputs, images, output, args.class_name)
+    return 0
+
+
 def _load_image(path, image_size):
     import tensorflow as tf
 
@@ -665,6 +686,8 @@ def main(argv=None):
             return _predict(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "explain":
+            return _explain(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         print(f"keras-transfer: error: {error}", file=sys.stderr)
         return 2

@@ -121,3 +121,22 @@ def test_report_renders_in_a_headless_browser(image_run, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[:2] == (2400, 1280)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200  # plots, not a blank page
+
+
+def test_explain_command_writes_overlays(tmp_path, capsys):
+    from keras_transfer.cli import main
+    from keras_transfer.saving import save_classifier
+
+    images, _, _ = corner_patch_images(2, seed=3)
+    model = tiny_cnn_classifier()
+    save_classifier(model, str(tmp_path / "model.keras"), ["red", "blue", "none"])
+    files = []
+    for i, image in enumerate(images):
+        files.append(tmp_path / f"in_{i}.png")
+        Image.fromarray(image.astype("uint8")).save(files[-1])
+    assert main(["explain", str(tmp_path), *map(str, files), "--class", "red"]) == 0
+    written = sorted((tmp_path / "explain").iterdir())
+    assert [p.name for p in written] == ["000_in_0_gradcam.png", "001_in_1_gradcam.png"]
+    with Image.open(written[0]) as picture:
+        assert picture.size == (64, 32)  # the image and its overlay side by side
+    assert "in_1.png: red (" in capsys.readouterr().out

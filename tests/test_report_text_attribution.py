@@ -65,3 +65,17 @@ def test_word_pieces_merge_and_highlight(keyword_model):
     assert "a&lt;b" in fragment and "rgba(210,50,50,0.85)" in fragment
     with pytest.raises(ValueError, match="class_index"):
         integrated_gradients(keyword_model, "ok", class_index=2)
+
+
+def test_explain_command_scores_the_words_of_texts(keyword_model, tmp_path, capsys):
+    from keras_transfer.cli import main
+    from keras_transfer.saving import save_classifier
+
+    save_classifier(keyword_model, str(tmp_path / "model.keras"), ["other", "prize"])
+    assert main(["explain", str(tmp_path), "ok call now prize", "--class", "prize"]) == 0
+    out = capsys.readouterr().out
+    assert "prize (" in out and "prize:+" in out
+    page = (tmp_path / "explain" / "explain.html").read_text(encoding="utf-8")
+    assert page.count('class="word"') == 4
+    assert main(["explain", str(tmp_path), "ok", "--class", "nope"]) == 2
+    assert "not one of the model's classes" in capsys.readouterr().err
