@@ -80,3 +80,14 @@ def test_grad_cam_on_a_registry_backbone():
         grad_cam(model, images, class_index=3)
     with pytest.raises(ValueError, match=r"\(batch, 64, 64, 3\)"):
         grad_cam(model, images[:, :32])
+
+
+def test_grad_cam_on_a_keras_hub_image_preset():
+    from conftest import require_shared
+
+    preset = require_shared("weights", "keras_hub", "efficientnet_lite0_imagenet")
+    model = kt.build_image_classifier(f"hub:{preset}", 2, input_shape=(64, 64, 3), weights=None)
+    layer, tensor = find_feature_layer(model)
+    assert type(layer).__name__ == "EfficientNetBackbone" and tuple(tensor.shape[1:3]) == (2, 2)
+    heatmaps, _ = grad_cam(model, np.full((1, 64, 64, 3), 128.0))
+    assert heatmaps.shape == (1, 64, 64)
