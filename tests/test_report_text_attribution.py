@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import without_encoder_dropout
+from conftest import TINY_VOCAB, without_encoder_dropout
 
 import keras_transfer as kt
 from keras_transfer.report.integrated_gradients import highlight_html, integrated_gradients
@@ -23,13 +23,29 @@ def keyword_rows(count, seed=0):
 
 
 @pytest.fixture(scope="module")
-def keyword_model(tiny_bert_preset):
+def keyword_model(tmp_path_factory):
+    """A tiny BERT (its own seeded weights, whatever ran before) trained to key on "prize"."""
+    import keras_hub
+
     keras.utils.set_random_seed(7)
-    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    folder = str(tmp_path_factory.mktemp("keyword_bert"))
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(TINY_VOCAB),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
+    task = keras_hub.models.BertTextClassifier(backbone, 2, preprocessor=preprocessor)
+    task.save_to_preset(folder)
+    model = kt.build_text_classifier(folder, 2, sequence_length=16)
     without_encoder_dropout(model)
-    kt.compile_classifier(model, learning_rate=3e-3)
+    kt.compile_classifier(model, learning_rate=5e-3)
     texts, labels = keyword_rows(96)
-    model.fit(texts, labels, batch_size=16, epochs=6, verbose=0)
+    model.fit(texts, labels, batch_size=16, epochs=8, verbose=0)
     return model
 
 
