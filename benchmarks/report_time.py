@@ -35,7 +35,8 @@ def main(argv):
     code = cli.main(argv)
     total = time.perf_counter() - start
     report = sum(spent)
-    print(f"run {total:.1f} s, report.html {report:.1f} s ({100 * report / total:.1f} % of the run)")
+    share = 100 * report / total
+    print(f"run {total:.1f} s, report.html {report:.1f} s ({share:.1f} % of the run)")
     return code
 
 
