@@ -140,3 +140,22 @@ def test_explain_command_writes_overlays(tmp_path, capsys):
     with Image.open(written[0]) as picture:
         assert picture.size == (64, 32)  # the image and its overlay side by side
     assert "in_1.png: red (" in capsys.readouterr().out
+
+
+def test_top_losses_are_the_highest_cross_entropies():
+    from keras_transfer.report.top_losses import top_losses
+
+    images, labels, _ = corner_patch_images(20, seed=4)
+    model = tiny_cnn_classifier()
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(6)
+    worst = top_losses(model, dataset, k=5)
+    probabilities = model.predict(images, verbose=0)
+    losses = -np.log(probabilities[np.arange(20), labels])
+    assert [item.index for item in worst] == list(np.argsort(-losses)[:5])
+    np.testing.assert_allclose([item.loss for item in worst], np.sort(losses)[::-1][:5], rtol=1e-4)
+    first = worst[0]
+    assert first.true == labels[first.index]
+    assert first.predicted == probabilities[first.index].argmax()
+    np.testing.assert_array_equal(first.input, images[first.index])
+    with pytest.raises(ValueError, match="`k`"):
+        top_losses(model, dataset, k=0)
