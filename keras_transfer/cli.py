@@ -6,9 +6,11 @@
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
     keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N] [--format FORMAT]
     keras-transfer tune image --data DIR --backbones A,B --max-trials N --max-time S --output DIR
+    keras-transfer explain MODEL_DIR INPUT [INPUT ...] [--class NAME] [--output DIR]
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,
-`report.txt` and `history.json`. Paths are only ever opened as files, never passed to a shell.
+`report.txt`, `report.html` (plots and the top losses, self-contained) and `history.json`.
+Paths are only ever opened as files, never passed to a shell.
 """
 
 from __future__ import annotations
@@ -256,6 +258,19 @@ def _parser():
     export.add_argument(
         "--calibration-data",
         help="int8 only: image folder <class>/* to calibrate on, e.g. DATA/train",
+    )
+
+    explain = sub_parser(commands, "explain", "Grad-CAM overlays or word scores for inputs")
+    explain.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    explain.add_argument("inputs", nargs="+", help="image files, or texts for a text model")
+    explain.add_argument(
+        "--output", default=None, help="folder for the overlays (default: MODEL_DIR/explain)"
+    )
+    explain.add_argument(
+        "--class",
+        dest="class_name",
+        default=None,
+        help="class to explain (default: the predicted one)",
     )
 
     sub_parser(commands, "backbones", "list the registry's image backbones")
@@ -600,6 +615,10 @@ def _evaluate_and_write(args, model, val_ds, class_names, histories):
         report = kt.evaluate_classifier(model, val_ds, class_names)
         print(report)
     write_outputs(args.output, model, class_names, report, histories)
+    if report is not None:
+        from keras_transfer.report.html import write_run_report
+
+        write_run_report(args.output, model, class_names, report, histories, val_ds, vars(args))
     if report is None:
         print(
             f"Wrote {os.path.join(args.output, MODEL_FILE)}, {CLASS_NAMES_FILE} and "
@@ -663,6 +682,7 @@ def _evaluate(args):
         print(report)
         if args.output:
             write_outputs(args.output, model, class_names, report)
+            _write_html(args, model, class_names, report, dataset)
         return 0
     train_dir, val_dir = split_folders(args.data)  # only the scored folder is read
     dataset = evaluation_dataset(
@@ -675,6 +695,27 @@ def _evaluate(args):
     print(report)
     if args.output:
         write_outputs(args.output, model, class_names, report)
+        _write_html(args, model, class_names, report, dataset)
+    return 0
+
+
+def _write_html(args, model, class_names, report, dataset):
+    from keras_transfer.report.html import write_run_report
+
+    write_run_report(args.output, model, class_names, report, None, dataset, vars(args))
+
+
+def _explain(args):
+    import keras_transfer as kt
+    from keras_transfer.report import explain
+
+    model, class_names = load_trained(args.model_dir)
+    output = args.output or os.path.join(args.model_dir, "explain")
+    if kt.compiling.is_text_classifier(model):
+        explain.explain_texts(model, class_names, args.inputs, output, args.class_name)
+        return 0
+    images = [_load_image(path, tuple(model.input_shape[1:3])) for path in args.inputs]
+    explain.explain_images(model, class_names, args.inputs, images, output, args.class_name)
     return 0
 
 
@@ -854,6 +895,8 @@ def main(argv=None):
             return _predict(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "explain":
+            return _explain(args)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         print(f"keras-transfer: error: {error}", file=sys.stderr)
         return 2

@@ -16,11 +16,12 @@ set KERAS_BACKEND=tensorflow|jax|torch to choose the backend.""",
   keras-transfer train text --data train.csv --val test.csv --preset PRESET --output runs/spam""",
     "image": """example (DIR holds train/<class>/*.jpg and val/<class>/*.jpg):
   keras-transfer train image --data DIR --backbone mobilenet \\
-      --backbone-kwargs '{"alpha": 0.25}' --image-size 224 --no-augmentation --output runs/bees
-Writes model.keras, class_names.json, report.json, report.txt and history.json to --output.""",
+      --backbone-kwargs '{"alpha": 0.25}' --image-size 224 --output runs/bees
+Writes model.keras, class_names.json, report.json, report.txt, report.html and history.json
+to --output.""",
     "text": """example (CSV files with text,label columns):
   keras-transfer train text --data train.csv --val test.csv \\
-      --preset bert_tiny_en_uncased --sequence-length 64 --epochs 1 --output runs/spam
+      --preset bert_tiny_en_uncased --sequence-length 64 --output runs/spam
 --preset also takes a local preset folder or a Hugging Face BERT folder (offline use).""",
     "evaluate": """example:
   keras-transfer evaluate runs/bees --data DIR --output runs/bees/val-report""",
@@ -29,7 +30,14 @@ Writes model.keras, class_names.json, report.json, report.txt and history.json t
   keras-transfer predict runs/spam "WIN a FREE prize, call now!" --json
   keras-transfer predict runs/bees-serving photo1.jpg      # an exported SavedModel""",
     "export": """example:
-  keras-transfer export runs/bees --output runs/bees-serving   # writes runs/bees-serving/1""",
+  keras-transfer export runs/bees --output runs/bees-serving   # writes runs/bees-serving/1
+  keras-transfer export runs/bees --output runs/bees-onnx --format onnx""",
+    "explain": """examples:
+  keras-transfer explain runs/bees photo1.jpg photo2.jpg     # Grad-CAM overlays
+  keras-transfer explain runs/spam "WIN a FREE prize, call now!"   # word scores""",
+    "tune": """example:
+  keras-transfer tune image --data DIR --backbones mobilenet_v2,efficientnet_b0 \\
+      --max-trials 20 --max-time 900 --output runs/tune""",
     "backbones": """example:
   keras-transfer backbones | grep -i efficientnet""",
     "demo": """example:

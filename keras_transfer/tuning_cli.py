@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from keras_transfer.tuning import DEFAULT_SEARCH_SPACE, leaderboard_markdown, tune_image_classifier
@@ -9,11 +10,19 @@ from keras_transfer.tuning import DEFAULT_SEARCH_SPACE, leaderboard_markdown, tu
 
 def add_tune_parser(commands):
     """Add `keras-transfer tune image ...` to the CLI's subcommands."""
-    tune = commands.add_parser(
-        "tune", help="search backbones and head settings (KerasTuner), save the best model"
+    from keras_transfer.cli_examples import EXAMPLES, sub_parser
+
+    tune = sub_parser(
+        commands, "tune", "search backbones and head settings (KerasTuner), save the best model"
     )
     kinds = tune.add_subparsers(dest="kind", required=True)
-    image = kinds.add_parser("image", help="image classifiers on registry or hub: backbones")
+    image = kinds.add_parser(
+        "image",
+        help="image classifiers on registry or hub: backbones",
+        description="Search image classifiers on registry or hub: backbones.",
+        epilog=EXAMPLES["tune"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     image.add_argument("--data", required=True, help="folder with train/<class>/ and val/<class>/")
     image.add_argument(
         "--backbones", required=True, help="comma-separated names, e.g. mobilenet_v2,resnet50"
@@ -38,16 +47,33 @@ def add_tune_parser(commands):
         help='JSON {backbone: kwargs}, e.g. \'{"mobilenet": {"alpha": 0.25}}\'',
     )
     image.add_argument("--weights", default="imagenet", help="imagenet (default) or none")
-    image.add_argument("--image-size", type=int, default=None)
-    image.add_argument("--batch-size", type=int, default=32)
-    image.add_argument("--validation-split", type=float, default=None)
+    image.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default: the backbone's)",
+    )
+    image.add_argument(
+        "--batch-size", type=int, default=32, help="images per batch (default %(default)s)"
+    )
+    image.add_argument(
+        "--validation-split",
+        type=float,
+        default=None,
+        help="fraction of train/ held out when DATA has no val/ folder (default: none)",
+    )
     image.add_argument(
         "--finetune-epochs",
         default="auto",
         help="fine-tuning epochs of trials with an unfreeze depth above 0 (default auto: "
         "fine_tune's step budget with early stopping)",
     )
-    image.add_argument("--seed", type=int, default=1337)
+    image.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="seed of the search and the data (default %(default)s)",
+    )
 
 
 def run_tune_command(args):

@@ -66,7 +66,7 @@ def test_train_evaluate_predict_on_a_tiny_folder(tmp_path, capsys):
         "--output",
         out,
     )
-    for name in ("model.keras", "class_names.json", "report.json", "report.txt", "history.json"):
+    for name in ("model.keras", "class_names.json", "report.json", "report.html", "history.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "class_names.json").read_text()) == ["cats", "dogs"]
     assert json.loads((out / "report.json").read_text())["num_examples"] == 4

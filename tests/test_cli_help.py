@@ -16,7 +16,7 @@ import contextlib, io, json, sys
 from keras_transfer.cli import main
 
 screens = [[], ["train"], ["train", "image"], ["train", "text"], ["evaluate"], ["predict"],
-           ["export"], ["backbones"], ["demo"]]
+           ["export"], ["backbones"], ["demo"], ["explain"], ["tune"], ["tune", "image"]]
 out = {"help": {}, "codes": {}}
 for screen in screens:
     text = io.StringIO()
