@@ -395,6 +395,13 @@ def _add_output_arguments(parser):
         "--no-checkpoint", action="store_true", help="do not save per-epoch checkpoints"
     )
     parser.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="write TensorBoard logs of every fitted epoch there (Keras' TensorBoard "
+        "callback; default: none); view with `tensorboard --logdir DIR`",
+    )
+    parser.add_argument(
         "--feature-cache",
         choices=["auto", "on", "off"],
         default="auto",
@@ -546,6 +553,7 @@ def _train_text(args):
         class_weight=class_weight,
         checkpoint_dir=_checkpoint_dir(args),
         checkpoint_settings=vars(args),
+        callbacks=_tensorboard(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
         text_padding=TEXT_PADDING[args.padding],
     )
@@ -586,6 +594,22 @@ def _checkpoint_dir(args):
     return args.checkpoint or os.path.join(args.output, "checkpoint")
 
 
+def _tensorboard(args):
+    """`[keras.callbacks.TensorBoard(DIR)]` for `--tensorboard DIR`, else None."""
+    if not getattr(args, "tensorboard", None):
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or keras-transfer[report])."
+        )
+    import keras
+
+    return [keras.callbacks.TensorBoard(log_dir=args.tensorboard)]
+
+
 def _fit_and_write(args, model, train_ds, val_ds, class_names):
     import keras_transfer as kt
     from keras_transfer.class_weighting import command_line_class_weight
@@ -602,6 +626,7 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         class_weight=command_line_class_weight(args, train_ds, class_names),
         checkpoint_dir=_checkpoint_dir(args),
         checkpoint_settings=vars(args),
+        callbacks=_tensorboard(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
     )
     return _evaluate_and_write(args, model, val_ds, class_names, histories)

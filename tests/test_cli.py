@@ -63,9 +63,12 @@ def test_train_evaluate_predict_on_a_tiny_folder(tmp_path, capsys):
         4,
         "--mixed-precision",
         "bfloat16",
+        "--tensorboard",
+        tmp_path / "tb",
         "--output",
         out,
     )
+    assert any(path.name.startswith("events.out") for path in (tmp_path / "tb").rglob("*"))
     for name in ("model.keras", "class_names.json", "report.json", "report.html", "history.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "class_names.json").read_text()) == ["cats", "dogs"]
