@@ -247,7 +247,9 @@ class StageRunner:
             )
         head = split.head
         head.compile(**keras.saving.deserialize_keras_object(self.model.get_compile_config()))
-        train_features, val_features = split.cache(self.train_ds, self.val_ds)
+        train_features, val_features = split.cache(
+            self.train_ds, self.val_ds, progress=self.verbose not in (0, 2)
+        )
         return self.fit(head, train_features, "head", val_features, epochs=epochs, **stopping)
 
     def fit_head_auto(self, split, fallback_epochs, patience):
@@ -262,7 +264,9 @@ class StageRunner:
             return history, len(history.epoch)
         head = split.head
         head.compile(**keras.saving.deserialize_keras_object(self.model.get_compile_config()))
-        train_features, val_features = split.cache(self.train_ds, self.val_ds)
+        train_features, val_features = split.cache(
+            self.train_ds, self.val_ds, progress=self.verbose not in (0, 2)
+        )
         chosen = fit_linear_head(
             head, train_features, class_weight=self.fit_kwargs.get("class_weight")
         )

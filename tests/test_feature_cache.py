@@ -95,6 +95,7 @@ def test_auto_caches_in_inference_mode(capsys, tmp_path):
         )["head"]  # fmt: skip
         out = capsys.readouterr().out
         assert "outputs in inference mode (random_flip" in out and "--feature-cache off" in out
+        assert "12/12" in out and "/example" in out  # the caching pass's progress bar
         assert len(history.history["val_accuracy"]) == 2
     kt.fine_tune(model, train_ds, val_ds, head_epochs=1, cache_features=False, finetune_epochs=0)
     assert "Caching" not in capsys.readouterr().out
