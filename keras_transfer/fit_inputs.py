@@ -1,5 +1,6 @@
-"""Training data that is not a `tf.data.Dataset`: Python generators, `keras.utils.PyDataset`
-and torch `DataLoader`s, as `model.fit` takes them.
+"""Training data that is not a `tf.data.Dataset`: Python generators, `keras.utils.PyDataset`,
+torch `DataLoader`s and grain datasets (`grain.MapDataset`, `grain.IterDataset`,
+`grain.DataLoader`), as `model.fit` takes them.
 
 `fine_tune`, `resumable_fit` and `evaluate_classifier` pass such data to Keras as it is.
 What needs a `tf.data` pipeline is left out for it, with one line that says so: feature
@@ -34,6 +35,10 @@ def kind_of(data):
         return "keras.utils.PyDataset"
     if type(data).__module__.startswith("torch.utils.data"):
         return "torch DataLoader"
+    if type(data).__module__.split(".")[0] == "grain":  # its public class, not a subclass
+        names = [cls.__name__ for cls in type(data).__mro__]
+        public = [n for n in names if n in ("MapDataset", "IterDataset", "DataLoader")]
+        return f"grain {(public or names)[0]}"
     if isinstance(data, collections.abc.Iterator):
         return "Python generator" if isinstance(data, collections.abc.Generator) else "iterator"
     return type(data).__name__

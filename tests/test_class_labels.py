@@ -229,8 +229,23 @@ def test_fine_tune_takes_torch_dataloaders(tmp_path, capsys):
     tensors = torch.utils.data.TensorDataset(torch.tensor(images), torch.tensor(labels))
     loader = torch.utils.data.DataLoader(tensors, batch_size=4)
     model = _tiny_classifier(3)
-    history = kt.fine_tune(model, loader, loader, head_epochs=2, checkpoint_dir=tmp_path / "c")
+    history = kt.fine_tune(
+        model, loader, loader, head_epochs=2, finetune_epochs=0, checkpoint_dir=tmp_path / "c"
+    )
     assert "the data is a torch DataLoader" in capsys.readouterr().out
     assert len(history["head"].history["val_loss"]) == 2
     report = kt.evaluate_classifier(model, loader, ["a", "b", "c"])
     assert report.num_examples == 12
+
+
+def test_fine_tune_takes_grain_datasets(capsys):
+    grain = pytest.importorskip("grain")
+    images, labels = _arrays()
+    data = grain.MapDataset.source(list(zip(images, labels, strict=True))).batch(4)
+    model = _tiny_classifier(3)
+    history = kt.fine_tune(model, data, data, head_epochs=2, finetune_epochs=1)
+    assert "the data is a grain MapDataset" in capsys.readouterr().out
+    assert len(history["head"].history["val_loss"]) == 2
+    assert len(history["finetune"].history["val_loss"]) == 1
+    report = kt.evaluate_classifier(model, data, ["a", "b", "c"])
+    assert report.num_examples == 12 and sum(report.support) == 12
