@@ -95,3 +95,43 @@ def test_explain_command_scores_the_words_of_texts(keyword_model, tmp_path, caps
     assert page.count('class="word"') == 4
     assert main(["explain", str(tmp_path), "ok", "--class", "nope"]) == 2
     assert "not one of the model's classes" in capsys.readouterr().err
+
+
+def test_the_same_weights_give_the_same_scores_on_every_backend(tmp_path):
+    """A tiny BERT whose weights are drawn with NumPy (the same on every backend): its word
+    scores equal the numbers below, measured once on tensorflow, within 1e-3 (jax and torch
+    agreed to 1e-5)."""
+    import keras_hub
+
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(TINY_VOCAB),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
+    task = keras_hub.models.BertTextClassifier(backbone, 2, preprocessor=preprocessor)
+    task.save_to_preset(str(tmp_path))
+    model = kt.build_text_classifier(str(tmp_path), 2, sequence_length=16)
+    rng = np.random.default_rng(3)
+    model.set_weights(
+        [
+            np.ones(w.shape, "float32")
+            if "gamma" in w.path
+            else rng.normal(0, 0.5, w.shape).astype("float32")
+            for w in model.weights
+        ]
+    )
+    texts = ["hello friend prize tomorrow", "call now for a prize"]
+    expected = [
+        (["hello", "friend", "prize", "tomorrow"], [-0.05292, -0.04019, 0.06017, -0.10263]),
+        (["call", "now", "[UNK]", "a", "prize"], [0.06051, -0.19613, 0.03441, 0.03093, 0.02572]),
+    ]
+    attributions = integrated_gradients(model, texts, class_index=1, steps=64)
+    for attribution, (words, scores) in zip(attributions, expected, strict=True):
+        assert attribution.words == words
+        np.testing.assert_allclose(attribution.word_scores, scores, atol=1e-3)
+    assert attributions[0].probability == pytest.approx(0.78785, abs=1e-4)
