@@ -69,7 +69,7 @@ def main():
         augmentation=None,
         backbone_kwargs={"alpha": 0.25},
     )
-    kt.fine_tune(model, train, val, head_epochs=args.epochs)
+    kt.fine_tune(model, train, val, head_epochs=args.epochs, finetune_epochs=0)
     val_images, val_labels = _arrays(val)
     train_images, _ = _arrays(train)
     keras_probs = model.predict(val_images, verbose=0)

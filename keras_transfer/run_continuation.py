@@ -136,7 +136,7 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
     settings = {**vars(args), "epochs_before": done}  # one value for every stage of this run
     new = {}
     if args.kind == "text":
-        stage = next(iter(history), "train")
+        stage = next(reversed(history), "train")  # the stage it ended in
         compile_classifier(model, learning_rate=args.lr)
         more = finetune_budget(train_ds) if args.epochs == "auto" else args.epochs
         new[stage] = _fit(

@@ -430,6 +430,7 @@ def _head_training(make_data, make_model, cache, **fine_tune_kwargs):
     keras.utils.set_random_seed(5)
     train_ds, val_ds = make_data()
     model = make_model()
+    fine_tune_kwargs = {"finetune_epochs": 0, **fine_tune_kwargs}  # the head alone by default
     history = kt.fine_tune(
         model, train_ds, val_ds, cache_features=cache, verbose=0, **fine_tune_kwargs
     )["head"].history

@@ -34,8 +34,9 @@ def test_a_finished_text_run_is_kept_or_continued(tiny_bert_preset, tmp_path, ca
     )
     assert result.returncode == 0, result.stderr
     history = json.loads((more / "history.json").read_text())
-    assert len(history["train"]["loss"]) == 2  # 1 epoch, then 1 more
-    assert "Epoch 2/2" in result.stdout and "Epoch 1/" not in result.stdout
+    # The probe head (1 epoch), 1 fine-tuning epoch, then 1 more fine-tuning epoch.
+    assert len(history["head"]["loss"]) == 1 and len(history["finetune"]["loss"]) == 2
+    assert "Epoch 3/3" in result.stdout and "Epoch 2/" not in result.stdout
     assert not (more / "checkpoint").exists()
     from argparse import Namespace
 
@@ -56,7 +57,9 @@ def test_an_image_run_goes_on_in_its_stage(tmp_path, capsys):
     train += ("--weights", "none", "--backbone-kwargs", '{"alpha": 0.25}', "--image-size", 32)
     train += ("--validation-split", 0.25, "--batch-size", 4, "--no-augmentation")
     first, second = tmp_path / "first", tmp_path / "second"
-    result = _cli_in_process(capsys, *train, "--epochs", 1, "--output", first)
+    result = _cli_in_process(
+        capsys, *train, "--epochs", 1, "--finetune-epochs", 0, "--output", first
+    )
     assert result.returncode == 0, result.stderr
     result = _cli_in_process(
         capsys,
