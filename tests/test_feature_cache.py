@@ -580,7 +580,9 @@ def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(tmp_path, tiny
         return model
 
     runs = {
-        cache: _head_training(make_data, make_model, cache, head_epochs=3, learning_rate=1e-2)
+        cache: _head_training(
+            make_data, make_model, cache, head_epochs=3, learning_rate=1e-2, optimizer="adam"
+        )
         for cache in (False, True)
     }
     (uncached, history), (cached, cached_history) = runs[False], runs[True]

@@ -81,7 +81,9 @@ def test_an_image_run_goes_on_in_its_stage(tmp_path, capsys):
     result = _cli_in_process(capsys, *resized, "--init-from", first, "--output", tmp_path / "r")
     assert result.returncode == 2 and "takes 32x32 images" in result.stderr
     # A run that reached fine-tuning goes on fine-tuning, and says so.
-    result = _cli_in_process(capsys, *train, "--init-from", second, "--output", tmp_path / "x")
+    result = _cli_in_process(
+        capsys, *train, "--finetune-epochs", 0, "--init-from", second, "--output", tmp_path / "x"
+    )
     assert result.returncode == 2 and "--finetune-epochs N" in result.stderr
     result = _cli_in_process(
         capsys, *train, "--finetune-epochs", 1, "--init-from", second, "--output", second
