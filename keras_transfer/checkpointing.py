@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 STATE_FILE = "state.json"
 
@@ -99,8 +100,9 @@ def clear_checkpoint(directory):
     """Delete the files `resumable_fit` wrote in `directory` (and the folder if left empty)."""
     if not os.path.isdir(directory):
         return
-    for name in os.listdir(directory):
-        if name == STATE_FILE or name.endswith((".weights.h5", ".tmp")):
+    ours = re.compile(r"(partial-)?.+-epoch\d{4}\.weights\.h5|state\.json(\.tmp)?")
+    for name in os.listdir(directory):  # only the names this module writes
+        if ours.fullmatch(name) or name == ".write-test.tmp":
             os.remove(os.path.join(directory, name))
     if not os.listdir(directory):
         os.rmdir(directory)

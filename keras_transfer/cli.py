@@ -552,7 +552,7 @@ def _train_text(args):
         finetune_learning_rate=None if head_only else args.lr,
         class_weight=class_weight,
         checkpoint_dir=_checkpoint_dir(args),
-        checkpoint_settings=vars(args),
+        checkpoint_settings=_training_settings(args),
         callbacks=_tensorboard(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
         text_padding=TEXT_PADDING[args.padding],
@@ -594,6 +594,12 @@ def _checkpoint_dir(args):
     return args.checkpoint or os.path.join(args.output, "checkpoint")
 
 
+def _training_settings(args):
+    """The arguments a checkpoint must match to be resumed: all but those that do not change
+    the training (`--overwrite`, `--tensorboard`)."""
+    return {k: v for k, v in vars(args).items() if k not in ("overwrite", "tensorboard")}
+
+
 def _tensorboard(args):
     """`[keras.callbacks.TensorBoard(DIR)]` for `--tensorboard DIR`, else None."""
     if not getattr(args, "tensorboard", None):
@@ -625,7 +631,7 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         learning_rate=args.lr,
         class_weight=command_line_class_weight(args, train_ds, class_names),
         checkpoint_dir=_checkpoint_dir(args),
-        checkpoint_settings=vars(args),
+        checkpoint_settings=_training_settings(args),
         callbacks=_tensorboard(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
     )

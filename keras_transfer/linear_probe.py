@@ -20,6 +20,7 @@ C_GRID = np.logspace(-4, 2, 13)
 MAX_FOLDS = 5
 MAX_ITER = 1000
 ABSENT_CLASS_BIAS = -30.0  # logit offset of a class with no training example
+STD_FLOOR = 1e-3  # features are divided by at least this share of the largest feature std
 
 
 def linear_head_layer(head):
@@ -48,8 +49,14 @@ def _features_and_labels(dataset):
     one pass over a dataset of `(features, one_hot_labels[, sample_weights])` batches."""
     xs, ys, ws = [], [], []
     for batch in dataset.as_numpy_iterator():
+        labels = np.asarray(batch[1])
+        if labels.ndim != 2:
+            raise ValueError(
+                f"Labels must be one-hot, float32 (batch, num_classes); got shape "
+                f"{labels.shape}. Use keras.utils.to_categorical or our dataset functions."
+            )
         xs.append(np.asarray(batch[0], dtype="float32").reshape(len(batch[0]), -1))
-        ys.append(np.asarray(batch[1]).argmax(-1))
+        ys.append(labels.argmax(-1))
         if len(batch) > 2:
             ws.append(np.asarray(batch[2], dtype="float64").reshape(-1))
     if not xs:
@@ -92,7 +99,8 @@ def fit_linear_head(head, train_features, class_weight=None, seed=0):
         per_class = np.array([float(class_weight.get(c, 1.0)) for c in range(num_classes)])
         weights = per_class[y] * (1.0 if weights is None else weights)
     mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-12] = 1.0
+    # A near-constant feature is not scaled up (its weight would blow up once unscaled).
+    scale = np.maximum(scale, STD_FLOOR * max(float(scale.max()), 1e-12))
     standardised = (x - mean) / scale
     present = np.unique(y)
     counts = np.bincount(y, minlength=num_classes)[present]

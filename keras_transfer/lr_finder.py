@@ -172,9 +172,10 @@ def lr_find(
     trained, data, trained_name, restore_inputs = _what_to_train(model, train_ds, cache_features)
     try:
         config = keras.saving.deserialize_keras_object(compiled)
-        opt_config = optimizer.get_config()
+        inner = getattr(optimizer, "inner_optimizer", None) or optimizer  # mixed_float16
+        opt_config = inner.get_config()
         opt_config["learning_rate"] = float(rates[0])
-        config["optimizer"] = optimizer.__class__.from_config(opt_config)
+        config["optimizer"] = inner.__class__.from_config(opt_config)
         trained.compile(**config)
         raw, smoothed, diverged = _sweep(
             trained, data, rates, smoothing, diverge_factor, class_weight

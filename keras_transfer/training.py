@@ -166,6 +166,11 @@ def fine_tune(
     text = is_text_classifier(model)
     if batch_augmentation is not None and text:
         raise ValueError("`batch_augmentation` (MixUp, CutMix) is for image models only.")
+    if batch_augmentation is not None and not hasattr(train_ds, "map"):
+        raise ValueError(
+            "`batch_augmentation` mixes batches in tf.data; pass train_ds as a tf.data.Dataset "
+            f"(e.g. tf.data.Dataset.from_generator), not a {type(train_ds).__name__}."
+        )
     finetune_ds = train_ds
     if batch_augmentation is not None:
         finetune_ds = mix_batches(train_ds, batch_augmentation)

@@ -102,9 +102,16 @@ def finetune_budget(train_ds):
     return min(max(wanted, FINETUNE_MIN_EPOCHS), FINETUNE_MAX_EPOCHS)
 
 
+def base_optimizer(optimizer):
+    """The optimizer itself, or the one inside a `LossScaleOptimizer` (mixed_float16: Keras
+    wraps the compiled optimizer in one, and wraps the inner one again at `compile`)."""
+    return getattr(optimizer, "inner_optimizer", None) or optimizer
+
+
 def learning_rate_value(optimizer):
     """The base learning rate (float) of a Keras optimizer: a `WarmupDecay`'s peak, another
     schedule's rate at step 0, or the constant rate."""
+    optimizer = base_optimizer(optimizer)
     schedule = getattr(optimizer, "_learning_rate", None)
     if isinstance(schedule, WarmupDecay):
         return schedule.peak_learning_rate
@@ -130,7 +137,8 @@ def compile_stage(
     if optimizer is not None:
         fresh = make_optimizer(optimizer, learning_rate, text=is_text_classifier(model))
     else:
-        fresh = model.optimizer.__class__.from_config(model.optimizer.get_config())
+        compiled = base_optimizer(model.optimizer)
+        fresh = compiled.__class__.from_config(compiled.get_config())
         if learning_rate is not None:
             fresh = _with_learning_rate(fresh, learning_rate)
     if total_steps:

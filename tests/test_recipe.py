@@ -161,3 +161,23 @@ def test_batch_augmentation_mixes_images_and_labels_in_stage_2(tmp_path, kind):
     assert stage_2.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="batch_augmentation"):
         mix_batches(train_ds, "rotate")
+
+
+def test_recipe_edge_cases(tmp_path):
+    train_ds, val_ds, _ = _images(tmp_path)
+    # mixed_float16 wraps the optimizer in a LossScaleOptimizer: stage 2 rebuilds the inner one.
+    model = _model(augmentation=None, mixed_precision="float16")
+    kt.fine_tune(model, train_ds, val_ds, finetune_epochs=1, verbose=0)
+    assert learning_rate_value(model.optimizer) == pytest.approx(1e-3)
+    # A checkpoint folder keeps the files that are not the checkpoint's.
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "mine.weights.h5").write_bytes(b"x")
+    (folder / "notes.txt").write_text("x")
+    kt.fine_tune(_model(), train_ds, val_ds, finetune_epochs=1, checkpoint_dir=folder, verbose=0)
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.weights.h5", "notes.txt"]
+    with pytest.raises(ValueError, match="`batch_augmentation` mixes batches in tf.data"):
+        kt.fine_tune(_model(), iter([]), batch_augmentation="mixup", verbose=0)
+    ids = train_ds.map(lambda x, y: (x, tf.argmax(y, -1)))
+    with pytest.raises(ValueError, match="Labels must be one-hot"):
+        kt.fine_tune(_model(), ids, finetune_epochs=0, verbose=0)

@@ -159,7 +159,7 @@ def render_report_html(
             _metrics_table(data),
             "</section>",
         ]
-    if histories:
+    if histories and any(plots.normalize_histories(histories).values()):  # epochs to plot
         figure = plots.plot_training_curves(histories)
         parts += ['<section id="curves"><h2>Training curves</h2>']
         parts += [_figure_img(figure, "training curves"), "</section>"]
