@@ -169,6 +169,8 @@ def test_cli_train_resumes_after_sigkill(tmp_path):
         "2",
         "--epochs",
         "4",
+        "--finetune-epochs",
+        "0",
         "--output",
         str(out),
     ]
