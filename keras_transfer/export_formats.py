@@ -388,6 +388,6 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    import keras_transfer  # noqa: F401  (registers the layers before loading)
+    import keras_transfer.layers  # noqa: F401  (registers the layers before loading)
 
     _main(sys.argv[1:])

@@ -94,6 +94,7 @@ class _StageOptimizer(keras.callbacks.Callback):
         self.weights = [np.copy(w) for w in self.model.get_weights()]
 
 
+@pytest.mark.backends("tensorflow", "torch")  # jax: minutes of CPU; test_recipe_edge_cases
 def test_default_fine_tune_probes_the_head_then_fine_tunes_with_validation_deciding(tmp_path):
     train_ds, val_ds, _ = _images(tmp_path)
     model = _model()  # default augmentation: the head is probed on inference-mode features
@@ -120,6 +121,7 @@ def test_default_fine_tune_probes_the_head_then_fine_tunes_with_validation_decid
     assert kt.fine_tune(_model(), train_ds, verbose=0).keys() == {"head"}  # no val: no stage 2
 
 
+@pytest.mark.backends("tensorflow", "torch")  # jax: minutes of CPU; test_recipe_edge_cases
 def test_fine_tune_keeps_the_compiled_optimizer_and_reverts_a_worse_stage_2(tmp_path, capsys):
     train_ds, val_ds, _ = _images(tmp_path)
     model = _model(augmentation=None)
