@@ -123,6 +123,12 @@ def tune_image_classifier(
         raise ValueError(
             f"`finetune_epochs` must be 'auto' or an int >= 1, got {finetune_epochs!r}."
         )
+    unknown = sorted(set(backbone_kwargs or {}) - set(backbones))
+    if unknown:
+        raise ValueError(
+            f"`backbone_kwargs` is keyed by backbone, e.g. {{'mobilenet': {{'alpha': 0.25}}}}; "
+            f"{unknown} name none of the backbones {list(backbones)}."
+        )
     started = time.monotonic()
     deadline = None if max_time is None else started + max_time
     keras.utils.set_random_seed(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from keras_transfer.tuning import DEFAULT_SEARCH_SPACE, leaderboard_markdown, tune_image_classifier
 
@@ -100,6 +101,9 @@ def run_tune_command(args):
         **options,
     )
     print(leaderboard_markdown(result), end="")
+    if result["best_model"] is None:  # every trial failed (their errors are printed above)
+        print("keras-transfer: error: no trial finished; see the errors above.", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -98,6 +98,7 @@ def test_bad_arguments_are_refused(tmp_path):
         (dict(finetune_epochs=0), "finetune_epochs"),
         (dict(search_space={"lr": [1e-3]}), "lr"),
         (dict(search_space={"dropout": []}), "dropout"),
+        (dict(backbone_kwargs={"alpha": 0.25}), "keyed by backbone"),
     ]:
         kwargs = {"backbones": ["mobilenet"], "directory": tmp_path, **bad}
         with pytest.raises(ValueError, match=match):
