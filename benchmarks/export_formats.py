@@ -89,13 +89,13 @@ def main():
         onnx_file = os.path.join(folder, "model.onnx")
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+        ort_session = onnxruntime.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
         rows.append(
             (
                 "ONNX Runtime",
                 runtimes.onnx_probabilities(onnx_file, val_images),
                 onnx_file,
-                lambda x: session.run(None, {"image": x}),
+                lambda x: ort_session.run(None, {"image": x}),
             )
         )
         calibration = train_images[np.random.default_rng(0).permutation(len(train_images))]

@@ -75,9 +75,9 @@ def onnx_probabilities(model_file, pixels):
     """
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    (probabilities,) = session.run(None, {name: np.asarray(pixels, dtype="float32")})
+    ort_session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    name = ort_session.get_inputs()[0].name
+    (probabilities,) = ort_session.run(None, {name: np.asarray(pixels, dtype="float32")})
     return np.asarray(probabilities, dtype="float32")
 
 

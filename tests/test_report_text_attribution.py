@@ -22,13 +22,10 @@ def keyword_rows(count, seed=0):
     return np.array(texts, dtype=object), keras.utils.to_categorical(labels, 2)
 
 
-@pytest.fixture(scope="module")
-def keyword_model(tmp_path_factory):
-    """A tiny BERT (its own seeded weights, whatever ran before) trained to key on "prize"."""
+def _tiny_bert(folder):
+    """A 2-layer BERT text classifier (hidden 16) saved to `folder` and built from it."""
     import keras_hub
 
-    keras.utils.set_random_seed(7)
-    folder = str(tmp_path_factory.mktemp("keyword_bert"))
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=len(TINY_VOCAB),
@@ -41,7 +38,14 @@ def keyword_model(tmp_path_factory):
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
     task = keras_hub.models.BertTextClassifier(backbone, 2, preprocessor=preprocessor)
     task.save_to_preset(folder)
-    model = kt.build_text_classifier(folder, 2, sequence_length=16)
+    return kt.build_text_classifier(folder, 2, sequence_length=16)
+
+
+@pytest.fixture(scope="module")
+def keyword_model(tmp_path_factory):
+    """A tiny BERT (its own seeded weights, whatever ran before) trained to key on "prize"."""
+    keras.utils.set_random_seed(7)
+    model = _tiny_bert(str(tmp_path_factory.mktemp("keyword_bert")))
     without_encoder_dropout(model)
     kt.compile_classifier(model, learning_rate=5e-3)
     texts, labels = keyword_rows(96)
@@ -101,21 +105,7 @@ def test_the_same_weights_give_the_same_scores_on_every_backend(tmp_path):
     """A tiny BERT whose weights are drawn with NumPy (the same on every backend): its word
     scores equal the numbers below, measured once on tensorflow, within 1e-3 (jax and torch
     agreed to 1e-5)."""
-    import keras_hub
-
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(TINY_VOCAB),
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=16,
-    )
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
-    task = keras_hub.models.BertTextClassifier(backbone, 2, preprocessor=preprocessor)
-    task.save_to_preset(str(tmp_path))
-    model = kt.build_text_classifier(str(tmp_path), 2, sequence_length=16)
+    model = _tiny_bert(str(tmp_path))
     rng = np.random.default_rng(3)
     model.set_weights(
         [
