@@ -151,10 +151,16 @@ def test_batch_augmentation_mixes_images_and_labels_in_stage_2(tmp_path, kind):
 
     train_ds, val_ds, _ = _images(tmp_path)
     mixed = mix_batches(train_ds, kind, seed=1)
-    images, labels = next(iter(epoch_pipeline(mixed, tf.constant(0, "int64"))))
-    assert images.dtype == tf.float32 and labels.shape == (4, 2)
-    np.testing.assert_allclose(labels.numpy().sum(1), 1.0, rtol=1e-5)
-    assert ((labels.numpy() > 0.01) & (labels.numpy() < 0.99)).any()  # soft labels
+    epoch = tf.constant(0, "int64")
+    changed = []
+    for (images, labels), (plain, _) in zip(
+        epoch_pipeline(mixed, epoch), epoch_pipeline(train_ds, epoch), strict=True
+    ):  # the same epoch's batches, mixed and not
+        assert images.dtype == tf.float32 and labels.shape == (4, 2)
+        np.testing.assert_allclose(labels.numpy().sum(1), 1.0, rtol=1e-5)
+        assert labels.numpy().min() >= 0 and labels.numpy().max() <= 1
+        changed.append(not np.allclose(images.numpy(), plain.numpy()))
+    assert any(changed)  # pairs of images mixed (their labels too, when of two classes)
     stage_2 = _StageOptimizer()
     kt.fine_tune(
         _model(augmentation=None), train_ds, val_ds, head_epochs=0, finetune_epochs=1,
