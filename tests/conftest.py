@@ -93,21 +93,9 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
 @pytest.fixture(scope="session")
 def tiny_bert_preset(tmp_path_factory):
     """A tiny random BERT text classifier saved as a KerasHub preset folder."""
-    import keras_hub
 
     folder = tmp_path_factory.mktemp("tiny_bert_preset")
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(TINY_VOCAB),
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=64,
-    )
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
-    task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor)
-    task.save_to_preset(str(folder))
+    save_tiny_bert(str(folder), max_sequence_length=64)
     return str(folder)
 
 
@@ -226,3 +214,21 @@ def batchnorm_statistics(model):
         if isinstance(layer, keras.layers.BatchNormalization)
         for v in (layer.moving_mean, layer.moving_variance)
     ]
+
+
+def save_tiny_bert(folder, max_sequence_length=16):
+    """Save a random 2-layer BERT text classifier (hidden 16, 2 classes) as a preset folder."""
+    import keras_hub
+
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(TINY_VOCAB),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=max_sequence_length,
+    )
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
+    task = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=preprocessor)
+    task.save_to_preset(folder)

@@ -1,7 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_VOCAB, without_encoder_dropout
+from conftest import save_tiny_bert, without_encoder_dropout
 
 import keras_transfer as kt
 from keras_transfer.report.integrated_gradients import highlight_html, integrated_gradients
@@ -24,20 +24,7 @@ def keyword_rows(count, seed=0):
 
 def _tiny_bert(folder):
     """A 2-layer BERT text classifier (hidden 16) saved to `folder` and built from it."""
-    import keras_hub
-
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(TINY_VOCAB),
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=16,
-    )
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=16)
-    task = keras_hub.models.BertTextClassifier(backbone, 2, preprocessor=preprocessor)
-    task.save_to_preset(folder)
+    save_tiny_bert(folder)
     return kt.build_text_classifier(folder, 2, sequence_length=16)
 
 
