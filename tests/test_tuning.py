@@ -69,7 +69,27 @@ def test_trials_reuse_cached_features_and_the_best_model_reloads(tmp_path, monke
     assert model.get_layer("dropout").rate == pytest.approx(board[0]["dropout"])
 
 
-def test_time_budget_stops_the_search(tmp_path):
+def test_time_budget_stops_the_search(tmp_path, monkeypatch):
+    import time
+
+    from keras_transfer import tuning
+
+    # A clock that jumps past the budget once the first trial starts, so the test does not
+    # depend on how fast this machine builds a model.
+    started = []
+    original = tuning._Search.run_trial
+
+    def run_trial(self, hp, trial_id):
+        started.append(trial_id)
+        return original(self, hp, trial_id)
+
+    class Clock:
+        @staticmethod
+        def monotonic():
+            return time.monotonic() + (3600.0 if started else 0.0)
+
+    monkeypatch.setattr(tuning._Search, "run_trial", run_trial)
+    monkeypatch.setattr(tuning, "time", Clock)
     train_ds, val_ds, names = kt.image_folder_datasets(
         _folder(tmp_path), image_size=32, batch_size=4
     )
@@ -78,13 +98,14 @@ def test_time_budget_stops_the_search(tmp_path):
         ["mobilenet"],
         directory=tmp_path / "out",
         max_trials=50,
-        max_time=0.5,  # spent by the first trial's model building and caching
+        max_time=600,
         search_space={"unfreeze_top_n": [0]},
         weights=None,
         backbone_kwargs=TINY,
         head_epochs=50,
         verbose=0,
     )
+    assert len(started) == 1
     assert result["stopped_by"] == "max_time" and len(result["leaderboard"]) == 1
     assert result["leaderboard"][0]["head_epochs"] == 1  # stopped after its first epoch
 
