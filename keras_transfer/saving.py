@@ -9,6 +9,7 @@ import zipfile
 
 CLASS_NAMES_ENTRY = "keras_transfer/class_names.json"
 TRAINABLE_ENTRY = "keras_transfer/trainable.json"
+WEIGHTS_ENTRY = "model.weights.h5"
 
 
 def _trainable_flags(model):
@@ -38,7 +39,40 @@ def _restore_trainable_flags(model, flags, path):
                 layers[name].trainable = trainable
 
 
-def save_classifier(model, path, class_names):
+def _drop_optimizer_state(path):
+    """Rewrite the `.keras` archive at `path` without the optimizer's variables.
+
+    Keras keeps them under `optimizer/vars` of `model.weights.h5`; the group is kept, empty,
+    so that loading builds a fresh optimizer (Keras warns that it skips loading its
+    variables). HDF5 does not give back the space of deleted datasets, so the weights file
+    is copied into a new one rather than edited in place.
+    """
+    import io
+
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    rewritten = f"{path}.tmp"
+    with zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as out:
+        for info, data in entries:
+            if info.filename == WEIGHTS_ENTRY:
+                kept = io.BytesIO()
+                with h5py.File(io.BytesIO(data), "r") as src, h5py.File(kept, "w") as dst:
+                    dst.attrs.update(src.attrs)
+                    for name in src:
+                        if name != "optimizer":
+                            src.copy(src[name], dst, name=name)
+                    if "optimizer" in src:
+                        group = dst.create_group("optimizer")
+                        group.attrs.update(src["optimizer"].attrs)
+                        group.create_group("vars")
+                data = kept.getvalue()
+            out.writestr(info, data)
+    os.replace(rewritten, path)
+
+
+def save_classifier(model, path, class_names, include_optimizer=False):
     """Save `model` to a `.keras` file with its class names inside, atomically.
 
     The file is a normal Keras archive (`keras.saving.load_model` reads it) with two extra
@@ -53,6 +87,11 @@ def save_classifier(model, path, class_names):
         model: a `keras.Model`.
         path: str or path-like ending in `.keras`.
         class_names: list of str, index = class id; its length must match the model output.
+        include_optimizer: bool, default False: a file for serving and sharing does not
+            need the optimizer's state (Adam keeps two values per weight: two thirds of a
+            fine-tuned model's file). The compile settings stay, so `load_classifier`
+            returns a compiled model with a fresh optimizer. Checkpoints
+            (`resumable_fit`) keep the state; pass True to keep it here too.
 
     Raises:
         ValueError: `path` does not end in `.keras`, or `class_names` has the wrong length.
@@ -71,6 +110,8 @@ def save_classifier(model, path, class_names):
     tmp = f"{path}.tmp.keras"
     try:
         model.save(tmp)
+        if not include_optimizer:
+            _drop_optimizer_state(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(CLASS_NAMES_ENTRY, json.dumps(class_names, ensure_ascii=False))
             archive.writestr(TRAINABLE_ENTRY, json.dumps(_trainable_flags(model)))

@@ -94,3 +94,42 @@ def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
         "model.keras"
     ]
     assert kt.load_classifier(path)[1] == ["a", "b"]
+
+
+def test_the_saved_file_leaves_the_optimizer_state_out_unless_asked(tmp_path):
+    import io
+    import zipfile
+
+    import h5py
+
+    model = kt.build_image_classifier(
+        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25}
+    )
+    kt.unfreeze_backbone(model)
+    kt.compile_classifier(model)  # Adam: two slots per trainable weight once built
+    images = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    model.fit(images, keras.utils.to_categorical([0, 1, 0, 1], 2), epochs=1, verbose=0)
+    kt.save_classifier(model, tmp_path / "serve.keras", ["a", "b"])
+    kt.save_classifier(model, tmp_path / "full.keras", ["a", "b"], include_optimizer=True)
+
+    def optimizer_values(path):
+        with zipfile.ZipFile(path) as archive:
+            data = archive.read("model.weights.h5")
+        with h5py.File(io.BytesIO(data), "r") as weights:
+            group = weights["optimizer/vars"]
+            return sum(group[name].size for name in group)
+
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert optimizer_values(tmp_path / "serve.keras") == 0
+    assert optimizer_values(tmp_path / "full.keras") > 2 * trainable
+    serve, full = (tmp_path / "serve.keras").stat().st_size, (tmp_path / "full.keras").stat()
+    assert serve < 0.6 * full.st_size
+    for name in ("serve.keras", "full.keras"):
+        loaded, names = kt.load_classifier(tmp_path / name)
+        assert names == ["a", "b"] and loaded.compiled
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(loaded(images)),
+            keras.ops.convert_to_numpy(model(images)),
+            atol=1e-6,
+        )
+        loaded.fit(images, keras.utils.to_categorical([0, 1, 0, 1], 2), epochs=1, verbose=0)
