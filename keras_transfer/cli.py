@@ -247,7 +247,7 @@ def _parser():
         choices=("saved_model", "onnx", "litert"),
         default="saved_model",
         help="saved_model (default: TF Serving, raw image bytes or strings in), onnx or "
-        "litert (image models, pixels in)",
+        "litert (pixels or token ids in)",
     )
     export.add_argument(
         "--quantization",

@@ -1,4 +1,4 @@
-"""`export_onnx` and `export_litert`: image classifiers for ONNX Runtime and LiteRT.
+"""`export_onnx` and `export_litert`: classifiers for ONNX Runtime and LiteRT.
 
 Beside `export_saved_model` (TF Serving), these write one file per version folder, with the
 same atomic, versioned layout (`export_dir/<version>/`, never overwritten):
@@ -25,8 +25,10 @@ top-1 class and probabilities within `tolerance` (default 1e-4); quantised LiteR
 give the same top-1 class on at least `min_top1_agreement` of the sample. A failed check
 raises and leaves no version folder behind.
 
-Text classifiers are not supported yet by these formats: use `export_saved_model`, which
-tokenises raw strings inside the SavedModel.
+Text classifiers are exported from token ids on (`export_text`): the artifact takes the
+preprocessor's int32 `(batch, sequence_length)` arrays and the preprocessor is saved beside it
+in `preprocessor/`; `runtimes.text_inputs(folder, texts)` makes those arrays from raw
+strings. `export_saved_model` instead tokenises raw strings inside the SavedModel.
 """
 
 from __future__ import annotations
@@ -55,28 +57,32 @@ CHECK_EXAMPLES = 32
 def export_onnx(
     model, export_dir, *, version=None, class_names=None, check_data=None, tolerance=1e-4
 ):
-    """Export an image classifier as `export_dir/<version>/model.onnx` for ONNX Runtime.
+    """Export a classifier as `export_dir/<version>/model.onnx` for ONNX Runtime.
 
     Converted with Keras' `model.export(format="onnx")` (tf2onnx, on the tensorflow backend;
     jax and torch models are rebuilt on tensorflow in a subprocess). The ONNX graph has one
     input, `image`: float32 `(batch, height, width, 3)` RGB pixels in [0, 255] (any batch
-    size), and one output: float32 probabilities `(batch, num_classes)`. Checked after
-    writing in ONNX Runtime in a fresh process (see the module docstring).
+    size), and one output: float32 probabilities `(batch, num_classes)`. A text classifier's
+    graph takes int32 token arrays `(batch, sequence_length)` instead (`token_ids`,
+    `segment_ids`, `padding_mask`), made by `runtimes.text_inputs` with the preprocessor
+    saved in `<version>/preprocessor/`. Checked after writing in ONNX Runtime in a fresh
+    process (see the module docstring).
 
     Args:
-        model: a classifier from `build_image_classifier`, on any backend.
+        model: a classifier from `build_image_classifier` or `build_text_classifier`, on
+            any backend.
         export_dir: base folder (str or path-like, valid UTF-8), created if missing.
         version: positive int, or None (default) for the next integer.
         class_names: list of str, index = class id; default `"0"`, `"1"`, ...
         check_data: pixels `(n, height, width, 3)` in [0, 255] for the check; default: 16
-            random images (seed 0).
+            random images (seed 0). Text models: a list of str; default 8 short sentences.
         tolerance: largest allowed |probability difference| against Keras; default 1e-4.
 
     Returns:
         str: the version folder written.
 
     Raises:
-        ValueError: a text classifier, bad `version` / `class_names` / `check_data`.
+        ValueError: bad `version` / `class_names` / `check_data`.
         FileExistsError: the version exists already.
         RuntimeError: conversion failed, or the artifact disagrees with the Keras model.
 
@@ -104,13 +110,15 @@ def export_litert(
     tolerance=1e-4,
     min_top1_agreement=0.8,
 ):
-    """Export an image classifier as `export_dir/<version>/model.tflite` for LiteRT.
+    """Export a classifier as `export_dir/<version>/model.tflite` for LiteRT.
 
     Converted with Keras' `model.export(format="litert")` (the TFLite converter, on the
     tensorflow backend; jax and torch models are rebuilt on tensorflow in a subprocess),
     restricted to LiteRT's builtin ops so that the file runs on any LiteRT runtime without
     the TensorFlow (Flex) delegate. The batch dimension is dynamic
-    (`interpreter.resize_tensor_input`).
+    (`interpreter.resize_tensor_input`). Text classifiers: token inputs as for `export_onnx`
+    (batch and sequence length dynamic; `runtimes.litert_probabilities` runs the serving
+    signature), float32 or dynamic-range only.
 
     Variants (`quantization`):
     - None: float32 weights and activations; float32 pixels in [0, 255] in, float32
@@ -123,9 +131,10 @@ def export_litert(
       `runtimes.litert_probabilities` for the conversion.
 
     Args:
-        model: a classifier from `build_image_classifier`, on any backend.
+        model: a classifier from `build_image_classifier` or `build_text_classifier`, on
+            any backend.
         export_dir: base folder (str or path-like, valid UTF-8), created if missing.
-        quantization: None (default), `"dynamic"` or `"int8"`.
+        quantization: None (default), `"dynamic"` or `"int8"` (images only).
         representative_data: images drawn from the training data for the int8 calibration
             (100-500 recommended; the first 300 are used): an array `(n, height, width, 3)`
             in [0, 255], or an iterable / `tf.data.Dataset` of such batches or of
@@ -133,7 +142,8 @@ def export_litert(
         version: positive int, or None (default) for the next integer.
         class_names: list of str, index = class id; default `"0"`, `"1"`, ...
         check_data: pixels `(n, height, width, 3)` in [0, 255] for the check; default: the
-            first 32 representative images if given, else 16 random images (seed 0).
+            first 32 representative images if given, else 16 random images (seed 0). Text
+            models: a list of str; default 8 short sentences.
         tolerance: float formats: largest allowed |probability difference|; default 1e-4.
         min_top1_agreement: quantised formats: the smallest share of the check images with
             the Keras model's top-1 class; default 0.8.
@@ -142,14 +152,24 @@ def export_litert(
         str: the version folder written.
 
     Raises:
-        ValueError: a text classifier, bad `quantization`, `"int8"` without
-            `representative_data`, bad `version` / `class_names` / data shapes.
+        ValueError: bad `quantization` (`"int8"` for a text classifier: its inputs are token
+            ids, not values to calibrate; use `"dynamic"`, or `quantize_classifier` for a
+            Keras int8 model), `"int8"` without `representative_data`, bad `version` /
+            `class_names` / data shapes.
         FileExistsError: the version exists already.
         RuntimeError: conversion failed, or the artifact disagrees with the Keras model.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"`quantization` must be None, 'dynamic' or 'int8', got {quantization!r}.")
+    from keras_transfer.compiling import is_text_classifier
+
     calibration = None
+    if quantization == "int8" and is_text_classifier(model):
+        raise ValueError(
+            "Full-integer (`quantization='int8'`) LiteRT export is for image classifiers: a "
+            "text model's inputs are token ids. Use `quantization='dynamic'` (int8 weights), "
+            "or `quantize_classifier(model, 'int8')` for an int8 Keras model."
+        )
     if quantization == "int8":
         if representative_data is None:
             raise ValueError(
@@ -243,16 +263,14 @@ def _export(
 ):
     import keras
 
+    from keras_transfer import export_text
     from keras_transfer.compiling import is_text_classifier
 
-    if is_text_classifier(model):
-        raise ValueError(
-            f"Exporting text classifiers to {kind.upper()} is not supported yet (the tokenizer "
-            "would have to run outside the model). Use `export_saved_model` (or "
-            "`keras-transfer export RUN --format saved_model`), which takes raw strings."
-        )
+    text = is_text_classifier(model)
     class_names = _check_class_names(model, class_names)
-    if check_data is not None:
+    if text:
+        sample = export_text.token_inputs(model, export_text.check_texts(check_data))
+    elif check_data is not None:
         sample = _images(model, check_data, None, "check_data")
     elif calibration is not None:
         sample = calibration[:CHECK_EXAMPLES]
@@ -273,7 +291,11 @@ def _export(
             _export_in_tensorflow_process(
                 model, staged, class_names, workdir, "keras_transfer.export_formats", args
             )
-        expected = np.asarray(model.predict(sample, verbose=0), dtype="float32")
+        if text:
+            export_text.save_preprocessor(model, os.path.join(staged, runtimes.PREPROCESSOR_FOLDER))
+            expected = export_text.probabilities(model, sample)
+        else:
+            expected = np.asarray(model.predict(sample, verbose=0), dtype="float32")
         report = runtimes.check_artifact(
             kind, os.path.join(staged, FILES[kind]), sample, expected, workdir
         )
@@ -329,9 +351,16 @@ def inference_model(model):
 def _write_artifact(model, folder, class_names, kind, quantization, calibration_file):
     """Convert `model` into `folder` (tensorflow backend only); `quantization`: None,
     `"none"`, `"dynamic"` or `"int8"`."""
+    from keras_transfer.compiling import is_text_classifier
+
     quantization = None if quantization == "none" else quantization
-    model = inference_model(model)
-    model(np.zeros((1, *model.input_shape[1:]), "float32"), training=False)  # exporters need it
+    if is_text_classifier(model):  # exporters need a model that has been called
+        from keras_transfer.export_text import token_inputs
+
+        model(token_inputs(model, ["a"]), training=False)
+    else:
+        model = inference_model(model)
+        model(np.zeros((1, *model.input_shape[1:]), "float32"), training=False)
     path = os.path.join(folder, FILES[kind])
     try:
         if kind == "onnx":

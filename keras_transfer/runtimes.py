@@ -1,11 +1,12 @@
-"""Run exported ONNX and LiteRT image classifiers in their own runtimes, without Keras.
+"""Run exported ONNX and LiteRT classifiers in their own runtimes, without Keras.
 
 These functions are the client code for the artifacts `export_onnx` and `export_litert` write:
 they need only numpy and the runtime (`onnxruntime`, or `ai_edge_litert` with a fallback to
-TensorFlow's `tf.lite.Interpreter`). The exporters run this file as a script in a fresh
-process to check every artifact after writing it:
+TensorFlow's `tf.lite.Interpreter`); text models also need their tokenizer (`text_inputs`,
+KerasHub). The exporters run this file as a script in a fresh process to check every
+artifact after writing it:
 
-    python runtimes.py onnx|litert MODEL_FILE PIXELS.npy PROBABILITIES.npy
+    python runtimes.py onnx|litert MODEL_FILE INPUTS.npz PROBABILITIES.npy
 
 (`check_artifact` runs that and compares with the Keras model's probabilities.)
 
@@ -14,6 +15,10 @@ to the model's input size (the model's own preprocessing is inside the artifact)
 LiteRT model takes uint8 pixels and returns uint8 probabilities; `litert_probabilities`
 converts both ways with the quantisation parameters stored in the file, so callers always
 pass float pixels and get float32 probabilities back.
+
+Input of text models: the tokenizer's output, a dict of int32 `(batch, sequence_length)`
+arrays (`token_ids`, `segment_ids`, `padding_mask` for BERT), made from raw strings by
+`text_inputs` with the preprocessor saved beside the artifact.
 """
 
 from __future__ import annotations
@@ -63,12 +68,45 @@ def _bilinear_axis(out_size, in_size):
     return lower, upper, (position - floor).astype("float32")
 
 
-def onnx_probabilities(model_file, pixels):
+PREPROCESSOR_FOLDER = "preprocessor"
+
+
+def text_inputs(export_folder, texts):
+    """Token inputs for an exported text classifier, from raw strings.
+
+    Uses the KerasHub preprocessor that `export_onnx` / `export_litert` save in
+    `<export_folder>/preprocessor/` (tokenizer vocabulary and sequence length of training),
+    so the ids are the ones the model was trained on. Needs `keras-hub` (any backend).
+
+    Args:
+        export_folder: the version folder written by the exporter.
+        texts: a list of str.
+
+    Returns:
+        dict of int32 numpy arrays `(len(texts), sequence_length)`: `token_ids`,
+        `segment_ids`, `padding_mask` (1 = a real token), as the artifact takes them.
+
+    Raises:
+        FileNotFoundError: the folder holds no `preprocessor/` (an image model's export).
+    """
+    folder = os.path.join(os.fspath(export_folder), PREPROCESSOR_FOLDER)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"{folder!r} not found: `text_inputs` needs the export folder of a text classifier."
+        )
+    import keras_hub
+
+    preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(folder)
+    return {key: np.asarray(value).astype("int32") for key, value in preprocessor(texts).items()}
+
+
+def onnx_probabilities(model_file, inputs):
     """Class probabilities of an ONNX classifier in ONNX Runtime (CPU).
 
     Args:
         model_file: path of the `.onnx` file.
-        pixels: array `(batch, height, width, 3)` of RGB values in [0, 255].
+        inputs: image models: array `(batch, height, width, 3)` of RGB values in [0, 255];
+            text models: the dict `text_inputs` returns.
 
     Returns:
         float32 array `(batch, num_classes)`.
@@ -76,9 +114,18 @@ def onnx_probabilities(model_file, pixels):
     import onnxruntime
 
     ort_session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-    name = ort_session.get_inputs()[0].name
-    (probabilities,) = ort_session.run(None, {name: np.asarray(pixels, dtype="float32")})
+    if isinstance(inputs, dict):
+        feeds = {
+            spec.name: np.asarray(inputs[spec.name], dtype=_ONNX_TYPES[spec.type])
+            for spec in ort_session.get_inputs()
+        }
+    else:
+        feeds = {ort_session.get_inputs()[0].name: np.asarray(inputs, dtype="float32")}
+    (probabilities,) = ort_session.run(None, feeds)
     return np.asarray(probabilities, dtype="float32")
+
+
+_ONNX_TYPES = {"tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool"}
 
 
 def litert_interpreter(model_file):
@@ -99,7 +146,7 @@ def litert_interpreter(model_file):
     return tf.lite.Interpreter(model_path=str(model_file))
 
 
-def litert_probabilities(model_file, pixels):
+def litert_probabilities(model_file, inputs):
     """Class probabilities of a LiteRT classifier (float32, dynamic-range or full int8).
 
     Float inputs are passed as they are; for a uint8 / int8 input the pixels are quantised
@@ -109,13 +156,20 @@ def litert_probabilities(model_file, pixels):
 
     Args:
         model_file: path of the `.tflite` file.
-        pixels: array `(batch, height, width, 3)` of RGB values in [0, 255].
+        inputs: image models: array `(batch, height, width, 3)` of RGB values in [0, 255];
+            text models: the dict `text_inputs` returns (run through the file's serving
+            signature, which resizes to the batch and sequence length).
 
     Returns:
         float32 array `(batch, num_classes)`.
     """
-    pixels = np.asarray(pixels, dtype="float32")
     interpreter = litert_interpreter(model_file)
+    if isinstance(inputs, dict):
+        runner = interpreter.get_signature_runner()
+        outputs = runner(**{key: np.asarray(value, "int32") for key, value in inputs.items()})
+        (probabilities,) = outputs.values()
+        return np.asarray(probabilities, dtype="float32")
+    pixels = np.asarray(inputs, dtype="float32")
     source = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(source["index"], list(pixels.shape))
     interpreter.allocate_tensors()
@@ -142,15 +196,16 @@ def _dequantize(values, details):
     return ((values.astype("float32") - zero_point) * scale).astype("float32")
 
 
-def check_artifact(kind, model_file, pixels, expected, workdir):
-    """Run `model_file` on `pixels` in its runtime in a fresh process and compare.
+def check_artifact(kind, model_file, inputs, expected, workdir):
+    """Run `model_file` on `inputs` in its runtime in a fresh process and compare.
 
     Args:
         kind: `"onnx"` or `"litert"`.
         model_file: the artifact's path.
-        pixels: float32 `(n, height, width, 3)` in [0, 255].
+        inputs: float32 pixels `(n, height, width, 3)` in [0, 255], or a text model's dict
+            of int32 token arrays `(n, sequence_length)`.
         expected: the Keras model's float32 probabilities `(n, num_classes)`.
-        workdir: a folder for the exchanged `.npy` files.
+        workdir: a folder for the exchanged `.npz` / `.npy` files.
 
     Returns:
         dict: `runtime`, `examples`, `max_abs_diff`, `top1_agreement` (share in [0, 1]).
@@ -158,11 +213,11 @@ def check_artifact(kind, model_file, pixels, expected, workdir):
     Raises:
         RuntimeError: the runtime process failed (its error is included).
     """
-    pixels_file = os.path.join(workdir, "check_pixels.npy")
+    inputs_file = os.path.join(workdir, "check_inputs.npz")
     output_file = os.path.join(workdir, "check_probabilities.npy")
-    np.save(pixels_file, pixels)
+    np.savez(inputs_file, **(inputs if isinstance(inputs, dict) else {PIXELS: inputs}))
     result = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), kind, model_file, pixels_file, output_file],
+        [sys.executable, os.path.abspath(__file__), kind, model_file, inputs_file, output_file],
         capture_output=True,
         text=True,
     )
@@ -177,7 +232,7 @@ def check_artifact(kind, model_file, pixels, expected, workdir):
         )
     return {
         "runtime": "onnxruntime" if kind == "onnx" else "litert",
-        "examples": len(pixels),
+        "examples": len(expected),
         "max_abs_diff": float(np.abs(got - expected).max()),
         "top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).mean()),
     }
@@ -192,22 +247,26 @@ def verdict(report, quantization, tolerance, min_agreement):
             raise RuntimeError(
                 f"The exported model disagrees with the Keras model: max |probability "
                 f"difference| {report['max_abs_diff']:.2e} (allowed {tolerance:.0e}), top-1 "
-                f"agreement {report['top1_agreement']:.3f} on {report['examples']} images."
+                f"agreement {report['top1_agreement']:.3f} on {report['examples']} examples."
             )
     elif report["top1_agreement"] < min_agreement:
         raise RuntimeError(
             f"The {quantization}-quantised model agrees with the Keras model's top-1 class on "
-            f"only {report['top1_agreement']:.3f} of {report['examples']} images (at least "
+            f"only {report['top1_agreement']:.3f} of {report['examples']} examples (at least "
             f"{min_agreement} required); try more representative data, or a float variant."
         )
 
 
 RUNNERS = {"onnx": onnx_probabilities, "litert": litert_probabilities}
+PIXELS = "pixels"
 
 
 def _main(argv):
-    kind, model_file, pixels_file, output_file = argv
-    np.save(output_file, RUNNERS[kind](model_file, np.load(pixels_file)))
+    kind, model_file, inputs_file, output_file = argv
+    with np.load(inputs_file) as stored:
+        inputs = {key: stored[key] for key in stored.files}
+    inputs = inputs[PIXELS] if PIXELS in inputs else inputs
+    np.save(output_file, RUNNERS[kind](model_file, inputs))
 
 
 if __name__ == "__main__":

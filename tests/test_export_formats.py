@@ -160,13 +160,69 @@ def test_a_failed_check_leaves_no_version(image_model, tmp_path):
     assert not base.exists()
 
 
+def _lively_text_model(preset):
+    """A tiny random BERT classifier whose head spreads the classes apart (random init alone
+    gives near-equal probabilities, where the top-1 check could not tell anything)."""
+    keras.utils.set_random_seed(SEED)
+    model = kt.build_text_classifier(preset, 3, sequence_length=16)
+    texts = [t for t, _ in SENTIMENT_ROWS]
+    # Random weights give nearly the same pooled output for every text; a steeper pooler
+    # spreads them, so that the head need not amplify float noise.
+    pooler = model.backbone.get_layer("pooled_dense")
+    kernel, bias = pooler.get_weights()
+    pooler.set_weights([kernel * 30, bias])
+    pooled = keras.ops.convert_to_numpy(model.backbone(model.preprocessor(texts))["pooled_output"])
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(pooled.shape[1], 3))
+    kernel *= 2 / (pooled - pooled.mean(0)).dot(kernel).std(0)
+    bias = -(pooled @ kernel).mean(0)
+    model.get_layer("logits").set_weights([kernel.astype("float32"), bias.astype("float32")])
+    return model, texts
+
+
+def _export_text_and_run(model, texts, export, base, runner, file_name):
+    # The tiny random encoder's outputs differ little between texts, and the head that tells
+    # them apart amplifies float noise to ~1e-4: the check's tolerance is 1e-3 here.
+    folder = export(model, base, class_names=NAMES, check_data=texts, tolerance=1e-3)
+    assert _check_report(folder)["top1_agreement"] == 1.0
+    inputs = runtimes.text_inputs(folder, texts)  # the client: raw strings to token ids
+    expected = model.preprocessor(texts)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(inputs[key], np.asarray(value).astype("int32"))
+    got = runner(os.path.join(folder, file_name), inputs)
+    np.testing.assert_allclose(got, model.predict(texts, verbose=0), atol=1e-3)
+    assert len(set(got.argmax(-1).tolist())) > 1  # the comparison could tell classes apart
+    return folder
+
+
+# A torch model takes the path through a tensorflow subprocess (as jax's would).
+@pytest.mark.backends("tensorflow", "torch")
+def test_text_onnx_takes_token_ids_and_ships_its_tokenizer(tiny_bert_preset, tmp_path):
+    model, texts = _lively_text_model(tiny_bert_preset)
+    _export_text_and_run(
+        model, texts, kt.export_onnx, tmp_path / "onnx", runtimes.onnx_probabilities, "model.onnx"
+    )
+    with pytest.raises(ValueError, match="image classifiers"):
+        kt.export_litert(model, tmp_path / "int8", quantization="int8", representative_data=texts)
+    with pytest.raises(FileNotFoundError, match="text classifier"):
+        runtimes.text_inputs(tmp_path, texts)
+
+
 @pytest.mark.backends("tensorflow")
-def test_text_models_point_to_the_saved_model(tiny_bert_preset, tmp_path):
-    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
-    for export in (kt.export_onnx, kt.export_litert):
-        with pytest.raises(ValueError, match="export_saved_model"):
-            export(model, tmp_path / "x")
-    assert not (tmp_path / "x").exists()
+def test_text_litert_float_and_dynamic_range(tiny_bert_preset, tmp_path):
+    model, texts = _lively_text_model(tiny_bert_preset)
+    _export_text_and_run(
+        model,
+        texts,
+        kt.export_litert,
+        tmp_path / "litert",
+        runtimes.litert_probabilities,
+        "model.tflite",
+    )
+    folder = kt.export_litert(
+        model, tmp_path / "dynamic", quantization="dynamic", check_data=texts, class_names=NAMES
+    )
+    assert _check_report(folder, "dynamic")["top1_agreement"] >= 0.8
 
 
 def test_quantize_classifier_int8_keeps_the_encoder_outputs(tiny_bert_preset):
