@@ -872,7 +872,8 @@ def _print_top_k(args, inputs, probabilities, class_names):
 
 
 def _export(args):
-    from keras_transfer.export_formats import calibration_images, export_model
+    from keras_transfer.export_calibration import calibration_images
+    from keras_transfer.export_formats import export_model
 
     model, class_names = load_trained(args.model_dir)
     data = args.calibration_data and calibration_images(args.calibration_data, model, class_names)

@@ -45,12 +45,12 @@ from keras_transfer.export import (
     _export_in_tensorflow_process,
     write_version,
 )
+from keras_transfer.export_calibration import CALIBRATION_EXAMPLES, check_images, litert_options
 
 FILES = {"onnx": "model.onnx", "litert": "model.tflite"}
 CLASS_NAMES_FILE = "class_names.json"
 CHECK_FILE = "check.json"
 QUANTIZATIONS = (None, "dynamic", "int8")
-CALIBRATION_EXAMPLES = 300
 CHECK_EXAMPLES = 32
 
 
@@ -177,7 +177,7 @@ def export_litert(
                 "(batch, height, width, 3) in [0, 255] to calibrate the int8 ranges (command "
                 "line: --calibration-data TRAIN_FOLDER)."
             )
-        calibration = _images(
+        calibration = check_images(
             model, representative_data, CALIBRATION_EXAMPLES, "representative_data"
         )
     return _export(
@@ -235,20 +235,6 @@ def export_model(
     )
 
 
-def calibration_images(directory, model, class_names, count=CALIBRATION_EXAMPLES, seed=0):
-    """`count` images drawn at random (seeded) from an image folder `directory/<class>/*`
-    (e.g. the training data), decoded and resized as in training: float32
-    `(n, height, width, 3)` in [0, 255], for `export_litert(..., quantization="int8")`.
-    Reads at most about 2,000 images (in file order) to draw from."""
-    from keras_transfer.image_data import evaluation_dataset
-
-    size = tuple(int(d) for d in model.input_shape[1:3])
-    dataset = evaluation_dataset(directory, image_size=size, class_names=class_names)
-    images = np.concatenate([np.asarray(x) for x, _ in dataset.take(2000 // 32 + 1)])
-    order = np.random.default_rng(seed).permutation(len(images))[:count]
-    return images[np.sort(order)]
-
-
 def _export(
     kind,
     model,
@@ -271,7 +257,7 @@ def _export(
     if text:
         sample = export_text.token_inputs(model, export_text.check_texts(check_data))
     elif check_data is not None:
-        sample = _images(model, check_data, None, "check_data")
+        sample = check_images(model, check_data, None, "check_data")
     elif calibration is not None:
         sample = calibration[:CHECK_EXAMPLES]
     else:
@@ -305,28 +291,6 @@ def _export(
             json.dump(report, handle, indent=1)
 
     return write_version(export_dir, version, write)
-
-
-def _images(model, data, limit, name):
-    """`data` (array, or iterable of batches / (batch, labels)) as float32 `(n, h, w, 3)`."""
-    shape = tuple(int(d) for d in model.input_shape[1:])
-    if hasattr(data, "shape"):
-        batches = [np.asarray(data)]
-    else:
-        batches, count = [], 0
-        for batch in data:
-            batch = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch)
-            batches.append(batch)
-            count += len(batch)
-            if limit is not None and count >= limit:
-                break
-    images = np.concatenate(batches) if batches else np.zeros((0, *shape))
-    if images.ndim != 4 or images.shape[1:] != shape or len(images) == 0:
-        raise ValueError(
-            f"`{name}` must hold images of shape (n, {', '.join(map(str, shape))}) with "
-            f"n >= 1 (the model's input size, pixels in [0, 255]); got shape {images.shape}."
-        )
-    return images[:limit].astype("float32")
 
 
 def inference_model(model):
@@ -370,38 +334,12 @@ def _write_artifact(model, folder, class_names, kind, quantization, calibration_
                 path,
                 format="litert",
                 verbose=False,
-                **_litert_options(quantization, calibration_file),
+                **litert_options(quantization, calibration_file),
             )
     except Exception as error:  # the converters raise many types; keep theirs as the cause
         raise RuntimeError(f"Converting the model to {kind} failed: {error}") from error
     with open(os.path.join(folder, CLASS_NAMES_FILE), "w", encoding="utf-8") as handle:
         json.dump(class_names, handle, ensure_ascii=False)
-
-
-def _litert_options(quantization, calibration_file):
-    import tensorflow as tf
-
-    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
-    if quantization is None:
-        return {"target_spec": {"supported_ops": [builtins]}}
-    if quantization == "dynamic":
-        return {
-            "target_spec": {"supported_ops": [builtins]},
-            "optimizations": [tf.lite.Optimize.DEFAULT],
-        }
-    calibration = np.load(calibration_file)
-
-    def representative_dataset():
-        for image in calibration:
-            yield [image[None]]
-
-    return {
-        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
-        "optimizations": [tf.lite.Optimize.DEFAULT],
-        "representative_dataset": representative_dataset,
-        "inference_input_type": tf.uint8,
-        "inference_output_type": tf.uint8,
-    }
 
 
 def _main(argv):
