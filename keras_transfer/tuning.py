@@ -13,10 +13,16 @@ starts after it, and a running one stops at the end of its current epoch).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+
+from keras_transfer.tuning_leaderboard import (
+    COLUMNS,
+    LEADERBOARD,
+    rank_key,
+    write_leaderboard,
+)
 
 DEFAULT_SEARCH_SPACE = {
     "learning_rate": [3e-4, 1e-3, 3e-3, 1e-2],  # Adam, the head's rate
@@ -27,8 +33,6 @@ DEFAULT_SEARCH_SPACE = {
 HEAD_EPOCHS = 50  # at most, on cached features
 HEAD_PATIENCE = 5  # epochs without a lower val_loss before the head stops
 BEST_MODEL = "best_model.keras"
-LEADERBOARD = "leaderboard"  # .json and .md
-COLUMNS = ["backbone", "learning_rate", "dropout", "label_smoothing", "unfreeze_top_n"]
 
 
 def tune_image_classifier(
@@ -366,8 +370,8 @@ class _Search:
             seconds=round(time.monotonic() - start, 2),
         )
         self.rows.append(row)
-        if _rank_key(row) < self.best:  # the leaderboard's order: ties go to val_loss
-            self.best = _rank_key(row)
+        if rank_key(row) < self.best:  # the leaderboard's order: ties go to val_loss
+            self.best = rank_key(row)
             kt.save_classifier(model, os.path.join(self.directory, BEST_MODEL), self.class_names)
         if self.settings["verbose"]:
             shown = ", ".join(f"{key}={row[key]}" for key in COLUMNS)
@@ -380,47 +384,7 @@ class _Search:
 
     def write_leaderboard(self, stopped_by, seconds):
         """Write `leaderboard.json` and `leaderboard.md`; return the result dict."""
-        rows = sorted(self.rows, key=_rank_key)
-        rows = [{"rank": rank, **row} for rank, row in enumerate(rows, start=1)]
         best_model = os.path.join(self.directory, BEST_MODEL)
-        result = {
-            "leaderboard": rows,
-            "best_model": best_model if rows else None,
-            "stopped_by": stopped_by,
-            "seconds": round(seconds, 2),
-            "class_names": self.class_names,
-        }
-        _write(os.path.join(self.directory, f"{LEADERBOARD}.json"), json.dumps(result, indent=1))
-        _write(os.path.join(self.directory, f"{LEADERBOARD}.md"), leaderboard_markdown(result))
-        return result
-
-
-def _rank_key(row):
-    """Trials rank by validation accuracy, then by validation loss."""
-    return (-row["val_accuracy"], row["val_loss"])
-
-
-def leaderboard_markdown(result):
-    """The leaderboard of a `tune_image_classifier` result as a Markdown table."""
-    keys = ["rank", *COLUMNS, "val_accuracy", "val_loss", "fine_tuning", "seconds"]
-    lines = [
-        "# Tuning leaderboard",
-        "",
-        f"{len(result['leaderboard'])} trials in {result['seconds']:.0f} s (stopped by "
-        f"{result['stopped_by']}); ranked by validation accuracy. Best model: "
-        f"`{result['best_model']}`.",
-        "",
-        "| " + " | ".join(keys) + " |",
-        "|" + "---|" * len(keys),
-    ]
-    for row in result["leaderboard"]:
-        cells = [f"{row[key]:.4f}" if key.startswith("val_") else str(row[key]) for key in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _write(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+        return write_leaderboard(
+            self.directory, self.rows, stopped_by, seconds, self.class_names, best_model
+        )
