@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from keras_transfer.tuning import DEFAULT_SEARCH_SPACE, leaderboard_markdown, tune_image_classifier
+from keras_transfer.tuning import DEFAULT_SEARCH_SPACE, tune_image_classifier
+from keras_transfer.tuning_leaderboard import leaderboard_markdown
 
 
 def add_tune_parser(commands):
