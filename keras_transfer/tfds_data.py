@@ -258,9 +258,15 @@ def tfds_datasets(
     train_split, val_split = _splits(builder, split, validation_split)
     input_key, kind, label_key, class_names = _keys(builder, input_key, label_key)
     if kind == "image" and image_size is None:
-        raise ValueError(f"TFDS dataset {name!r} holds images: pass `image_size`, e.g. 224.")
+        raise ValueError(
+            f"TFDS dataset {name!r} holds images: pass `image_size`, e.g. 224 (CLI: train "
+            "it with `keras-transfer train image`)."
+        )
     if kind == "text" and image_size is not None:
-        raise ValueError(f"TFDS dataset {name!r} holds text: `image_size` must be None.")
+        raise ValueError(
+            f"TFDS dataset {name!r} holds text, not images: `image_size` must be None (CLI: "
+            "train it with `keras-transfer train text`)."
+        )
     if len(class_names) < 2:
         raise ValueError(
             f"TFDS dataset {name!r}: {len(class_names)} class(es) in {label_key!r}; a "
