@@ -1,6 +1,6 @@
 """The `keras-transfer` command line: train, evaluate and predict.
 
-    keras-transfer train image --data DIR --backbone NAME --output DIR [options]
+    keras-transfer train image --data DIR|tfds:NAME --backbone NAME --output DIR [options]
     keras-transfer train text --data train.csv [--val test.csv] --preset NAME_OR_DIR --output DIR
     keras-transfer evaluate MODEL_DIR --data DIR_OR_FILE
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]

@@ -83,6 +83,22 @@ class KtTinyReviews(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield key, {"text": text, "label": label}
 
 
+class KtFailingDownload(tfds.core.GeneratorBasedBuilder):
+    """A registered catalog-like dataset whose download fails (as without a network)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        raise ConnectionError("Failed to resolve 'example.org'")
+
+    def _generate_examples(self):
+        yield from ()
+
+
 def _tfds_examples(name, split, data_dir):
     """TFDS' own reading of a split (its stored order, decoded by TFDS): two arrays."""
     data = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=False)
@@ -205,7 +221,12 @@ def test_names_that_are_not_prepared_fail_with_where_it_looked_and_what_to_do(tm
         kt.tfds_datasets("mnist", image_size=28, data_dir=empty, download=False)
     message = str(error.value)
     assert empty in message and "tfds build mnist --data_dir" in message
-    assert "download=True" in message and not os.listdir(tmp_path)  # nothing was fetched
+    assert "download=True" in message and not os.path.exists(empty)  # nothing was fetched
+    with pytest.raises(RuntimeError) as error:  # download=True (the default), and it fails
+        kt.tfds_datasets("kt_failing_download", data_dir=empty)
+    message = str(error.value)
+    assert empty in message and "ConnectionError: Failed to resolve" in message
+    assert "tfds build kt_failing_download --data_dir DIR" in message
     with pytest.raises(ValueError, match="not in the TFDS catalog.*not prepared in .*empty"):
         kt.tfds_datasets("kt_no_such_dataset", data_dir=empty, download=False)
     with pytest.raises(ValueError, match=r"Its splits: \['train', 'test'\]"):
