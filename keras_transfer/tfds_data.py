@@ -254,6 +254,8 @@ def tfds_datasets(
         and 0 < validation_split < 1
     ):
         raise ValueError(f"`validation_split` must be a float in (0, 1), got {validation_split!r}.")
+    if image_size is not None:
+        image_size = image_data._image_size(image_size)
     builder = _builder(name, data_dir, download)
     train_split, val_split = _splits(builder, split, validation_split)
     input_key, kind, label_key, class_names = _keys(builder, input_key, label_key)
@@ -291,9 +293,7 @@ def tfds_datasets(
     count = f"{len(labels)} training" + (f" and {len(val[1])} validation" if val else "")
     print(f"Read {count} examples of {len(class_names)} classes from TFDS {builder.name!r}.")
     if kind == "image":
-        load = functools.partial(
-            image_data.decode_and_resize, image_size=image_data._image_size(image_size)
-        )
+        load = functools.partial(image_data.decode_and_resize, image_size=image_size)
         options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed)
         train_ds = image_data._dataset(sources, labels, load, shuffle=True, **options)
         val_ds = None if val is None else image_data._dataset(*val, load, shuffle=False, **options)

@@ -233,6 +233,8 @@ def test_names_that_are_not_prepared_fail_with_where_it_looked_and_what_to_do(tm
         kt.tfds_datasets("kt_tiny_reviews", split="validation", data_dir=data_dir)
     with pytest.raises(ValueError, match="holds text.*keras-transfer train text"):
         kt.tfds_datasets("kt_tiny_reviews", image_size=32, data_dir=data_dir)
+    with pytest.raises(ValueError, match="`image_size` must be an int or"):  # before reading
+        kt.tfds_datasets("kt_no_such_dataset", image_size="big", data_dir=empty)
     with pytest.raises(ValueError, match="do not also pass `validation_split`"):
         kt.tfds_datasets(
             "kt_tiny_reviews", split=("train", "test"), validation_split=0.5, data_dir=data_dir
