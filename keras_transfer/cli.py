@@ -325,6 +325,12 @@ def _add_tfds_arguments(parser):
         help="with --data tfds:NAME: TRAIN or TRAIN,VAL split strings, e.g. "
         "'train[:80%%],train[80%%:]' (default: train, validated on validation or test)",
     )
+    parser.add_argument(
+        "--tfds-no-download",
+        action="store_true",
+        help="with --data tfds:NAME: stop with an error when the dataset is not prepared in "
+        "--tfds-data-dir, instead of downloading it",
+    )
 
 
 def _tfds_data(args, image_size=None):
@@ -346,6 +352,7 @@ def _tfds_data(args, image_size=None):
             batch_size=args.batch_size,
             validation_split=args.validation_split,
             seed=args.seed,
+            download=not args.tfds_no_download,
             input_key=args.text_column if text and args.text_column != "text" else None,
             label_key=args.label_column if text and args.label_column != "label" else None,
         )

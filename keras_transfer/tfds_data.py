@@ -53,6 +53,10 @@ def _builder(name, data_dir, download):
             f"TFDS dataset {name!r} is not prepared in {where} (looked for {builder.data_dir}) "
             f"and download=False. {how}, or pass download=True."
         )
+    print(
+        f"TFDS dataset {name!r} is not prepared in {where}: downloading and preparing it "
+        f"into {builder.data_dir} (download=False, CLI --tfds-no-download: an error instead)."
+    )
     try:
         builder.download_and_prepare()
     except Exception as error:  # no network, a manual download, a failed extraction...
@@ -220,7 +224,8 @@ def tfds_datasets(
             `image_folder_datasets`).
         seed: int in [0, 2**32), default 1337: the shuffle and split seed.
         download: bool, default True: download and prepare the dataset into `data_dir`
-            when it is not prepared there; False raises instead.
+            when it is not prepared there (without a network, TFDS may take minutes to
+            give up); False raises at once instead.
         input_key, label_key: feature names, or None to find them as above.
 
     Returns:

@@ -215,7 +215,9 @@ def test_a_tfds_text_dataset_trains_on_cached_encoder_outputs(data_dir, tiny_ber
     assert all(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
 
 
-def test_names_that_are_not_prepared_fail_with_where_it_looked_and_what_to_do(tmp_path, data_dir):
+def test_names_that_are_not_prepared_fail_with_where_it_looked_and_what_to_do(
+    tmp_path, data_dir, capsys
+):
     empty = str(tmp_path / "empty")
     with pytest.raises(FileNotFoundError) as error:  # a catalog dataset, not prepared here
         kt.tfds_datasets("mnist", image_size=28, data_dir=empty, download=False)
@@ -226,6 +228,7 @@ def test_names_that_are_not_prepared_fail_with_where_it_looked_and_what_to_do(tm
         kt.tfds_datasets("kt_failing_download", data_dir=empty)
     message = str(error.value)
     assert empty in message and "ConnectionError: Failed to resolve" in message
+    assert "downloading and preparing it" in capsys.readouterr().out
     assert "tfds build kt_failing_download --data_dir DIR" in message
     with pytest.raises(ValueError, match="not in the TFDS catalog.*not prepared in .*empty"):
         kt.tfds_datasets("kt_no_such_dataset", data_dir=empty, download=False)
@@ -277,3 +280,6 @@ def test_cli_trains_on_tfds_text_and_names_missing_data(
     args[-1] = str(tmp_path / "out2")
     assert main(args) == 2  # a clean error, exit status 2
     assert "No TFDS dataset 'kt_no_such_dataset'" in capsys.readouterr().err
+    args[3] = "tfds:kt_failing_download"  # in the catalog (registered here), not prepared
+    assert main([*args, "--tfds-no-download"]) == 2
+    assert "is not prepared in" in capsys.readouterr().err
