@@ -39,6 +39,7 @@ _EXPORTS = {
     "class_weights": "text_data",
     "read_labelled_text": "text_data",
     "text_csv_datasets": "text_data",
+    "tfds_datasets": "tfds_data",
     "fine_tune": "training",
     "LRFinderResult": "lr_finder",
     "lr_find": "lr_finder",

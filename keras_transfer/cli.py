@@ -1,6 +1,6 @@
 """The `keras-transfer` command line: train, evaluate and predict.
 
-    keras-transfer train image --data DIR --backbone NAME --output DIR [options]
+    keras-transfer train image --data DIR|tfds:NAME --backbone NAME --output DIR [options]
     keras-transfer train text --data train.csv [--val test.csv] --preset NAME_OR_DIR --output DIR
     keras-transfer evaluate MODEL_DIR --data DIR_OR_FILE
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
@@ -91,8 +91,11 @@ def _parser():
         kinds, "image", "image classifier on a keras.applications or KerasHub backbone"
     )
     image.add_argument(
-        "--data", required=True, help="folder with train/<class>/ (and val/<class>/)"
+        "--data",
+        required=True,
+        help="folder with train/<class>/ (and val/<class>/), or tfds:NAME (TensorFlow Datasets)",
     )
+    _add_tfds_arguments(image)
     image.add_argument(
         "--backbone",
         required=True,
@@ -132,7 +135,10 @@ def _parser():
     _add_training_arguments(image)
 
     text = sub_parser(kinds, "text", "text classifier on a KerasHub (BERT) preset")
-    text.add_argument("--data", required=True, help="training file: .csv, .tsv or .jsonl")
+    text.add_argument(
+        "--data", required=True, help="training file: .csv, .tsv or .jsonl, or tfds:NAME"
+    )
+    _add_tfds_arguments(text)
     text.add_argument("--val", default=None, help="validation / test file, same columns")
     text.add_argument(
         "--validation-split",
@@ -307,6 +313,53 @@ def _epochs(text):
     return "auto" if text == "auto" else _count(text)
 
 
+def _add_tfds_arguments(parser):
+    parser.add_argument(
+        "--tfds-data-dir",
+        default=None,
+        help="with --data tfds:NAME: the folder of prepared TFDS data (default: TFDS' own)",
+    )
+    parser.add_argument(
+        "--tfds-split",
+        default=None,
+        help="with --data tfds:NAME: TRAIN or TRAIN,VAL split strings, e.g. "
+        "'train[:80%%],train[80%%:]' (default: train, validated on validation or test)",
+    )
+    parser.add_argument(
+        "--tfds-no-download",
+        action="store_true",
+        help="with --data tfds:NAME: stop with an error when the dataset is not prepared in "
+        "--tfds-data-dir, instead of downloading it",
+    )
+
+
+def _tfds_data(args, image_size=None):
+    """`kt.tfds_datasets` for `--data tfds:NAME`."""
+    import keras_transfer as kt
+
+    split = args.tfds_split
+    if split is not None and "," in split:
+        split = tuple(part.strip() for part in split.split(","))
+        if len(split) != 2:
+            raise ValueError(f"--tfds-split takes TRAIN or TRAIN,VAL, got {args.tfds_split!r}.")
+    text = image_size is None  # a `train text` run: its column options name the features
+    try:
+        return kt.tfds_datasets(
+            args.data[len("tfds:") :],
+            image_size=image_size,
+            split=split,
+            data_dir=args.tfds_data_dir,
+            batch_size=args.batch_size,
+            validation_split=args.validation_split,
+            seed=args.seed,
+            download=not args.tfds_no_download,
+            input_key=args.text_column if text and args.text_column != "text" else None,
+            label_key=args.label_column if text and args.label_column != "label" else None,
+        )
+    except RuntimeError as error:  # the download or preparation failed: the message says why
+        raise ValueError(str(error)) from error
+
+
 def _add_training_arguments(parser):
     parser.add_argument(
         "--epochs",
@@ -466,13 +519,16 @@ def _train_image(args):
     image_size = kt.default_image_size(args.backbone)
     if args.image_size is not None:
         image_size = (args.image_size, args.image_size)
-    train_ds, val_ds, class_names = kt.image_folder_datasets(
-        args.data,
-        image_size=image_size,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        seed=args.seed,
-    )
+    if args.data.startswith("tfds:"):
+        train_ds, val_ds, class_names = _tfds_data(args, image_size)
+    else:
+        train_ds, val_ds, class_names = kt.image_folder_datasets(
+            args.data,
+            image_size=image_size,
+            batch_size=args.batch_size,
+            validation_split=args.validation_split,
+            seed=args.seed,
+        )
     if args.init_from is not None:  # train a finished run's model on
         weights = command_line_class_weight(args, train_ds, class_names)
         model, histories = continue_run(args, train_ds, val_ds, class_names, weights)
@@ -505,16 +561,24 @@ def _train_text(args):
             freeze = int(freeze)
         except ValueError:
             raise ValueError(f"--freeze must be an int or 'backbone', got {freeze!r}.") from None
-    train_ds, val_ds, class_names = kt.text_csv_datasets(
-        args.data,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        val_path=args.val,
-        validation_split=args.validation_split,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        max_rows=args.max_rows,
-    )
+    if args.data.startswith("tfds:"):
+        if args.val is not None or args.max_rows is not None:
+            raise ValueError(
+                "--val and --max-rows read files; with --data tfds:NAME pass --tfds-split "
+                "instead, e.g. 'train[:1000],test[:500]'."
+            )
+        train_ds, val_ds, class_names = _tfds_data(args)
+    else:
+        train_ds, val_ds, class_names = kt.text_csv_datasets(
+            args.data,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            val_path=args.val,
+            validation_split=args.validation_split,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            max_rows=args.max_rows,
+        )
     if args.init_from is not None:  # train a finished run's model on
         weights = command_line_class_weight(args, train_ds, class_names)
         model, histories = continue_run(args, train_ds, val_ds, class_names, weights)
@@ -584,6 +648,8 @@ def _check_inputs(args):
     """Refuse a missing input path (--data, --val, MODEL_DIR, --file) before any import."""
     for dest, (name, hint) in _INPUTS.items():
         path = getattr(args, dest, None)
+        if dest == "data" and args.command == "train" and str(path).startswith("tfds:"):
+            continue  # a TFDS name, not a path
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"{name} {path!r} not found: {hint}.")
 
