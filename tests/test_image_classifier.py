@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -54,6 +55,29 @@ def test_no_augmentation_and_custom_layers():
     assert len(model.get_layer("augmentation").layers) == 1
     with pytest.raises(ValueError, match="augmentation"):
         _tiny(augmentation="strong")
+
+
+def test_a_run_through_resampling_augmentation_warns_on_torch_and_jax(backend):
+    import tensorflow as tf
+
+    images, labels = _images(), keras.utils.to_categorical([0, 1, 2, 0], 3)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+
+    def slow_warnings(model):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            kt.fine_tune(model, data, head_epochs=1, finetune_epochs=1, verbose=0)
+        return [str(w.message) for w in record if "resample" in str(w.message)]
+
+    (said,) = slow_warnings(_tiny()) or [None]
+    if backend == "tensorflow":
+        assert said is None
+        return
+    assert said.startswith(f"On {backend}, the model's augmentation layers RandomRotation, ")
+    assert "RandomZoom resample every image" in said and "--no-augmentation" in said
+    # The head trained on cached features does not run through the augmentation.
+    assert "each epoch of fine-tuning several times slower" in said
+    assert slow_warnings(_tiny(augmentation=[keras.layers.RandomFlip("horizontal")])) == []
 
 
 @pytest.mark.parametrize(
