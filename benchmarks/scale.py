@@ -14,6 +14,7 @@ finetune_epochs=0)`:
 
 - read s: `image_folder_datasets` alone; total s: it and `fine_tune` (model building left
   out); img/s: N / total s;
+- val acc: the head's last validation accuracy (`keras.utils.set_random_seed(1)` first);
 - RSS after read and peak RSS: the process's resident memory after reading
   (/proc/self/status VmRSS) and its peak over the whole run (`resource.getrusage`
   ru_maxrss), in GB (10^9 bytes); `cache`: whether the images were kept in memory.
@@ -39,6 +40,7 @@ PHOTOS = os.path.join(SHARED, "data", "hymenoptera")
 CLASSES = ("ants", "bees")
 VAL_FRACTION = 0.1
 HEAD_EPOCHS = 3
+SEED = 1
 
 
 def _photos(name):
@@ -94,8 +96,11 @@ def _rss_gb():
 
 def measure(root):
     """One run in this process: see the module docstring. Returns a dict."""
+    import keras
+
     import keras_transfer as kt
 
+    keras.utils.set_random_seed(SEED)  # the head's initialisation (shuffling: the default seed)
     start = time.perf_counter()
     train, val, names = kt.image_folder_datasets(root, image_size=224)
     read = time.perf_counter() - start
