@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from keras_transfer.image_files import (  # noqa: F401 (names used from this module)
+# Some names are imported here for other modules (the CLI, export, benchmarks) to use.
+from keras_transfer.image_files import (  # noqa: F401
     IMAGE_EXTENSIONS,
     check_files,
     check_folder,
@@ -195,10 +196,10 @@ def image_folder_datasets(
         )
     directories = [train_dir] + ([val_dir] if val_dir is not None else [])
     listed, bad = _index(directories)
-    usable = [
+    usable = [  # in the order of `usable_images`: folder by folder, class by class
         path
-        for _, class_names, files in listed
-        for name in class_names
+        for _, names, files in listed
+        for name in names
         for path in files[name]
         if supported(path) and path not in bad
     ]
