@@ -28,6 +28,7 @@ from keras_transfer.training_stages import (
     feature_split,
     finetune_budget,
     learning_rate_value,
+    warn_slow_augmentation,
 )
 
 FINETUNE_LR_FACTOR = 0.3  # images: stage 2 at 0.3x the compiled rate (3e-4 for Adam 1e-3)
@@ -214,6 +215,18 @@ def fine_tune(
     freeze_backbone(model)
     compile_stage(model, optimizer, learning_rate)
     split = feature_split(model, cache_features, verbose) if head_epochs else None
+    finetunes = (
+        finetune_epochs == "auto" and val_ds is not None or finetune_epochs not in (0, "auto")
+    )
+    uncached_head = bool(head_epochs) and split is None and not text
+    warn_slow_augmentation(
+        model,
+        [
+            name
+            for name, runs in (("the head stage", uncached_head), ("fine-tuning", finetunes))
+            if runs
+        ],
+    )
     if head_epochs == "auto":
         head, head_epochs = runner.fit_head_auto(
             split, AUTO_HEAD_EPOCHS, _patience(AUTO_HEAD_EPOCHS)

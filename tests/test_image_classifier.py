@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -54,6 +55,45 @@ def test_no_augmentation_and_custom_layers():
     assert len(model.get_layer("augmentation").layers) == 1
     with pytest.raises(ValueError, match="augmentation"):
         _tiny(augmentation="strong")
+
+
+def test_resampling_augmentation_in_the_model_is_said_to_be_slow_on_torch_and_jax(backend):
+    from keras_transfer.training_stages import warn_slow_augmentation
+
+    def said(model, stages):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            warn_slow_augmentation(model, stages)
+        return [str(w.message) for w in record]
+
+    def with_augmentation(layers):  # as build_image_classifier makes it (see above)
+        block = keras.Sequential(layers, name="augmentation")
+        return keras.Sequential([keras.Input((8, 8, 3)), block, keras.layers.Flatten()])
+
+    model = with_augmentation(kt.default_augmentation())
+    assert said(model, []) == []  # no epoch runs through it
+    flips = [keras.layers.RandomFlip("horizontal")]
+    assert said(with_augmentation(flips), ["fine-tuning"]) == []
+    if backend == "tensorflow":
+        assert said(model, ["fine-tuning"]) == []
+        return
+    (message,) = said(model, ["the head stage", "fine-tuning"])
+    assert message.startswith(f"On {backend}, the model's augmentation layers RandomRotation, ")
+    assert "RandomZoom resample every image" in message and "--no-augmentation" in message
+    assert "each epoch of the head stage and fine-tuning several times slower" in message
+
+
+@pytest.mark.backends("torch")
+def test_fine_tune_says_which_stages_run_through_slow_augmentation():
+    import tensorflow as tf
+
+    images, labels = _images(), keras.utils.to_categorical([0, 1, 2, 0], 3)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    with pytest.warns(UserWarning, match="resample") as record:
+        kt.fine_tune(_tiny(), data, head_epochs=1, finetune_epochs=1, verbose=0)
+    (message,) = [str(w.message) for w in record if "resample" in str(w.message)]
+    # The head, trained on cached features, does not run through the augmentation.
+    assert "each epoch of fine-tuning several times slower" in message
 
 
 @pytest.mark.parametrize(

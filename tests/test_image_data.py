@@ -288,3 +288,68 @@ def test_file_and_folder_names_that_are_not_utf8_are_read(tmp_path):
     (root / "val" / "d\udce9").mkdir()
     with pytest.raises(ValueError, match=r"class folders whose names are not text: d\\xe9"):
         kt.image_folder_datasets(root, image_size=16)
+
+
+def test_cache_auto_keeps_images_in_memory_only_within_the_budget(tmp_path):
+    write_image_folder(tmp_path / "train", per_class=4, fmt="JPEG")
+    write_image_folder(tmp_path / "val", per_class=2, fmt="JPEG")
+    one_image = 12 * 10 * 3  # uint8 bytes
+    made = {
+        cache: kt.image_folder_datasets(tmp_path, image_size=(12, 10), batch_size=3, cache=cache)
+        for cache in ("auto", 12 * one_image, 12 * one_image - 1, True, False)
+    }
+    in_memory = [data[0]._kt_examples.in_memory for data in made.values()]
+    # 12 images: within 1 GiB and within 12 images' bytes; one byte less streams them.
+    assert in_memory == [True, True, False, True, False]
+    # In memory or streamed: the same batches, epoch after epoch.
+    for kept, streamed in (("auto", False), (True, 12 * one_image - 1)):
+        for _ in range(2):
+            pairs = zip(
+                made[kept][0].as_numpy_iterator(),
+                made[streamed][0].as_numpy_iterator(),
+                strict=True,
+            )
+            for (x, y), (x_streamed, y_streamed) in pairs:
+                assert x.dtype == "float32" and (x == np.round(x)).all()  # whole grey levels
+                np.testing.assert_array_equal(x, x_streamed)
+                np.testing.assert_array_equal(y, y_streamed)
+    for bad in ("yes", -1, 1.5, None):
+        with pytest.raises(ValueError, match="`cache` must be 'auto', True, False or a budget"):
+            kt.image_folder_datasets(tmp_path, image_size=8, cache=bad)
+
+
+def test_streamed_files_are_decoded_per_epoch_and_not_up_front(tmp_path):
+    write_image_folder(tmp_path, per_class=3)
+    # Starts and ends as a JPEG does: not decoded while listing, so only a pipeline that
+    # decodes it finds that it is damaged.
+    damaged = tmp_path / "dogs" / "damaged.jpg"
+    damaged.write_bytes(b"\xff\xd8\xff\xe0" + b"not image data " * 40 + b"\xff\xd9")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped up front
+        streamed_ds = kt.image_folder_datasets(tmp_path, image_size=8, cache=False)[0]
+    with pytest.raises(tf_errors().InvalidArgumentError):
+        list(streamed_ds)
+    with pytest.warns(UserWarning, match="(?s)Skipped 1 of 7 file.*dogs/damaged.jpg"):
+        kept_ds = kt.image_folder_datasets(tmp_path, image_size=8, cache=True)[0]
+    assert _count(kept_ds) == 6
+    # Streamed, every epoch reads the files as they are then; kept, as they were.
+    damaged.unlink()
+    streamed_ds = kt.image_folder_datasets(tmp_path, image_size=8, cache=False)[0]
+    kept_ds = kt.image_folder_datasets(tmp_path, image_size=8, cache=True)[0]
+    before = {
+        ds: np.concatenate([x for x, _ in ds.as_numpy_iterator()]) for ds in (streamed_ds, kept_ds)
+    }
+    for path in (tmp_path / "cats").iterdir():
+        PIL.Image.new("RGB", (48, 40), (255, 255, 255)).save(path, "PNG")
+    after = {
+        ds: np.concatenate([x for x, _ in ds.as_numpy_iterator()]) for ds in (streamed_ds, kept_ds)
+    }
+    assert (after[streamed_ds] == 255).all(axis=(1, 2, 3)).sum() == 3
+    assert (before[streamed_ds] == 255).all(axis=(1, 2, 3)).sum() == 0
+    np.testing.assert_array_equal(np.sort(after[kept_ds], 0), np.sort(before[kept_ds], 0))
+
+
+def tf_errors():
+    import tensorflow as tf
+
+    return tf.errors
