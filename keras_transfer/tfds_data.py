@@ -300,8 +300,8 @@ def tfds_datasets(
     if kind == "image":
         load = functools.partial(image_data.decode_and_resize, image_size=image_size)
         options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed)
-        train_ds = image_data._dataset(sources, labels, load, shuffle=True, **options)
-        val_ds = None if val is None else image_data._dataset(*val, load, shuffle=False, **options)
+        train_ds = image_data.dataset(sources, labels, load, shuffle=True, **options)
+        val_ds = None if val is None else image_data.dataset(*val, load, shuffle=False, **options)
     else:
         options = dict(num_classes=len(class_names), batch_size=batch_size, seed=seed)
         train_ds = text_data._dataset(sources, labels, shuffle=True, **options)
