@@ -324,7 +324,7 @@ def _dataset(
     """
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import ExampleSource, remember_examples, shuffled_slices
+    from keras_transfer.example_sources import ExampleSource, remember_examples, shuffled_slices
 
     # Plain TF ops: autograph's conversion (a parse of the source) would only add time to
     # every pipeline made, per epoch and over cached features too.
@@ -483,7 +483,7 @@ def image_folder_datasets(
     import numpy as np
 
     from keras_transfer.class_names import remember_class_names
-    from keras_transfer.feature_cache import shuffle_seed
+    from keras_transfer.example_sources import shuffle_seed
     from keras_transfer.stratified_split import stratified_split
 
     seed = shuffle_seed(seed)

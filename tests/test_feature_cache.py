@@ -132,17 +132,17 @@ def test_a_pipeline_that_gives_other_inputs_each_epoch_fails_with_a_clear_error(
 
 
 def _spy_on_inference_extractor(monkeypatch):
-    """The list that collects what each `_inference_extractor` call returns."""
-    from keras_transfer import feature_cache
+    """The list that collects what each `backbone_rewrites.inference_extractor` call returns."""
+    from keras_transfer import backbone_rewrites
 
     made = []
-    original = feature_cache._inference_extractor
+    original = backbone_rewrites.inference_extractor
 
     def spy(*args):
         made.append(original(*args))
         return made[-1]
 
-    monkeypatch.setattr(feature_cache, "_inference_extractor", spy)
+    monkeypatch.setattr(backbone_rewrites, "inference_extractor", spy)
     return made
 
 
@@ -278,7 +278,7 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
 def test_folded_functional_gives_the_models_outputs(constants_limit):
     """`FoldedFunctional` (tensorflow's caching pass, usable on every backend): the model's
     outputs up to float noise, with the folded weights held as constants or variables."""
-    from keras_transfer.feature_cache import _foldable_batchnorms
+    from keras_transfer.backbone_rewrites import _foldable_batchnorms
 
     backbone = _batchnorm_backbone().get_layer("backbone")
     folded = _foldable_batchnorms([backbone])
@@ -294,7 +294,7 @@ def test_folded_functional_gives_the_models_outputs(constants_limit):
 def test_folded_functional_takes_keyword_calls_and_the_models_policy():
     """A convolution called as `conv(inputs=x)` is folded like any other, and the layer
     computes in the model's float32 whatever the global policy was when it was made."""
-    from keras_transfer.feature_cache import _foldable_batchnorms
+    from keras_transfer.backbone_rewrites import _foldable_batchnorms
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs=inputs)
@@ -317,10 +317,10 @@ def test_folded_functional_takes_keyword_calls_and_the_models_policy():
 def test_caching_falls_back_to_the_models_layers_when_the_rewrite_fails_to_run(monkeypatch):
     """A rewritten extractor that fails on its first batch (a layer call the rewrite does
     not handle) leaves the caching pass on the model's own layers, with their features."""
-    from keras_transfer import feature_cache
+    from keras_transfer import backbone_rewrites
 
     made = _spy_on_inference_extractor(monkeypatch)
-    predict = feature_cache._predict_full_batch
+    predict = backbone_rewrites.predict_full_batch
     failed = []
 
     def failing_rewrite(extractor, images):
@@ -329,7 +329,7 @@ def test_caching_falls_back_to_the_models_layers_when_the_rewrite_fails_to_run(m
             raise TypeError("an unexpected layer call")
         return predict(extractor, images)
 
-    monkeypatch.setattr(feature_cache, "_predict_full_batch", failing_rewrite)
+    monkeypatch.setattr(backbone_rewrites, "predict_full_batch", failing_rewrite)
     model, data = _frozen_batchnorm_model_and_data(seed=6, count=12)
     _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
     assert made[0] is not None and len(failed) == 1  # tried once, then the model's layers
@@ -364,13 +364,13 @@ def test_caching_falls_back_to_the_models_layers_when_a_rewrite_fails(monkeypatc
     """A layer that the folding (on jax: the depthwise rewrite) cannot inspect (here: the
     inspection raises) leaves the caching pass on the model's own layers, with the model's
     features."""
-    from keras_transfer import feature_cache
+    from keras_transfer import backbone_rewrites
 
     def broken(layers):
         raise RuntimeError("an exotic layer")
 
-    monkeypatch.setattr(feature_cache, "_foldable_batchnorms", broken)
-    monkeypatch.setattr(feature_cache, "_depthwise_convolutions", broken)
+    monkeypatch.setattr(backbone_rewrites, "_foldable_batchnorms", broken)
+    monkeypatch.setattr(backbone_rewrites, "_depthwise_convolutions", broken)
     made = _spy_on_inference_extractor(monkeypatch)
     model, data = _frozen_batchnorm_model_and_data(seed=2, count=6)
     _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
@@ -522,7 +522,7 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
     (`cache=False`: the caching pass decodes them in chunks), with small decode chunks and
     extraction batches (padded at the end), give the same features as images kept in memory
     (the other tests)."""
-    from keras_transfer import feature_cache
+    from keras_transfer import feature_split
 
     write_image_folder(tmp_path / "train", per_class=7)
     write_image_folder(tmp_path / "val", per_class=3)
@@ -534,8 +534,8 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
     histories = {}
     for name, options in runs.items():
         if name == "cached":
-            monkeypatch.setattr(feature_cache, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
-            monkeypatch.setattr(feature_cache, "EXTRACT_BATCH", 4)  # a short batch per chunk
+            monkeypatch.setattr(feature_split, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
+            monkeypatch.setattr(feature_split, "EXTRACT_BATCH", 4)  # a short batch per chunk
         keras.utils.set_random_seed(5)
         train_ds, val_ds, _ = kt.image_folder_datasets(
             tmp_path, image_size=32, batch_size=4, cache=False
