@@ -113,22 +113,24 @@ def _image_split(model):
 
     def extract(batches):
         # predict_on_batch, not predict: Keras' torch predict loop took 1.7x as long here.
-        outputs, chosen = [], None  # a copy of the current weights lives for this call only
+        chosen = None  # a copy of the current weights lives for this pass only
         for x in batches:
             if chosen is None:
                 chosen = rewrites.inference_extractor(extractor, below, above, x) or extractor
                 if chosen is not extractor:
                     try:  # the rewrite's graph is first built and run here
-                        outputs.append(rewrites.predict_full_batch(chosen, x))
-                        continue
+                        features = rewrites.predict_full_batch(chosen, x)
                     except Exception:  # a layer call the rewrite does not handle
                         chosen = extractor
-            outputs.append(rewrites.predict_full_batch(chosen, x))
-        if not outputs:
-            return np.zeros((0, *extractor.output.shape[1:]), dtype="float32")
-        return np.concatenate(outputs)
+                    else:
+                        yield features
+                        continue
+            yield rewrites.predict_full_batch(chosen, x)
+        if chosen is None:
+            yield np.zeros((0, *extractor.output.shape[1:]), dtype="float32")
 
-    return FeatureSplit(extract, head, _random_layers(layers[1 : cut + 1]))
+    random_layers = _random_layers(layers[1 : cut + 1])
+    return FeatureSplit(extract, head, random_layers, layers=[extractor])
 
 
 def _text_split(model):
@@ -145,9 +147,10 @@ def _text_split(model):
         head = keras.Model(features, dense(dropout(features)), name=f"{model.name}_head")
 
     def extract(batches):
-        return _encode_by_length(backbone, batches, int(model.preprocessor.sequence_length))
+        yield _encode_by_length(backbone, batches, int(model.preprocessor.sequence_length))
 
-    return FeatureSplit(extract, head, _random_layers([backbone]), model.preprocessor)
+    random_layers = _random_layers([backbone])
+    return FeatureSplit(extract, head, random_layers, model.preprocessor, layers=[backbone])
 
 
 def split_for_caching(model):

@@ -457,8 +457,13 @@ def _assert_cached_image_head_matches_uncached(make_data):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
-def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
-    """The reshuffled folder pipeline, remade over features: the uncached run's batches."""
+@pytest.mark.parametrize("budget", [None, "0"], ids=["in-memory", "memory-mapped"])
+def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path, monkeypatch, budget):
+    """The reshuffled folder pipeline, remade over features: the uncached run's batches;
+    the same with features above the memory budget (here 0 bytes), read from a memory-mapped
+    file (`$KERAS_TRANSFER_FEATURE_MEMORY`; `fine_tune` too, in the last check)."""
+    if budget is not None:
+        monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", budget)
     write_image_folder(tmp_path / "train", per_class=7)
     write_image_folder(tmp_path / "val", per_class=3)
 
@@ -472,6 +477,7 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
     kt.freeze_backbone(model)
     split = split_for_caching(model)
     train_features, val_features = split.cache(train_ds, val_ds)
+    assert isinstance(train_features._kt_cache, np.memmap) == (budget is not None)
     extractor = keras.Model(model.inputs, model.get_layer("pooling").output)
     fresh_train, _ = make_data()
     for _ in range(3):  # epochs: every one reshuffled, the same way in both pipelines
@@ -530,9 +536,13 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
         "uncached": dict(cache_features=False),
         "checkpointed": dict(cache_features=False, checkpoint_dir=tmp_path / "checkpoint"),
         "cached": dict(cache_features=True),
+        # Features above the memory budget: memory-mapped from a file, and checkpointed.
+        "mapped": dict(cache_features=True, checkpoint_dir=tmp_path / "mapped-checkpoint"),
     }
     histories = {}
     for name, options in runs.items():
+        if name == "mapped":
+            monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", "0")
         if name == "cached":
             monkeypatch.setattr(feature_split, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
             monkeypatch.setattr(feature_split, "EXTRACT_BATCH", 4)  # a short batch per chunk
@@ -551,7 +561,7 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
             verbose=0,
             **options,
         )
-    for name in ("checkpointed", "cached"):
+    for name in ("checkpointed", "cached", "mapped"):
         for stage in ("head", "finetune"):
             for metric in ("loss", "val_loss"):
                 np.testing.assert_allclose(
@@ -607,3 +617,16 @@ def test_text_encoded_by_length_matches_fixed_padding(tiny_bert_preset):
     encoded = _encode_by_length(model.backbone, batches, 64, batch_size=2)  # 6 lengths
     np.testing.assert_allclose(encoded, expected, rtol=1e-4, atol=1e-5)
     assert _encode_by_length(model.backbone, [], 64).shape == (0, expected.shape[1])
+
+
+def test_the_memory_budget_comes_from_the_environment(monkeypatch):
+    from keras_transfer.feature_store import DEFAULT_MEMORY_BUDGET, memory_budget
+
+    monkeypatch.delenv("KERAS_TRANSFER_FEATURE_MEMORY", raising=False)
+    assert memory_budget() == DEFAULT_MEMORY_BUDGET == 2 * 2**30
+    monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", "1000")
+    assert memory_budget() == 1000
+    for value in ("2GB", "-1"):
+        monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", value)
+        with pytest.raises(ValueError, match="KERAS_TRANSFER_FEATURE_MEMORY"):
+            memory_budget()
