@@ -19,6 +19,14 @@ included, in one of two ways:
   the backbone does not. When one of the two datasets is of another kind, both go this way;
   a pipeline of ours is then still made anew for every epoch, in the same order.
 
+The features of pipelines of ours are held in memory up to a budget and memory-mapped from a
+file above it, and kept between runs in a feature store when one is given
+(`keras_transfer.feature_store`); `FeatureSplit` (`feature_split`) does the pass.
+
+Modules, in the direction data flows: `example_sources` (pipelines that can be remade) ->
+`feature_split` (the pass, the feature datasets) -> `feature_store` (on disk); this module
+cuts the model, `backbone_rewrites` speeds up the pass.
+
 On tensorflow, torch and jax, images go through a faster copy of the frozen extractor made
 for the pass (`backbone_rewrites.inference_extractor`: BatchNormalization folding, a
 channels-first copy with fused convolutions, shifted depthwise convolutions).
