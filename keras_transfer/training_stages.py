@@ -45,7 +45,8 @@ def check_fine_tune_arguments(
     cache_features,
     feature_store=None,
 ):
-    """Raise ValueError for the arguments `fine_tune` refuses (see its docstring)."""
+    """Raise ValueError (NotADirectoryError for a `feature_store` that is a file) for the
+    arguments `fine_tune` refuses (see its docstring)."""
     for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
         if not _epochs_ok(value):
             raise ValueError(f"`{name}` must be 'auto' or an int >= 0, got {value!r}.")
@@ -81,6 +82,11 @@ def check_fine_tune_arguments(
     if feature_store is not None and not isinstance(feature_store, (str, bytes, os.PathLike)):
         raise ValueError(
             f"`feature_store` must be a folder path (str or path-like), got {feature_store!r}."
+        )
+    if feature_store is not None and os.path.isfile(feature_store):
+        raise NotADirectoryError(
+            f"feature_store={os.fsdecode(feature_store)!r} is a file; pass a folder (it is "
+            "made when missing) to keep the cached features in."
         )
     for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
         if isinstance(data, (tuple, list, dict)) or hasattr(data, "__array__"):

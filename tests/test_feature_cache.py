@@ -457,13 +457,8 @@ def _assert_cached_image_head_matches_uncached(make_data):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("budget", [None, "0"], ids=["in-memory", "memory-mapped"])
-def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path, monkeypatch, budget):
-    """The reshuffled folder pipeline, remade over features: the uncached run's batches;
-    the same with features above the memory budget (here 0 bytes), read from a memory-mapped
-    file (`$KERAS_TRANSFER_FEATURE_MEMORY`; `fine_tune` too, in the last check)."""
-    if budget is not None:
-        monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", budget)
+def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path):
+    """The reshuffled folder pipeline, remade over features: the uncached run's batches."""
     write_image_folder(tmp_path / "train", per_class=7)
     write_image_folder(tmp_path / "val", per_class=3)
 
@@ -477,7 +472,6 @@ def test_folder_pipelines_are_remade_over_the_cached_features(tmp_path, monkeypa
     kt.freeze_backbone(model)
     split = split_for_caching(model)
     train_features, val_features = split.cache(train_ds, val_ds)
-    assert isinstance(train_features._kt_cache, np.memmap) == (budget is not None)
     extractor = keras.Model(model.inputs, model.get_layer("pooling").output)
     fresh_train, _ = make_data()
     for _ in range(3):  # epochs: every one reshuffled, the same way in both pipelines
@@ -536,13 +530,9 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
         "uncached": dict(cache_features=False),
         "checkpointed": dict(cache_features=False, checkpoint_dir=tmp_path / "checkpoint"),
         "cached": dict(cache_features=True),
-        # Features above the memory budget: memory-mapped from a file, and checkpointed.
-        "mapped": dict(cache_features=True, checkpoint_dir=tmp_path / "mapped-checkpoint"),
     }
     histories = {}
     for name, options in runs.items():
-        if name == "mapped":
-            monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", "0")
         if name == "cached":
             monkeypatch.setattr(feature_split, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
             monkeypatch.setattr(feature_split, "EXTRACT_BATCH", 4)  # a short batch per chunk
@@ -561,7 +551,7 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
             verbose=0,
             **options,
         )
-    for name in ("checkpointed", "cached", "mapped"):
+    for name in ("checkpointed", "cached"):
         for stage in ("head", "finetune"):
             for metric in ("loss", "val_loss"):
                 np.testing.assert_allclose(
@@ -617,6 +607,77 @@ def test_text_encoded_by_length_matches_fixed_padding(tiny_bert_preset):
     encoded = _encode_by_length(model.backbone, batches, 64, batch_size=2)  # 6 lengths
     np.testing.assert_allclose(encoded, expected, rtol=1e-4, atol=1e-5)
     assert _encode_by_length(model.backbone, [], 64).shape == (0, expected.shape[1])
+
+
+def _small_chain_model():
+    """Rescaling, a functional backbone (convolution, BatchNormalization, ReLU) of 8x8
+    images, pooling, a softmax head of 2 classes: quick to build and run on every backend."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    backbone = keras.Model(inputs, x, name="backbone")
+    image = keras.Input((8, 8, 3))
+    x = backbone(keras.layers.Rescaling(1 / 255)(image))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(image, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def test_features_above_the_memory_budget_give_the_same_batches_from_a_memory_map(
+    tmp_path, monkeypatch
+):
+    """With the budget at 0 bytes the cached features are memory-mapped from a file: every
+    epoch's batches (reshuffled by each iterator, and each epoch's pipeline that `fine_tune`
+    makes) and the validation batches are those of features in memory; and `fine_tune` with
+    checkpoints trains the same head as without either."""
+    from keras_transfer.example_sources import epoch_pipeline
+
+    write_image_folder(tmp_path / "train", per_class=5, size=(10, 12))
+    write_image_folder(tmp_path / "val", per_class=2, size=(10, 12))
+
+    def batches(dataset):
+        return [batch for batch in dataset.as_numpy_iterator()]
+
+    seen, heads = {}, {}
+    for budget in ("in memory", "0"):
+        if budget == "0":
+            monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", budget)
+        train_ds, val_ds, _ = kt.image_folder_datasets(
+            tmp_path, image_size=8, batch_size=4, cache=False
+        )
+        keras.utils.set_random_seed(3)
+        model = _small_chain_model()
+        kt.freeze_backbone(model)
+        train_features, val_features = split_for_caching(model).cache(train_ds, val_ds)
+        assert isinstance(train_features._kt_cache, np.memmap) == (budget == "0")
+        seen[budget] = [
+            *(batches(train_features) for _ in range(2)),
+            *(batches(epoch_pipeline(train_features, tf.constant(e, "int64"))) for e in (0, 1)),
+            batches(val_features),
+        ]
+        keras.utils.set_random_seed(3)
+        model = _small_chain_model()
+        checkpoint = None if budget == "in memory" else tmp_path / "checkpoint"
+        kt.fine_tune(
+            model,
+            train_ds,
+            val_ds,
+            head_epochs=3,
+            finetune_epochs=0,
+            learning_rate=0.05,
+            checkpoint_dir=checkpoint,
+            verbose=0,
+        )
+        heads[budget] = model.layers[-1].get_weights()
+    for in_memory, mapped in zip(seen["in memory"], seen["0"], strict=True):
+        assert len(in_memory) == len(mapped) > 0
+        for batch, mapped_batch in zip(in_memory, mapped, strict=True):
+            for part, mapped_part in zip(batch, mapped_batch, strict=True):
+                np.testing.assert_array_equal(part, mapped_part)
+    assert not all(  # reshuffled: the two iterators' orders differ
+        np.array_equal(a[1], b[1]) for a, b in zip(*seen["0"][:2], strict=True)
+    )
+    for weights, mapped_weights in zip(heads["in memory"], heads["0"], strict=True):
+        np.testing.assert_allclose(mapped_weights, weights, rtol=1e-5, atol=1e-6)
 
 
 def test_the_memory_budget_comes_from_the_environment(monkeypatch):

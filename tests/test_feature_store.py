@@ -150,3 +150,6 @@ def test_fine_tune_with_a_warm_store_decodes_no_image_and_trains_the_same_head(t
         kt.fine_tune(
             _model(), train_ds, val_ds, cache_features=False, feature_store=tmp_path, **options
         )
+    a_file = next(folder.rglob("*.png"))
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        kt.fine_tune(_model(), train_ds, val_ds, feature_store=a_file, **options)
