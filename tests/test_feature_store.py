@@ -6,7 +6,7 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from conftest import SENTIMENT_ROWS, write_image_folder, write_text_file
 
 import keras_transfer as kt
 from keras_transfer.feature_cache import split_for_caching
@@ -153,3 +153,29 @@ def test_fine_tune_with_a_warm_store_decodes_no_image_and_trains_the_same_head(t
     a_file = next(folder.rglob("*.png"))
     with pytest.raises(NotADirectoryError, match="is a file"):
         kt.fine_tune(_model(), train_ds, val_ds, feature_store=a_file, **options)
+
+
+def test_text_features_are_kept_by_their_texts_and_sequence_length(tmp_path, tiny_bert_preset):
+    """CSV text pipelines: the same texts and encoder hit the store (and give the same
+    encoder outputs); another text, or another `sequence_length`, misses it."""
+    store = tmp_path / "store"
+
+    def cache(rows, sequence_length=16):
+        write_text_file(tmp_path / "train.csv", rows)
+        train_ds, _, _ = kt.text_csv_datasets(tmp_path / "train.csv", batch_size=4)
+        keras.utils.set_random_seed(5)
+        model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=sequence_length)
+        kt.freeze_backbone(model)
+        split = split_for_caching(model)
+        split.store = store
+        features, _ = split.cache(train_ds)
+        return split.store_hit, np.concatenate([x for x, _ in features.as_numpy_iterator()])
+
+    cold_hit, cold = cache(SENTIMENT_ROWS)
+    warm_hit, warm = cache(SENTIMENT_ROWS)
+    assert (cold_hit, warm_hit) == (False, True)
+    np.testing.assert_array_equal(cold, warm)
+    changed = [("good great film", "pos"), *SENTIMENT_ROWS[1:]]
+    assert cache(changed)[0] is False
+    assert cache(SENTIMENT_ROWS, sequence_length=8)[0] is False
+    assert len(_entries(store)) == 3
