@@ -260,6 +260,7 @@ class FeatureStore:
     def partial_path(self, key):
         """A new folder for entry `key` while it is written: `(folder, features.npy path)`."""
         folder = tempfile.mkdtemp(prefix=f".partial-{key[:16]}-", dir=self.directory)
+        os.chmod(folder, os.stat(self.directory).st_mode & 0o777)  # as the store (mkdtemp: 0700)
         return folder, os.path.join(folder, "features.npy")
 
     def commit(self, key, description, folder, features, budget):
