@@ -3,7 +3,7 @@
 Both mix pairs of images of a batch and their one-hot labels (Zhang et al., 2018; Yun et
 al., 2019), so they act on `(images, labels)` batches, not inside the model: the batches
 of the training pipeline are mixed in `tf.data` (on any backend), and the pipeline is still
-made anew for every epoch in the same order (`feature_cache.remember_derivation`).
+made anew for every epoch in the same order (`example_sources.remember_derivation`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def mix_batches(dataset, batch_augmentation, seed=None):
     """
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import remade_per_epoch, remember_derivation
+    from keras_transfer.example_sources import remade_per_epoch, remember_derivation
 
     layer = batch_augmentation_layer(batch_augmentation, seed)
 

@@ -163,7 +163,7 @@ def skip_epochs(data, epochs):
     """
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import remade_per_epoch
+    from keras_transfer.example_sources import remade_per_epoch
 
     if isinstance(data, tf.data.Dataset) and not remade_per_epoch(data):
         for _ in range(epochs):
@@ -178,7 +178,7 @@ def one_pass_per_epoch(data, first, last):
     a spare one at each epoch end, torch reads a batch before the first epoch), and a
     reshuffling `tf.data` pipeline draws a new order for each. Pipelines from
     `image_folder_datasets` and `text_csv_datasets` (and those remade over cached features)
-    are made anew for every epoch, in the order `feature_cache.epoch_order` draws from
+    are made anew for every epoch, in the order `example_sources.epoch_order` draws from
     `(seed, epoch)`: epoch e sees the same batches with or without checkpoints, feature
     caching or a resume, on every backend. Other datasets of known length get one new
     iterator per epoch (`range(first, last).flat_map(lambda _: data)` with
@@ -188,7 +188,7 @@ def one_pass_per_epoch(data, first, last):
     """
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import epoch_pipeline
+    from keras_transfer.example_sources import epoch_pipeline
 
     if not isinstance(data, tf.data.Dataset):
         return data, None

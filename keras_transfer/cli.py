@@ -462,6 +462,13 @@ def _add_output_arguments(parser):
         "(default) where that is exact, on also with augmentation / dropout below the head "
         "(then inactive), off never",
     )
+    parser.add_argument(
+        "--feature-store",
+        metavar="DIR",
+        help="keep the cached backbone features in DIR (made when missing), keyed by the "
+        "backbone, its weights, the input size and the data files: a later run on the same "
+        "data and backbone (another head, --lr, --epochs) skips the backbone (default: none)",
+    )
 
 
 def _write_text(path, text):
@@ -619,6 +626,7 @@ def _train_text(args):
         checkpoint_settings=_training_settings(args),
         callbacks=_tensorboard(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
+        feature_store=args.feature_store,
         text_padding=TEXT_PADDING[args.padding],
     )
     return _evaluate_and_write(args, model, val_ds, class_names, histories)
@@ -662,8 +670,9 @@ def _checkpoint_dir(args):
 
 def _training_settings(args):
     """The arguments a checkpoint must match to be resumed: all but those that do not change
-    the training (`--overwrite`, `--tensorboard`)."""
-    return {k: v for k, v in vars(args).items() if k not in ("overwrite", "tensorboard")}
+    the training (`--overwrite`, `--tensorboard`, `--feature-store`)."""
+    unchanged = ("overwrite", "tensorboard", "feature_store")
+    return {k: v for k, v in vars(args).items() if k not in unchanged}
 
 
 def _tensorboard(args):
@@ -700,6 +709,7 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         checkpoint_settings=_training_settings(args),
         callbacks=_tensorboard(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
+        feature_store=args.feature_store,
     )
     return _evaluate_and_write(args, model, val_ds, class_names, histories)
 

@@ -173,7 +173,7 @@ def image_folder_datasets(
     import numpy as np
 
     from keras_transfer.class_names import remember_class_names
-    from keras_transfer.feature_cache import shuffle_seed
+    from keras_transfer.example_sources import shuffle_seed
     from keras_transfer.stratified_split import stratified_split
 
     seed = shuffle_seed(seed)

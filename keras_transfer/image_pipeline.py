@@ -153,13 +153,13 @@ def dataset(
     label (and, shuffled, a place in the shuffle buffer of paths or indices).
 
     Reshuffled by every iterator; with `epoch` (an int64 scalar tensor) the batches of that
-    epoch alone, in `feature_cache.epoch_order`. The dataset remembers how it was made
-    (`feature_cache.ExampleSource`), so that feature caching can make the same pipeline over
+    epoch alone, in `example_sources.epoch_order`. The dataset remembers how it was made
+    (`example_sources.ExampleSource`), so that feature caching can make the same pipeline over
     cached features, and `fine_tune` the pipeline of each epoch.
     """
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import ExampleSource, remember_examples, shuffled_slices
+    from keras_transfer.example_sources import ExampleSource, remember_examples, shuffled_slices
 
     # Plain TF ops: autograph's conversion (a parse of the source) would only add time to
     # every pipeline made, per epoch and over cached features too.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 import keras
+import numpy as np
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")
@@ -52,7 +53,7 @@ class ShiftedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     CPU runs grouped convolutions slowly: on jax, the 13 depthwise convolutions of
     MobileNet alpha=0.25 at 224x224 took 0.79 s per batch of 32 as `DepthwiseConv2D` and
     0.024 s as shifted slices, which XLA fuses into one loop per layer. Feature caching
-    uses it on jax only, in its copy of a frozen backbone (`feature_cache`); models keep
+    uses it on jax only, in its copy of a frozen backbone (`backbone_rewrites`); models keep
     their `DepthwiseConv2D` layers.
 
     Takes the config and weights of a channels-last `DepthwiseConv2D`. Input:
@@ -117,7 +118,7 @@ class FusedConv2D(keras.layers.Conv2D):
     more operations, each writing a new feature map). Elsewhere, and for "same" padding
     that Keras splits unevenly, `Conv2D`'s own `call`. The outputs are `Conv2D`'s up to
     float rounding. Feature caching uses it on torch only, in its channels-first copy of a
-    frozen backbone (`feature_cache`), where MobileNet alpha=0.25's pass over 12 batches of
+    frozen backbone (`backbone_rewrites`), where MobileNet alpha=0.25's pass over 12 batches of
     32 images took 1.17 s instead of 1.47 s; models keep their `Conv2D` layers.
 
     Takes a `Conv2D` config. Input and output as `Conv2D`'s: `(batch, channels, height,
@@ -187,10 +188,10 @@ class FoldedFunctional(keras.layers.Layer):
 
     Each convolution among the keys of `folded` computes with its folded weights (kernel
     and bias of the convolution followed by the BatchNormalization in inference mode,
-    `feature_cache._folded_weights`), and the BatchNormalizations of `folded` are left
+    `folded_weights`), and the BatchNormalizations of `folded` are left
     out. Every other layer is the model's own, run by the model's graph: no layer is copied
     or rebuilt, so making this layer costs no more than computing the weights. Feature
-    caching uses it on tensorflow for one pass over the data (`feature_cache`); it is not
+    caching uses it on tensorflow for one pass over the data (`backbone_rewrites`); it is not
     saved with models.
 
     The folded weights are graph constants when they hold at most `constants_limit` bytes
@@ -210,8 +211,6 @@ class FoldedFunctional(keras.layers.Layer):
     """
 
     def __init__(self, model, folded, constants_limit=64 * 2**20, **kwargs):
-        from keras_transfer.feature_cache import _folded_weights
-
         kwargs.setdefault("dtype", model.dtype_policy)  # inputs cast as the model casts them
         super().__init__(trainable=False, name=f"{model.name}_folded", **kwargs)
         # The model's graph, as a method: not tracked as a sublayer, its weights its own.
@@ -219,7 +218,7 @@ class FoldedFunctional(keras.layers.Layer):
         self._output_shape = tuple(model.output.shape[1:])
         self.left_out = {id(batchnorm) for batchnorm in folded.values()}
         weights = {
-            layer: _folded_weights(layer, folded[id(layer)])
+            layer: folded_weights(layer, folded[id(layer)])
             for layer in model.layers
             if id(layer) in folded
         }
@@ -276,3 +275,25 @@ def _call_input(args, kwargs):
     """The input of a layer call recorded in a functional graph: the first positional
     argument, or `inputs=` when the layer was called with the keyword."""
     return args[0] if args else kwargs["inputs"]
+
+
+def folded_weights(conv, batchnorm):
+    """`[kernel, bias]` of `conv` followed by `batchnorm` in inference mode, as one layer:
+    `gamma * (conv(x) - mean) / sqrt(variance + epsilon) + beta`, computed in float64."""
+
+    def values(variable):
+        return np.asarray(keras.ops.convert_to_numpy(variable), dtype="float64")
+
+    channels = batchnorm.moving_mean.shape[0]
+    gamma = values(batchnorm.gamma) if batchnorm.scale else np.ones(channels)
+    beta = values(batchnorm.beta) if batchnorm.center else np.zeros(channels)
+    scale = gamma / np.sqrt(values(batchnorm.moving_variance) + batchnorm.epsilon)
+    kernel = values(conv.kernel)
+    if isinstance(conv, keras.layers.DepthwiseConv2D):  # (h, w, in, multiplier): in*mult + m
+        kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+    else:
+        kernel = kernel * scale
+    bias = beta - values(batchnorm.moving_mean) * scale
+    if conv.use_bias:
+        bias = bias + values(conv.bias) * scale
+    return [kernel.astype("float32"), bias.astype("float32")]

@@ -173,12 +173,12 @@ def _dataset(
 ):
     """`(texts, one_hot)` batches (or `(load(source), one_hot)`, with `load` applied to each
     batch of sources when `in_memory`), reshuffled by every iterator; with `epoch` (an int64
-    scalar tensor) the batches of that epoch alone, in `feature_cache.epoch_order`. Remembers
-    how it was made (`feature_cache.ExampleSource`), so that feature caching can make the same
+    scalar tensor) the batches of that epoch alone, in `example_sources.epoch_order`. Remembers
+    how it was made (`example_sources.ExampleSource`), so that feature caching can make the same
     pipeline over cached features, and `fine_tune` the pipeline of each epoch."""
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import ExampleSource, remember_examples, shuffled_slices
+    from keras_transfer.example_sources import ExampleSource, remember_examples, shuffled_slices
 
     one_hot = np.eye(num_classes, dtype="float32")[ids]
     if not isinstance(sources, np.ndarray):
@@ -251,7 +251,7 @@ def text_csv_datasets(
         2 classes, both `val_path` and `validation_split`.
     """
     from keras_transfer.class_names import remember_class_names
-    from keras_transfer.feature_cache import shuffle_seed
+    from keras_transfer.example_sources import shuffle_seed
     from keras_transfer.stratified_split import stratified_split
 
     seed = shuffle_seed(seed)

@@ -35,7 +35,7 @@ def pad_to_longest(model, dataset, multiple=PAD_MULTIPLE, bucket_by_length=False
     """
     import tensorflow as tf
 
-    from keras_transfer.feature_cache import remember_derivation
+    from keras_transfer.example_sources import remember_derivation
 
     preprocessor = model.preprocessor
     limit = int(preprocessor.sequence_length)

@@ -247,7 +247,7 @@ def tfds_datasets(
     """
     from keras_transfer import image_data, text_data
     from keras_transfer.class_names import remember_class_names
-    from keras_transfer.feature_cache import shuffle_seed
+    from keras_transfer.example_sources import shuffle_seed
     from keras_transfer.stratified_split import stratified_split
 
     seed = shuffle_seed(seed)

@@ -53,6 +53,7 @@ def fine_tune(
     checkpoint_dir=None,
     checkpoint_settings=None,
     cache_features="auto",
+    feature_store=None,
     text_padding="longest",
     label_smoothing=None,
     batch_augmentation=None,
@@ -121,6 +122,14 @@ def fine_tune(
             `"auto"` and True cache whenever the model can be cut into backbone and head;
             False never caches (the head then sees augmented images, at the cost of a
             backbone pass per epoch). While cached, stage-1 callbacks see the head model.
+        feature_store: None (default), or a folder (str or path-like; made when missing)
+            that keeps the cached backbone features on disk, keyed by everything they
+            depend on (backbone and its weights, preprocessing, input size, the files with
+            their sizes and modification times, or the texts; `keras_transfer.feature_store`):
+            a later run on the same data and backbone (another head, learning rate or
+            number of epochs) reads them instead of decoding and running the backbone. A
+            damaged entry is rebuilt with a `UserWarning`. For datasets from
+            `image_folder_datasets` and `text_csv_datasets`; others are cached as usual.
         text_padding: text models only: `"longest"` (default) pads each batch to its
             longest row, `"bucket"` also groups examples of similar length, None pads to
             the preprocessor's `sequence_length`.
@@ -140,8 +149,10 @@ def fine_tune(
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
             "auto" or an int >= 0, `unfreeze_top_n=0` with fine-tuning epochs, an
             optimizer object (use a name, or compile the model with it), a checkpoint
-            folder written by a run with other arguments, or `cache_features=True` for a
-            model that cannot be cut into backbone and head.
+            folder written by a run with other arguments, `cache_features=True` for a
+            model that cannot be cut into backbone and head, or `feature_store` with
+            `cache_features=False` or not a path.
+        NotADirectoryError: `feature_store` is a file.
 
     Example:
     ```python
@@ -159,6 +170,7 @@ def fine_tune(
         optimizer=optimizer,
         text_padding=text_padding,
         cache_features=cache_features,
+        feature_store=feature_store,
     )
     class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
     cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
@@ -214,7 +226,7 @@ def fine_tune(
     # Stage 1: the head on a frozen backbone.
     freeze_backbone(model)
     compile_stage(model, optimizer, learning_rate)
-    split = feature_split(model, cache_features, verbose) if head_epochs else None
+    split = feature_split(model, cache_features, verbose, feature_store) if head_epochs else None
     finetunes = (
         finetune_epochs == "auto" and val_ds is not None or finetune_epochs not in (0, "auto")
     )

@@ -4,6 +4,7 @@ per-epoch batch orders, text padding, feature caching and the linear probe."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import keras
@@ -45,8 +46,10 @@ def check_fine_tune_arguments(
     optimizer,
     text_padding,
     cache_features,
+    feature_store=None,
 ):
-    """Raise ValueError for the arguments `fine_tune` refuses (see its docstring)."""
+    """Raise ValueError (NotADirectoryError for a `feature_store` that is a file) for the
+    arguments `fine_tune` refuses (see its docstring)."""
     for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
         if not _epochs_ok(value):
             raise ValueError(f"`{name}` must be 'auto' or an int >= 0, got {value!r}.")
@@ -74,6 +77,20 @@ def check_fine_tune_arguments(
         )
     if cache_features not in ("auto", True, False):
         raise ValueError(f"`cache_features` must be 'auto', True or False, got {cache_features!r}.")
+    if feature_store is not None and cache_features is False:
+        raise ValueError(
+            "`feature_store` keeps cached backbone features, and cache_features=False caches "
+            "none: pass cache_features='auto' (CLI: --feature-cache auto), or no feature_store."
+        )
+    if feature_store is not None and not isinstance(feature_store, (str, bytes, os.PathLike)):
+        raise ValueError(
+            f"`feature_store` must be a folder path (str or path-like), got {feature_store!r}."
+        )
+    if feature_store is not None and os.path.isfile(feature_store):
+        raise NotADirectoryError(
+            f"feature_store={os.fsdecode(feature_store)!r} is a file; pass a folder (it is "
+            "made when missing) to keep the cached features in."
+        )
     for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
         if isinstance(data, (tuple, list, dict)) or hasattr(data, "__array__"):
             raise ValueError(
@@ -165,11 +182,19 @@ def _with_learning_rate(optimizer, learning_rate):
     return optimizer.__class__.from_config(config)
 
 
-def feature_split(model, cache_features, verbose):
-    """The `FeatureSplit` to train stage 1 on, or None (uncached), saying why when relevant."""
+def feature_split(model, cache_features, verbose, feature_store=None):
+    """The `FeatureSplit` to train stage 1 on, or None (uncached), saying why when relevant;
+    with `feature_store` (a folder) its features are kept there."""
     if cache_features is False:
         return None
     split = split_for_caching(model)
+    if split is None and feature_store is not None:
+        warnings.warn(
+            f"feature_store={os.fsdecode(feature_store)!r} is not used: {model.name!r} cannot "
+            "be cut into a frozen backbone and a head (features are not cached).",
+            UserWarning,
+            stacklevel=3,
+        )
     if split is None:
         if cache_features is True:
             raise ValueError(
@@ -190,6 +215,8 @@ def feature_split(model, cache_features, verbose):
                 "as the Keras guide's training=False); cache_features=False (CLI: "
                 "--feature-cache off) trains the head through them instead."
             )
+    if feature_store is not None:
+        split.store = os.fsdecode(feature_store)
     return split
 
 
@@ -290,6 +317,16 @@ class StageRunner:
         )
         return {"callbacks": [*(self.fit_kwargs.get("callbacks") or []), stop]}
 
+    def _cached_features(self, split):
+        """Compile `split.head` as the model is compiled; the feature datasets of the data."""
+        split.head.compile(**keras.saving.deserialize_keras_object(self.model.get_compile_config()))
+        features = split.cache(self.train_ds, self.val_ds, progress=self.verbose not in (0, 2))
+        if split.store_hit:
+            self.say(f"Backbone features read from the feature store {split.store}.")
+        elif split.store_hit is False:
+            self.say(f"Backbone features written to the feature store {split.store}.")
+        return features
+
     def fit_head(self, split, epochs, patience=None):
         """Stage 1 by `fit`: on cached features when `split` is given."""
         stopping = self._early_stopping(patience)
@@ -298,10 +335,7 @@ class StageRunner:
                 self.model, self.train_ds, "head", self.val_ds, epochs=epochs, **stopping
             )
         head = split.head
-        head.compile(**keras.saving.deserialize_keras_object(self.model.get_compile_config()))
-        train_features, val_features = split.cache(
-            self.train_ds, self.val_ds, progress=self.verbose not in (0, 2)
-        )
+        train_features, val_features = self._cached_features(split)
         return self.fit(head, train_features, "head", val_features, epochs=epochs, **stopping)
 
     def fit_head_auto(self, split, fallback_epochs, patience):
@@ -315,10 +349,7 @@ class StageRunner:
             history = self.fit_head(split, fallback_epochs, patience)
             return history, len(history.epoch)
         head = split.head
-        head.compile(**keras.saving.deserialize_keras_object(self.model.get_compile_config()))
-        train_features, val_features = split.cache(
-            self.train_ds, self.val_ds, progress=self.verbose not in (0, 2)
-        )
+        train_features, val_features = self._cached_features(split)
         chosen = fit_linear_head(
             head, train_features, class_weight=self.fit_kwargs.get("class_weight")
         )

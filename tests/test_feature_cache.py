@@ -132,17 +132,17 @@ def test_a_pipeline_that_gives_other_inputs_each_epoch_fails_with_a_clear_error(
 
 
 def _spy_on_inference_extractor(monkeypatch):
-    """The list that collects what each `_inference_extractor` call returns."""
-    from keras_transfer import feature_cache
+    """The list that collects what each `backbone_rewrites.inference_extractor` call returns."""
+    from keras_transfer import backbone_rewrites
 
     made = []
-    original = feature_cache._inference_extractor
+    original = backbone_rewrites.inference_extractor
 
     def spy(*args):
         made.append(original(*args))
         return made[-1]
 
-    monkeypatch.setattr(feature_cache, "_inference_extractor", spy)
+    monkeypatch.setattr(backbone_rewrites, "inference_extractor", spy)
     return made
 
 
@@ -278,7 +278,7 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
 def test_folded_functional_gives_the_models_outputs(constants_limit):
     """`FoldedFunctional` (tensorflow's caching pass, usable on every backend): the model's
     outputs up to float noise, with the folded weights held as constants or variables."""
-    from keras_transfer.feature_cache import _foldable_batchnorms
+    from keras_transfer.backbone_rewrites import _foldable_batchnorms
 
     backbone = _batchnorm_backbone().get_layer("backbone")
     folded = _foldable_batchnorms([backbone])
@@ -294,7 +294,7 @@ def test_folded_functional_gives_the_models_outputs(constants_limit):
 def test_folded_functional_takes_keyword_calls_and_the_models_policy():
     """A convolution called as `conv(inputs=x)` is folded like any other, and the layer
     computes in the model's float32 whatever the global policy was when it was made."""
-    from keras_transfer.feature_cache import _foldable_batchnorms
+    from keras_transfer.backbone_rewrites import _foldable_batchnorms
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs=inputs)
@@ -317,10 +317,10 @@ def test_folded_functional_takes_keyword_calls_and_the_models_policy():
 def test_caching_falls_back_to_the_models_layers_when_the_rewrite_fails_to_run(monkeypatch):
     """A rewritten extractor that fails on its first batch (a layer call the rewrite does
     not handle) leaves the caching pass on the model's own layers, with their features."""
-    from keras_transfer import feature_cache
+    from keras_transfer import backbone_rewrites
 
     made = _spy_on_inference_extractor(monkeypatch)
-    predict = feature_cache._predict_full_batch
+    predict = backbone_rewrites.predict_full_batch
     failed = []
 
     def failing_rewrite(extractor, images):
@@ -329,7 +329,7 @@ def test_caching_falls_back_to_the_models_layers_when_the_rewrite_fails_to_run(m
             raise TypeError("an unexpected layer call")
         return predict(extractor, images)
 
-    monkeypatch.setattr(feature_cache, "_predict_full_batch", failing_rewrite)
+    monkeypatch.setattr(backbone_rewrites, "predict_full_batch", failing_rewrite)
     model, data = _frozen_batchnorm_model_and_data(seed=6, count=12)
     _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
     assert made[0] is not None and len(failed) == 1  # tried once, then the model's layers
@@ -364,13 +364,13 @@ def test_caching_falls_back_to_the_models_layers_when_a_rewrite_fails(monkeypatc
     """A layer that the folding (on jax: the depthwise rewrite) cannot inspect (here: the
     inspection raises) leaves the caching pass on the model's own layers, with the model's
     features."""
-    from keras_transfer import feature_cache
+    from keras_transfer import backbone_rewrites
 
     def broken(layers):
         raise RuntimeError("an exotic layer")
 
-    monkeypatch.setattr(feature_cache, "_foldable_batchnorms", broken)
-    monkeypatch.setattr(feature_cache, "_depthwise_convolutions", broken)
+    monkeypatch.setattr(backbone_rewrites, "_foldable_batchnorms", broken)
+    monkeypatch.setattr(backbone_rewrites, "_depthwise_convolutions", broken)
     made = _spy_on_inference_extractor(monkeypatch)
     model, data = _frozen_batchnorm_model_and_data(seed=2, count=6)
     _assert_cached_features_are_the_models(model, split_for_caching(model), data, None)
@@ -522,7 +522,7 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
     (`cache=False`: the caching pass decodes them in chunks), with small decode chunks and
     extraction batches (padded at the end), give the same features as images kept in memory
     (the other tests)."""
-    from keras_transfer import feature_cache
+    from keras_transfer import feature_split
 
     write_image_folder(tmp_path / "train", per_class=7)
     write_image_folder(tmp_path / "val", per_class=3)
@@ -534,8 +534,8 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
     histories = {}
     for name, options in runs.items():
         if name == "cached":
-            monkeypatch.setattr(feature_cache, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
-            monkeypatch.setattr(feature_cache, "EXTRACT_BATCH", 4)  # a short batch per chunk
+            monkeypatch.setattr(feature_split, "DECODE_CHUNK", 6)  # 20 images: 4 chunks
+            monkeypatch.setattr(feature_split, "EXTRACT_BATCH", 4)  # a short batch per chunk
         keras.utils.set_random_seed(5)
         train_ds, val_ds, _ = kt.image_folder_datasets(
             tmp_path, image_size=32, batch_size=4, cache=False
@@ -607,3 +607,87 @@ def test_text_encoded_by_length_matches_fixed_padding(tiny_bert_preset):
     encoded = _encode_by_length(model.backbone, batches, 64, batch_size=2)  # 6 lengths
     np.testing.assert_allclose(encoded, expected, rtol=1e-4, atol=1e-5)
     assert _encode_by_length(model.backbone, [], 64).shape == (0, expected.shape[1])
+
+
+def _small_chain_model():
+    """Rescaling, a functional backbone (convolution, BatchNormalization, ReLU) of 8x8
+    images, pooling, a softmax head of 2 classes: quick to build and run on every backend."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    backbone = keras.Model(inputs, x, name="backbone")
+    image = keras.Input((8, 8, 3))
+    x = backbone(keras.layers.Rescaling(1 / 255)(image))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(image, keras.layers.Dense(2, activation="softmax")(x))
+
+
+def test_features_above_the_memory_budget_give_the_same_batches_from_a_memory_map(
+    tmp_path, monkeypatch
+):
+    """With the budget at 0 bytes the cached features are memory-mapped from a file: every
+    epoch's batches (reshuffled by each iterator, and each epoch's pipeline that `fine_tune`
+    makes) and the validation batches are those of features in memory; and `fine_tune` with
+    checkpoints trains the same head as without either."""
+    from keras_transfer.example_sources import epoch_pipeline
+
+    write_image_folder(tmp_path / "train", per_class=5, size=(10, 12))
+    write_image_folder(tmp_path / "val", per_class=2, size=(10, 12))
+
+    def batches(dataset):
+        return [batch for batch in dataset.as_numpy_iterator()]
+
+    seen, heads = {}, {}
+    for budget in ("in memory", "0"):
+        if budget == "0":
+            monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", budget)
+        train_ds, val_ds, _ = kt.image_folder_datasets(
+            tmp_path, image_size=8, batch_size=4, cache=False
+        )
+        keras.utils.set_random_seed(3)
+        model = _small_chain_model()
+        kt.freeze_backbone(model)
+        train_features, val_features = split_for_caching(model).cache(train_ds, val_ds)
+        assert isinstance(train_features._kt_cache, np.memmap) == (budget == "0")
+        seen[budget] = [
+            *(batches(train_features) for _ in range(2)),
+            *(batches(epoch_pipeline(train_features, tf.constant(e, "int64"))) for e in (0, 1)),
+            batches(val_features),
+        ]
+        keras.utils.set_random_seed(3)
+        model = _small_chain_model()
+        checkpoint = None if budget == "in memory" else tmp_path / "checkpoint"
+        kt.fine_tune(
+            model,
+            train_ds,
+            val_ds,
+            head_epochs=3,
+            finetune_epochs=0,
+            learning_rate=0.05,
+            checkpoint_dir=checkpoint,
+            verbose=0,
+        )
+        heads[budget] = model.layers[-1].get_weights()
+    for in_memory, mapped in zip(seen["in memory"], seen["0"], strict=True):
+        assert len(in_memory) == len(mapped) > 0
+        for batch, mapped_batch in zip(in_memory, mapped, strict=True):
+            for part, mapped_part in zip(batch, mapped_batch, strict=True):
+                np.testing.assert_array_equal(part, mapped_part)
+    assert not all(  # reshuffled: the two iterators' orders differ
+        np.array_equal(a[1], b[1]) for a, b in zip(*seen["0"][:2], strict=True)
+    )
+    for weights, mapped_weights in zip(heads["in memory"], heads["0"], strict=True):
+        np.testing.assert_allclose(mapped_weights, weights, rtol=1e-5, atol=1e-6)
+
+
+def test_the_memory_budget_comes_from_the_environment(monkeypatch):
+    from keras_transfer.feature_store import DEFAULT_MEMORY_BUDGET, memory_budget
+
+    monkeypatch.delenv("KERAS_TRANSFER_FEATURE_MEMORY", raising=False)
+    assert memory_budget() == DEFAULT_MEMORY_BUDGET == 2 * 2**30
+    monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", "1000")
+    assert memory_budget() == 1000
+    for value in ("2GB", "-1"):
+        monkeypatch.setenv("KERAS_TRANSFER_FEATURE_MEMORY", value)
+        with pytest.raises(ValueError, match="KERAS_TRANSFER_FEATURE_MEMORY"):
+            memory_budget()
