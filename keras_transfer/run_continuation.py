@@ -45,7 +45,7 @@ def previous_run(run_dir, class_names):
         FileNotFoundError: no `model.keras` in `run_dir`.
         ValueError: the run's classes differ from `class_names`.
     """
-    from keras_transfer.cli import load_trained
+    from keras_transfer.run_folder import load_trained
 
     model, run_names = load_trained(run_dir)
     if list(run_names) != list(class_names):

@@ -79,7 +79,7 @@ def test_help_version_and_usage_errors_import_no_framework():
 def test_every_option_with_a_default_shows_it():
     import argparse
 
-    from keras_transfer.cli import _parser
+    from keras_transfer.cli_parser import build_parser as _parser
 
     def parsers(parser):
         yield parser

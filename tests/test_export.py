@@ -152,7 +152,7 @@ def test_an_export_folder_whose_name_is_not_utf8_is_refused_up_front(image_model
 
 
 def test_cli_export_and_predict_from_the_saved_model(image_model, tmp_path):
-    from keras_transfer.cli import write_outputs
+    from keras_transfer.run_folder import write_outputs
 
     write_outputs(tmp_path / "run", image_model, ["ants", "bees"])
     env = dict(os.environ)

@@ -1,0 +1,198 @@
+"""Argument types and the option groups that several `keras-transfer` commands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def json_object(text):
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object like '{{\"alpha\": 0.25}}', got {text!r}"
+        )
+    return value
+
+
+def weights_argument(text):
+    return None if text.lower() == "none" else text
+
+
+def positive(text):
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def fraction(text):
+    """argparse type: a float strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return value
+
+
+def freeze_argument(text):
+    """argparse type for `train text --freeze`: an int >= 0 (as a str) or 'backbone'."""
+    if text != "backbone":
+        count(text)
+    return text
+
+
+def count(text):
+    """argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
+
+
+def epochs_argument(text):
+    """argparse type: 'auto' or an int >= 0."""
+    return "auto" if text == "auto" else count(text)
+
+
+def add_tfds_arguments(parser):
+    parser.add_argument(
+        "--tfds-data-dir",
+        default=None,
+        help="with --data tfds:NAME: the folder of prepared TFDS data (default: TFDS' own)",
+    )
+    parser.add_argument(
+        "--tfds-split",
+        default=None,
+        help="with --data tfds:NAME: TRAIN or TRAIN,VAL split strings, e.g. "
+        "'train[:80%%],train[80%%:]' (default: train, validated on validation or test)",
+    )
+    parser.add_argument(
+        "--tfds-no-download",
+        action="store_true",
+        help="with --data tfds:NAME: stop with an error when the dataset is not prepared in "
+        "--tfds-data-dir, instead of downloading it",
+    )
+
+
+def add_training_arguments(parser):
+    parser.add_argument(
+        "--epochs",
+        type=epochs_argument,
+        default="auto",
+        help="head epochs on a frozen backbone; default auto: the head fitted as a "
+        "cross-validated linear probe on cached features",
+    )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=epochs_argument,
+        default="auto",
+        help="epochs with the top of the backbone unfrozen; default auto: at least 200 "
+        "steps (3 to 30 epochs) with early stopping on the validation loss, kept only if "
+        "it beats the head alone; 0: none",
+    )
+    parser.add_argument(
+        "--unfreeze-top-n",
+        type=count,
+        default=None,
+        help="how much of the backbone --finetune-epochs train, counted from the top, in "
+        "units: the entries of the backbone's `layers` list for a CNN (as in the Keras "
+        "fine-tuning guide's `base_model.layers[-N:]`), transformer blocks for an encoder; "
+        "BatchNormalization stays frozen (default: the whole backbone)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam", "adamw"],
+        default=None,
+        help="optimizer of both stages (default: compile_classifier's for the model: Adam "
+        "1e-3 for images)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate of head epochs trained by gradient; fine-tuning peaks at 0.3x "
+        "it (default: the optimizer's, Adam 1e-3)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1337,
+        help="seed of the weights' initialisation, shuffling and augmentation "
+        "(default %(default)s)",
+    )
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser):
+    """--output, checkpoints, feature caching, precision: for `train image` and `train text`."""
+    parser.add_argument("--output", required=True, help="folder for the model and reports")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="the --output folder of a finished run: train its model on, in the stage it ended "
+        "in, for --epochs (image: and/or --finetune-epochs) more epochs, the epoch count going on",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --output"
+    )
+    parser.add_argument(
+        "--class-weight",
+        type=json_object,
+        default=None,
+        metavar="JSON",
+        help="loss weight per class, e.g. '{\"bees\": 2.0}' (class names or ids; classes left "
+        "out get 1.0)",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["bfloat16", "float16"],
+        default=None,
+        help="compute in 16 bits, weights in float32 (default: float32 throughout); "
+        "bfloat16 for CPUs with native support (AVX512-BF16, AMX) and recent GPUs, "
+        "float16 for NVIDIA GPUs",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint folder (default OUTPUT/checkpoint): every epoch is saved there and "
+        "re-running the same command after a crash resumes from the last completed epoch",
+    )
+    parser.add_argument(
+        "--no-checkpoint", action="store_true", help="do not save per-epoch checkpoints"
+    )
+    parser.add_argument(
+        "--tensorboard",
+        default=None,
+        metavar="DIR",
+        help="write TensorBoard logs of every fitted epoch there (Keras' TensorBoard "
+        "callback; default: none); view with `tensorboard --logdir DIR`",
+    )
+    parser.add_argument(
+        "--feature-cache",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="train the head on backbone outputs computed once (frozen backbone): auto "
+        "(default) where that is exact, on also with augmentation / dropout below the head "
+        "(then inactive), off never",
+    )
+    parser.add_argument(
+        "--feature-store",
+        metavar="DIR",
+        help="keep the cached backbone features in DIR (made when missing), keyed by the "
+        "backbone, its weights, the input size and the data files: a later run on the same "
+        "data and backbone (another head, --lr, --epochs) skips the backbone (default: none)",
+    )
