@@ -1,0 +1,92 @@
+"""Data-parallel fine-tuning: 1 device and 2 virtual CPU devices train to the same model.
+
+The 2-device runs need the backend to start with 2 CPU devices, so they run in a
+subprocess (`distributed_script.py`), once per backend, shared by the tests of this module.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import BACKEND, PROJECT, write_image_folder
+
+import keras_transfer as kt
+
+SCRIPT = PROJECT / "tests" / "distributed_script.py"
+DISTRIBUTED = pytest.mark.backends("jax", "tensorflow")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The result JSON of `distributed_script.py` on this backend (see its docstring)."""
+    if BACKEND not in ("jax", "tensorflow"):
+        pytest.skip("data parallelism: jax and tensorflow")
+    root = tmp_path_factory.mktemp("distributed")
+    write_image_folder(root / "data" / "train", per_class=8, size=(32, 32))
+    write_image_folder(root / "data" / "val", per_class=4, size=(32, 32))
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND=BACKEND)
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(root / "data"), str(root / "result.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((root / "result.json").read_text())
+
+
+@DISTRIBUTED
+@pytest.mark.parametrize("caching", ["cached", "uncached"])
+def test_two_devices_train_the_model_of_one(runs, caching):
+    one, two = runs[f"{caching}_1"], runs[f"{caching}_2"]
+    assert (one["replicas"], one["variable_replicas"]) == (1, 1)
+    assert (two["replicas"], two["variable_replicas"]) == (2, 2)  # really on 2 devices
+    assert set(one["histories"]) == set(two["histories"])
+    assert ("finetune" in two["histories"]) == (caching == "cached")  # stage 2 ran
+    np.testing.assert_allclose(two["kernel"], one["kernel"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(two["bias"], one["bias"], rtol=1e-4, atol=1e-5)
+    # The head learnt something: a test of weights that never moved could not fail.
+    assert np.abs(np.asarray(one["kernel"])).max() > 1e-4
+    for stage, history in one["histories"].items():
+        for name, values in history.items():
+            np.testing.assert_allclose(
+                two["histories"][stage][name], values, rtol=1e-4, atol=1e-5, err_msg=name
+            )
+    # evaluate_classifier on the 2-device model: the last epoch's validation accuracy.
+    last = two["histories"]["finetune" if caching == "cached" else "head"]["val_accuracy"][-1]
+    assert two["accuracy"] == pytest.approx(last)
+
+
+@DISTRIBUTED
+def test_a_model_built_outside_the_distribution_is_refused(runs):
+    message = runs["errors"]["outside"]
+    assert message is not None and "built outside" in message
+    assert "kt.data_parallel()" in message
+
+
+@DISTRIBUTED
+def test_a_batch_size_that_does_not_divide_is_refused(runs):
+    message = runs["errors"]["odd_batch"]
+    assert message is not None and "batch size 3 does not divide by the 2 devices" in message
+
+
+@pytest.mark.backends("torch")
+def test_torch_says_what_works():
+    with pytest.raises(ValueError, match="KERAS_BACKEND=jax or KERAS_BACKEND=tensorflow"):
+        kt.data_parallel()
+
+
+@DISTRIBUTED
+def test_more_devices_than_there_are_is_refused():
+    from keras_transfer.distribution import local_devices
+
+    found = len(local_devices())
+    with pytest.raises(ValueError, match=f"asks for more devices than the {found} found"):
+        kt.data_parallel(found + 1)
+    with pytest.raises(ValueError, match="`devices` must be None"):
+        kt.data_parallel(0)
