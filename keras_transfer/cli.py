@@ -402,6 +402,15 @@ def _add_output_arguments(parser):
         "callback; default: none); view with `tensorboard --logdir DIR`",
     )
     parser.add_argument(
+        "--devices",
+        type=_positive,
+        default=1,
+        help="train data-parallel on N devices (jax and tensorflow; default %(default)s): "
+        "the first N GPUs, or on a machine without them N virtual CPU devices (to try it "
+        "out: they share the cores); --batch-size is the global batch, split over them "
+        "(docs/distributed.md)",
+    )
+    parser.add_argument(
         "--feature-cache",
         choices=["auto", "on", "off"],
         default="auto",
@@ -889,6 +898,23 @@ def _export(args):
     return 0
 
 
+def _data_parallel(devices):
+    """`--devices N`: `data_parallel(N)` entered (nothing for N = 1)."""
+    import contextlib
+
+    if devices == 1:
+        return contextlib.nullcontext()
+    from keras_transfer.distribution import data_parallel
+
+    run = data_parallel(devices)
+    print(
+        f"keras-transfer: data-parallel on {run.num_replicas} devices "
+        f"({', '.join(run.devices)}): {type(run.engine).__name__}",
+        file=sys.stderr,
+    )
+    return run
+
+
 def main(argv=None):
     """Entry point of the `keras-transfer` command. Returns the exit status.
 
@@ -905,6 +931,11 @@ def main(argv=None):
 
             print("\n".join(kt.list_backbones()))
             return 0
+        devices = getattr(args, "devices", 1) if args.command == "train" else 1
+        if devices > 1:  # before jax or TensorFlow start
+            from keras_transfer.distribution import make_virtual_cpu_devices
+
+            make_virtual_cpu_devices(devices)
         import keras
 
         print(
@@ -913,7 +944,8 @@ def main(argv=None):
             file=sys.stderr,
         )
         if args.command == "train":
-            return _train_image(args) if args.kind == "image" else _train_text(args)
+            with _data_parallel(devices):  # the model is built and trained inside
+                return _train_image(args) if args.kind == "image" else _train_text(args)
         if args.command == "demo":
             return _demo(args)
         if args.command == "tune":

@@ -90,3 +90,47 @@ def test_more_devices_than_there_are_is_refused():
         kt.data_parallel(found + 1)
     with pytest.raises(ValueError, match="`devices` must be None"):
         kt.data_parallel(0)
+
+
+@DISTRIBUTED
+def test_the_cli_trains_on_two_devices(tmp_path):
+    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
+    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND=BACKEND)
+    env.pop("XLA_FLAGS", None)
+    command = [
+        sys.executable,
+        "-m",
+        "keras_transfer.cli",
+        "train",
+        "image",
+        "--data",
+        str(tmp_path / "data"),
+        "--backbone",
+        "mobilenet",
+        "--weights",
+        "none",
+        "--backbone-kwargs",
+        '{"alpha": 0.25}',
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",  # the head by gradient, on cached features, checkpointed
+        "--finetune-epochs",
+        "0",
+        "--no-augmentation",
+        "--devices",
+        "2",
+        "--output",
+        str(tmp_path / "run"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "data-parallel on 2 devices" in result.stderr
+    assert (tmp_path / "run" / "model.keras").is_file()
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["head"]["loss"]) == 1
+    model, names = kt.load_classifier(str(tmp_path / "run" / "model.keras"))
+    assert names == ["cats", "dogs"] and model.output_shape == (None, 2)
