@@ -6,6 +6,7 @@ subprocess (`distributed_script.py`), once per backend, shared by the tests of t
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -134,3 +135,38 @@ def test_the_cli_trains_on_two_devices(tmp_path):
     assert len(history["head"]["loss"]) == 1
     model, names = kt.load_classifier(str(tmp_path / "run" / "model.keras"))
     assert names == ["cats", "dogs"] and model.output_shape == (None, 2)
+
+
+@pytest.mark.backends("tensorflow")  # jax: the same code, its convolutions ~3x slower here
+def test_a_killed_two_device_run_resumes_to_the_same_model(tmp_path):
+    write_image_folder(tmp_path / "data" / "train", per_class=8)
+    write_image_folder(tmp_path / "data" / "val", per_class=4)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), KT_TEST_DEVICES="2", KT_TEST_CACHED="1")
+
+    def run(checkpoint, result, *kill_at):
+        return subprocess.run(
+            [sys.executable, str(PROJECT / "tests" / "fine_tune_script.py")]
+            + [str(tmp_path / "data"), str(tmp_path / checkpoint), str(tmp_path / result)]
+            + [str(k) for k in kill_at],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+
+    baseline = run("unused", "baseline.json")
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+    killed = run("checkpoint", "result.json", 4, 1)  # mid-epoch 5: the second of fine-tuning
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run("checkpoint", "result.json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming 'finetune'" in resumed.stdout
+    uninterrupted = json.loads((tmp_path / "baseline.json").read_text())
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["epochs"] == uninterrupted["epochs"] == {"head": [0, 1, 2], "finetune": [3, 4]}
+    for stage, history in uninterrupted["histories"].items():
+        for metric, values in history.items():
+            np.testing.assert_allclose(
+                result["histories"][stage][metric], values, rtol=1e-4, atol=1e-5, err_msg=metric
+            )
+    assert abs(result["val_accuracy"] - uninterrupted["val_accuracy"]) <= 0.005
