@@ -283,15 +283,41 @@ def check_batches_divide(data, replicas, name="train_ds"):
         )
 
 
+def check_single_process():
+    """Raise ValueError when jax runs several processes under a Keras distribution.
+
+    Keras shards a `tf.data` pipeline over the processes only when it can read the
+    pipeline's batch size, and `fine_tune`'s per-epoch pipelines (one pass per epoch, made
+    anew from the seed and the epoch) hide it: Keras would fail in `fit` with "The batch
+    size of the input dataset is unknown". Until `fine_tune` feeds each process its share,
+    it refuses such a run up front.
+    """
+    import keras
+
+    if keras.backend.backend() != "jax" or keras.distribution.distribution() is None:
+        return
+    import jax
+
+    if jax.process_count() > 1:
+        raise ValueError(
+            f"fine_tune does not run on several jax processes yet ({jax.process_count()} "
+            "here): Keras cannot shard its per-epoch pipelines over the processes. Train on "
+            "the devices of one machine (kt.data_parallel() in one process), or call "
+            "model.fit yourself on a batched tf.data.Dataset."
+        )
+
+
 def check_distributed_fit(model, train_ds, val_ds=None):
     """The checks `fine_tune` runs when `model` trains on several devices (see
     `check_built_in_scope` and `check_batches_divide`); nothing on one device.
 
     Raises:
-        ValueError: the model was built outside the distribution, or a batch of `train_ds`
-            or `val_ds` does not divide by the number of devices.
+        ValueError: the model was built outside the distribution, a batch of `train_ds`
+            or `val_ds` does not divide by the number of devices, or jax runs several
+            processes (`check_single_process`).
     """
     check_built_in_scope(model)
+    check_single_process()
     replicas = num_replicas(model)
     check_batches_divide(train_ds, replicas, "train_ds")
     check_batches_divide(val_ds, replicas, "val_ds")

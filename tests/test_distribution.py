@@ -170,3 +170,34 @@ def test_a_killed_two_device_run_resumes_to_the_same_model(tmp_path):
                 result["histories"][stage][metric], values, rtol=1e-4, atol=1e-5, err_msg=metric
             )
     assert abs(result["val_accuracy"] - uninterrupted["val_accuracy"]) <= 0.005
+
+
+@pytest.mark.backends("jax")
+def test_two_jax_processes_join_and_fine_tune_says_it_needs_one(tmp_path):
+    import socket
+
+    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
+    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND="jax")
+    env.pop("XLA_FLAGS", None)
+    script = str(PROJECT / "tests" / "jax_processes_script.py")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, script, str(i), str(port), str(tmp_path / "data")]
+            + [str(tmp_path / f"process_{i}.json")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0].decode() for p in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    for i in range(2):
+        result = json.loads((tmp_path / f"process_{i}.json").read_text())
+        assert result["local"] == 1 and len(result["devices"]) == 2  # one mesh over both
+        assert "does not run on several jax processes yet (2 here)" in result["error"]
