@@ -284,26 +284,36 @@ def check_batches_divide(data, replicas, name="train_ds"):
 
 
 def check_single_process():
-    """Raise ValueError when jax runs several processes under a Keras distribution.
+    """Raise ValueError for a run of several processes: jax processes under a Keras
+    distribution, or workers of a tensorflow `MultiWorkerMirroredStrategy`.
 
-    Keras shards a `tf.data` pipeline over the processes only when it can read the
+    Keras shards a `tf.data` pipeline over jax processes only when it can read the
     pipeline's batch size, and `fine_tune`'s per-epoch pipelines (one pass per epoch, made
     anew from the seed and the epoch) hide it: Keras would fail in `fit` with "The batch
-    size of the input dataset is unknown". Until `fine_tune` feeds each process its share,
-    it refuses such a run up front.
+    size of the input dataset is unknown". Under `MultiWorkerMirroredStrategy` with 2
+    workers, the head's `fit` on cached features fails converting a `PerReplica` value.
+    Until `fine_tune` feeds each process its share, it refuses such runs up front.
     """
     import keras
 
-    if keras.backend.backend() != "jax" or keras.distribution.distribution() is None:
-        return
-    import jax
+    processes = 1
+    if keras.backend.backend() == "jax" and keras.distribution.distribution() is not None:
+        import jax
 
-    if jax.process_count() > 1:
+        processes = jax.process_count()
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            cluster = strategy.cluster_resolver.cluster_spec()
+            processes = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
+    if processes > 1:
         raise ValueError(
-            f"fine_tune does not run on several jax processes yet ({jax.process_count()} "
-            "here): Keras cannot shard its per-epoch pipelines over the processes. Train on "
-            "the devices of one machine (kt.data_parallel() in one process), or call "
-            "model.fit yourself on a batched tf.data.Dataset."
+            f"fine_tune does not run on several processes yet ({processes} here): its "
+            "per-epoch pipelines are not split over them (Keras fails in fit). Train on the "
+            "devices of one machine (kt.data_parallel() in one process), or call model.fit "
+            "yourself on a batched tf.data.Dataset."
         )
 
 
@@ -313,7 +323,7 @@ def check_distributed_fit(model, train_ds, val_ds=None):
 
     Raises:
         ValueError: the model was built outside the distribution, a batch of `train_ds`
-            or `val_ds` does not divide by the number of devices, or jax runs several
+            or `val_ds` does not divide by the number of devices, or the run has several
             processes (`check_single_process`).
     """
     check_built_in_scope(model)

@@ -200,4 +200,4 @@ def test_two_jax_processes_join_and_fine_tune_says_it_needs_one(tmp_path):
     for i in range(2):
         result = json.loads((tmp_path / f"process_{i}.json").read_text())
         assert result["local"] == 1 and len(result["devices"]) == 2  # one mesh over both
-        assert "does not run on several jax processes yet (2 here)" in result["error"]
+        assert "does not run on several processes yet (2 here)" in result["error"]
