@@ -77,9 +77,14 @@ def test_a_batch_size_that_does_not_divide_is_refused(runs):
 
 
 @pytest.mark.backends("torch")
-def test_torch_says_what_works():
+def test_torch_says_what_works(tmp_path, capsys):
     with pytest.raises(ValueError, match="KERAS_BACKEND=jax or KERAS_BACKEND=tensorflow"):
         kt.data_parallel()
+    from keras_transfer.cli import main
+
+    argv = ["train", "image", "--data", str(tmp_path), "--backbone", "mobilenet"]
+    assert main([*argv, "--devices", "2", "--output", str(tmp_path / "run")]) == 2
+    assert "not available on the torch backend" in capsys.readouterr().err
 
 
 @DISTRIBUTED
