@@ -98,7 +98,8 @@ def test_more_devices_than_there_are_is_refused():
         kt.data_parallel(0)
 
 
-@DISTRIBUTED
+# tensorflow only: the jax side of --devices (XLA_FLAGS) is what distributed_script.py uses.
+@pytest.mark.backends("tensorflow")
 def test_the_cli_trains_on_two_devices(tmp_path):
     write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
     write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
