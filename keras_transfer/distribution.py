@@ -209,7 +209,9 @@ def num_replicas(model):
 
 def check_built_in_scope(model):
     """Raise ValueError when `model`'s variables were made outside the distribution it is
-    trained under (keras-team/keras#22256: Keras fails later, deep in the training step)."""
+    trained under (keras-team/keras#22256: Keras fails later, deep in the training step),
+    or made inside one that is not in effect now (the `with` block left before `fine_tune`:
+    Keras fails in the optimizer, or on devices that do not match)."""
     import keras
 
     backend = keras.backend.backend()
@@ -218,18 +220,23 @@ def check_built_in_scope(model):
     if backend == "tensorflow":
         import tensorflow as tf
 
+        made_in = getattr(model, "_distribute_strategy", None)
         if not tf.distribute.has_strategy():
+            if made_in is not None and made_in.num_replicas_in_sync > 1:
+                _raise_left_scope(model, f"tf.distribute {type(made_in).__name__}")
             return
         strategy = tf.distribute.get_strategy()
-        inside = getattr(model, "_distribute_strategy", None) is strategy
+        inside = made_in is strategy
         where = f"tf.distribute {type(strategy).__name__}"
     elif backend == "jax":
-        distribution = keras.distribution.distribution()
-        if distribution is None:
-            return
-        mesh_devices = {str(d).lower() for d in distribution.device_mesh.devices.flatten()}
         placed = getattr(model.weights[0].value, "sharding", None)
         names = {f"{d.platform.lower()}:{d.id}" for d in getattr(placed, "device_set", ())}
+        distribution = keras.distribution.distribution()
+        if distribution is None:
+            if len(names) > 1:
+                _raise_left_scope(model, "keras.distribution")
+            return
+        mesh_devices = {str(d).lower() for d in distribution.device_mesh.devices.flatten()}
         inside = placed is None or names == mesh_devices
         where = f"keras.distribution {type(distribution).__name__}"
     else:
@@ -242,6 +249,15 @@ def check_built_in_scope(model):
             "kt.fine_tune(model, ...)` (or build after keras.distribution.set_distribution "
             "on jax, inside strategy.scope() on tensorflow)."
         )
+
+
+def _raise_left_scope(model, where):
+    raise ValueError(
+        f"The model {model.name!r} was built inside a {where} distribution that is not in "
+        "effect now: train it inside the same `with kt.data_parallel(...)` block (or "
+        "strategy.scope() on tensorflow, keras.distribution.set_distribution on jax) that "
+        "built it."
+    )
 
 
 def _first_batch_size(data):

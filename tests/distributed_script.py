@@ -9,7 +9,8 @@ only), the same seed and global batches train once
 without a distribution and once in `kt.data_parallel(2)`. Writes to RESULT_JSON, per run,
 the head's weights, the histories, the replicas the variables live on and (2 devices) the
 accuracy of `evaluate_classifier`; and the messages of the errors for a model built outside the
-distribution and a batch size that does not divide by 2.
+distribution, one trained after its distribution's `with` block, and a batch size that does
+not divide by 2.
 """
 
 import contextlib
@@ -89,6 +90,13 @@ def outside():
         kt.fine_tune(model, train_ds, val_ds, head_epochs=1, finetune_epochs=0, verbose=0)
 
 
+def left_scope():
+    train_ds, val_ds, _ = kt.image_folder_datasets(data, image_size=32, batch_size=4, seed=7)
+    with kt.data_parallel(2):
+        model = build()
+    kt.fine_tune(model, train_ds, val_ds, head_epochs=1, finetune_epochs=0, verbose=0)
+
+
 def odd_batch():
     train_ds, val_ds, _ = kt.image_folder_datasets(data, image_size=32, batch_size=3, seed=7)
     with kt.data_parallel(2):
@@ -101,6 +109,10 @@ result = {
     for cached in (True, False)
     for devices in (1, 2)
 }
-result["errors"] = dict(outside=error_message(outside), odd_batch=error_message(odd_batch))
+result["errors"] = dict(
+    outside=error_message(outside),
+    left_scope=error_message(left_scope),
+    odd_batch=error_message(odd_batch),
+)
 with open(result_path, "w") as handle:
     json.dump(result, handle)

@@ -71,6 +71,12 @@ def test_a_model_built_outside_the_distribution_is_refused(runs):
 
 
 @DISTRIBUTED
+def test_a_model_trained_after_its_distribution_was_left_is_refused(runs):
+    message = runs["errors"]["left_scope"]
+    assert message is not None and "distribution that is not in effect now" in message
+
+
+@DISTRIBUTED
 def test_a_batch_size_that_does_not_divide_is_refused(runs):
     message = runs["errors"]["odd_batch"]
     assert message is not None and "batch size 3 does not divide by the 2 devices" in message
