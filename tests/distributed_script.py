@@ -4,13 +4,13 @@
 
 The backend (KERAS_BACKEND: jax or tensorflow) gets 2 CPU devices before it starts: jax
 from XLA_FLAGS, tensorflow as 2 logical CPUs. For the head fitted on cached features (the
-linear probe, then one epoch of stage 2) and by gradient without caching (stage 1
-only), the same seed and global batches train once
-without a distribution and once in `kt.data_parallel(2)`. Writes to RESULT_JSON, per run,
-the head's weights, the histories, the replicas the variables live on and (2 devices) the
-accuracy of `evaluate_classifier`; and the messages of the errors for a model built outside the
-distribution, one trained after its distribution's `with` block, and a batch size that does
-not divide by 2.
+linear probe, then one epoch of stage 2) and by gradient without caching (stage 1 only),
+the same seed and global batches train once without a distribution and once in
+`kt.data_parallel(2)`. Writes to RESULT_JSON, per run, the head's weights, the histories,
+the replicas the variables live on and (2 devices) the accuracy of `evaluate_classifier`;
+for the cached 2-device model, whether it saves, loads and (tensorflow) exports as a
+SavedModel; and the messages of the errors for a model built outside the distribution, one
+trained after its distribution's `with` block, and a batch size that does not divide by 2.
 """
 
 import contextlib
@@ -25,6 +25,7 @@ from keras_transfer.distribution import make_virtual_cpu_devices  # noqa: E402
 assert make_virtual_cpu_devices(2)
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
 from keras_transfer.distribution import num_replicas  # noqa: E402
@@ -65,6 +66,7 @@ def run(devices, cached):
         )
         dense = model.get_layer("predictions")
         report = kt.evaluate_classifier(model, val_ds, names) if devices > 1 else None
+        saved = save_load_export(model, names) if devices > 1 and cached else {}
         return dict(
             kernel=keras.ops.convert_to_numpy(dense.kernel).tolist(),
             bias=keras.ops.convert_to_numpy(dense.bias).tolist(),
@@ -72,7 +74,26 @@ def run(devices, cached):
             replicas=num_replicas(model),
             variable_replicas=replicas_of(dense.kernel),
             accuracy=None if report is None else report.accuracy,
+            **saved,
         )
+
+
+def save_load_export(model, names):
+    """Save and load the distributed model (and export a SavedModel on tensorflow)."""
+    folder = os.path.dirname(os.path.abspath(result_path))
+    kt.save_classifier(model, os.path.join(folder, "model.keras"), names)
+    loaded, loaded_names = kt.load_classifier(os.path.join(folder, "model.keras"))
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(images))
+    exported = None
+    if keras.backend.backend() == "tensorflow":
+        path = kt.export_saved_model(model, os.path.join(folder, "export"), class_names=names)
+        exported = os.path.isfile(os.path.join(path, "saved_model.pb"))
+    return dict(
+        loaded_names=loaded_names,
+        loaded_max_diff=float(np.abs(loaded.predict(images, verbose=0) - expected).max()),
+        exported=exported,
+    )
 
 
 def error_message(call):

@@ -61,6 +61,9 @@ def test_two_devices_train_the_model_of_one(runs, caching):
     # evaluate_classifier on the 2-device model: the last epoch's validation accuracy.
     last = two["histories"]["finetune" if caching == "cached" else "head"]["val_accuracy"][-1]
     assert two["accuracy"] == pytest.approx(last)
+    if caching == "cached":  # the distributed model saves, loads and exports
+        assert two["loaded_names"] == ["cats", "dogs"] and two["loaded_max_diff"] < 1e-5
+        assert two["exported"] is (True if BACKEND == "tensorflow" else None)
 
 
 @DISTRIBUTED
