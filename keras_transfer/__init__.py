@@ -19,6 +19,8 @@ _EXPORTS = {
     "list_backbones": "backbones",
     "resumable_fit": "checkpointing",
     "compile_classifier": "compiling",
+    "DataParallelRun": "distribution",
+    "data_parallel": "distribution",
     "ClassificationReport": "evaluation",
     "evaluate_classifier": "evaluation",
     "export_saved_model": "export",

@@ -47,6 +47,23 @@ def _check_inputs(args):
             raise FileNotFoundError(f"{name} {path!r} not found: {hint}.")
 
 
+def _data_parallel(devices):
+    """`--devices N`: `data_parallel(N)` entered (nothing for N = 1)."""
+    import contextlib
+
+    if devices == 1:
+        return contextlib.nullcontext()
+    from keras_transfer.distribution import data_parallel
+
+    run = data_parallel(devices)
+    print(
+        f"keras-transfer: data-parallel on {run.num_replicas} devices "
+        f"({', '.join(run.devices)}): {type(run.engine).__name__}",
+        file=sys.stderr,
+    )
+    return run
+
+
 def main(argv=None):
     """Entry point of the `keras-transfer` command. Returns the exit status.
 
@@ -63,6 +80,11 @@ def main(argv=None):
 
             print("\n".join(kt.list_backbones()))
             return 0
+        devices = getattr(args, "devices", 1) if args.command == "train" else 1
+        if devices > 1:  # before jax or TensorFlow start
+            from keras_transfer.distribution import make_virtual_cpu_devices
+
+            make_virtual_cpu_devices(devices)
         import keras
 
         print(
@@ -71,7 +93,8 @@ def main(argv=None):
             file=sys.stderr,
         )
         if args.command == "train":
-            return train_image(args) if args.kind == "image" else train_text(args)
+            with _data_parallel(devices):  # the model is built and trained inside
+                return train_image(args) if args.kind == "image" else train_text(args)
         if args.command == "demo":
             return demo_command(args)
         if args.command == "tune":

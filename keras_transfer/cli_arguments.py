@@ -182,6 +182,15 @@ def add_output_arguments(parser):
         "callback; default: none); view with `tensorboard --logdir DIR`",
     )
     parser.add_argument(
+        "--devices",
+        type=positive,
+        default=1,
+        help="train data-parallel on N devices (jax and tensorflow; default %(default)s): "
+        "the first N GPUs, or on a machine without them N virtual CPU devices (to try it "
+        "out: they share the cores); --batch-size is the global batch, split over them "
+        "(docs/distributed.md)",
+    )
+    parser.add_argument(
         "--feature-cache",
         choices=["auto", "on", "off"],
         default="auto",

@@ -117,6 +117,7 @@ def predict_labelled(model, dataset):
     """
     import tensorflow as tf
 
+    from keras_transfer.distribution import predict_on_batch
     from keras_transfer.fit_inputs import iter_batches, labels_of
 
     probabilities, labels = [], []
@@ -124,7 +125,7 @@ def predict_labelled(model, dataset):
         inputs, targets = batch[0], batch[1]
         if isinstance(inputs, tf.Tensor) and inputs.dtype != tf.string:
             inputs = inputs.numpy()
-        probabilities.append(np.asarray(model.predict_on_batch(inputs), dtype="float32"))
+        probabilities.append(np.asarray(predict_on_batch(model, inputs), dtype="float32"))
         labels.append(labels_of(targets))
     if not probabilities:
         raise ValueError("The dataset is empty: nothing to evaluate.")

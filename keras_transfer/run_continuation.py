@@ -118,7 +118,7 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
     from keras_transfer.compiling import compile_classifier
     from keras_transfer.freezing import unfreeze_backbone
     from keras_transfer.training import FINETUNE_LR_FACTOR
-    from keras_transfer.training_stages import finetune_budget
+    from keras_transfer.training_stages import finetune_budget, learning_rate_value
 
     model, history = previous_run(args.init_from, class_names)
     if args.kind == "image":
@@ -170,7 +170,7 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
             if not _epochs(history, "finetune"):
                 unfreeze_backbone(model, top_n=args.unfreeze_top_n)
             compile_classifier(model, optimizer, args.lr)
-            learning_rate = float(model.optimizer.learning_rate) * FINETUNE_LR_FACTOR
+            learning_rate = learning_rate_value(model.optimizer) * FINETUNE_LR_FACTOR
             compile_classifier(model, optimizer, learning_rate)
             new["finetune"] = _fit(
                 model,

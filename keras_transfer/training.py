@@ -18,6 +18,7 @@ import keras
 from keras_transfer.batch_augmentation import mix_batches
 from keras_transfer.class_weighting import fit_class_weight
 from keras_transfer.compiling import compile_classifier, is_text_classifier
+from keras_transfer.distribution import check_distributed_fit
 from keras_transfer.fit_inputs import plan_for_inputs
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 from keras_transfer.training_stages import (
@@ -77,6 +78,10 @@ def fine_tune(
     restored, and the stage-1 model kept instead when stage 2 never beats its `val_loss`.
     Epoch numbers go on from stage 1 (a linear probe counts as one epoch). The model is
     left compiled as it was given (a fresh optimizer).
+
+    On several devices, build the model and call `fine_tune` inside `data_parallel()` (or
+    Keras' own `keras.distribution.set_distribution` on jax, `strategy.scope()` on
+    tensorflow); the batches of `train_ds` are then global batches, split over the devices.
 
     Each epoch is one pass over `train_ds`. Pipelines from `image_folder_datasets` and
     `text_csv_datasets` are made anew for every epoch, shuffled in an order drawn from the
@@ -150,8 +155,10 @@ def fine_tune(
             "auto" or an int >= 0, `unfreeze_top_n=0` with fine-tuning epochs, an
             optimizer object (use a name, or compile the model with it), a checkpoint
             folder written by a run with other arguments, `cache_features=True` for a
-            model that cannot be cut into backbone and head, or `feature_store` with
-            `cache_features=False` or not a path.
+            model that cannot be cut into backbone and head, `feature_store` with
+            `cache_features=False` or not a path, or, on several devices
+            (`data_parallel`, docs/distributed.md), a model built outside the distribution
+            or a batch size that does not divide by the number of devices.
         NotADirectoryError: `feature_store` is a file.
 
     Example:
@@ -172,6 +179,7 @@ def fine_tune(
         cache_features=cache_features,
         feature_store=feature_store,
     )
+    check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
     class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
     cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
         model, cache_features, text_padding, train_ds, val_ds, verbose

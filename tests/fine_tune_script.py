@@ -3,22 +3,30 @@
     python fine_tune_script.py DATA CHECKPOINT_DIR RESULT_JSON [KILL_EPOCH KILL_BATCH]
 
 With the environment variable KT_TEST_CACHED=1 the model has no augmentation, so the head
-stage trains on cached features.
+stage trains on cached features. With KT_TEST_DEVICES=N (N > 1) the backend gets N virtual
+CPU devices, and the model is built and trained in `kt.data_parallel(N)`.
 
 Writes one JSON line per epoch boundary to RESULT_JSON.events (a fingerprint of the weights
 and the optimizer's step count), and the histories, trainable flags and validation accuracy
 to RESULT_JSON at the end. With KILL_EPOCH / KILL_BATCH it SIGKILLs itself mid-epoch.
 """
 
+import contextlib
 import json
 import os
 import signal
 import sys
 
-import keras
-import numpy as np
+devices = int(os.environ.get("KT_TEST_DEVICES", "1"))
+if devices > 1:
+    from keras_transfer.distribution import make_virtual_cpu_devices
 
-import keras_transfer as kt
+    assert make_virtual_cpu_devices(devices)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_transfer as kt  # noqa: E402
 
 data, checkpoint_dir, result_path = sys.argv[1:4]
 kill_at = tuple(map(int, sys.argv[4:6])) if len(sys.argv) > 4 else None
@@ -55,6 +63,8 @@ keras.utils.set_random_seed(7)
 train_ds, val_ds, names = kt.image_folder_datasets(data, image_size=32, batch_size=4, seed=7)
 # VGG16: its random (weights=None) features tell the classes apart; MobileNet's are ~0.
 augmentation = None if os.environ.get("KT_TEST_CACHED") == "1" else "default"
+scope = kt.data_parallel(devices) if devices > 1 else contextlib.nullcontext()
+scope.__enter__()
 model = kt.build_image_classifier(
     "vgg16", len(names), input_shape=(32, 32, 3), weights=None, augmentation=augmentation
 )
