@@ -9,6 +9,8 @@ import keras_transfer as kt
 pytestmark = pytest.mark.slow
 
 
+# The real-data bar on two backends (CI time); jax's text path runs in the tiny-BERT tests.
+@pytest.mark.backends("tensorflow", "torch")
 def test_sms_spam_minilm_one_epoch_on_1024_rows(tmp_path):
     """MiniLM, 1 epoch on the first 1,024 training rows, sequence length 64.
 
