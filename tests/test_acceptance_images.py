@@ -47,7 +47,9 @@ def test_hymenoptera_mobilenet_imagenet_reaches_80_percent_and_serves_the_same(t
     served_ids = np.array(served["class_ids"])
     assert np.mean(served_ids == keras_ids) >= 0.99
     assert abs(np.mean(served_ids == labels) - np.mean(keras_ids == labels)) <= 0.005
-    assert abs(np.mean(keras_ids == labels) - report["accuracy"]) <= 0.005
+    # Training rounds its pixels to whole grey levels (uint8 in memory or streamed); the
+    # client decoding above does not (at most 0.5 away): one borderline image may flip.
+    assert abs(np.mean(keras_ids == labels) - report["accuracy"]) <= 1 / len(labels) + 1e-9
 
 
 @pytest.mark.backends("tensorflow")
