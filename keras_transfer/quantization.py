@@ -29,8 +29,11 @@ def quantize_classifier(model, mode="int8"):
     Calls Keras' `model.quantize(mode)`: each such layer then keeps int8 kernels with
     float32 per-channel scales and quantises its inputs on the fly; other layers (e.g.
     Conv2D, LayerNormalization) stay as they were. The model keeps its backend and its
-    call signature, predicts, evaluates and saves (`.keras`) as before, and is meant for
-    inference: training a quantised model is not supported. Build or call the model first.
+    call signature, predicts and evaluates as before, and is meant for inference: training a
+    quantised model is not supported. Build or call the model first (a text model: call it
+    on a few texts). An image model saves and loads (`.keras`) as before; a quantised text
+    model's `.keras` file does not load back with Keras 3.15 / KerasHub (the head's layer
+    expects float variables), so quantise text models after loading, in the serving process.
 
     Args:
         model: a built classifier from `build_text_classifier` or `build_image_classifier`,
