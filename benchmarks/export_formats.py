@@ -37,18 +37,20 @@ def _arrays(dataset):
     return np.concatenate(images), np.concatenate(labels).argmax(-1)
 
 
-def _latency(predict, image, calls):
-    for _ in range(5):
-        predict(image)
+def median_ms(predict, inputs, calls, warmup=5):
+    """Median milliseconds of `calls` calls of `predict(inputs)`, after `warmup` calls."""
+    for _ in range(warmup):
+        predict(inputs)
     times = []
     for _ in range(calls):
         start = time.perf_counter()
-        predict(image)
+        predict(inputs)
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
-def _size(path):
+def file_size(path):
+    """Bytes of a file, or of every file under a folder."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
@@ -134,8 +136,8 @@ def main():
             accuracy = (probs.argmax(-1) == val_labels).mean()
             agreement = (probs.argmax(-1) == keras_probs.argmax(-1)).mean()
             diff = np.abs(probs - keras_probs).max()
-            size = f"{_size(path) / 1e6:.2f}" if path else "-"
-            ms = _latency(predict, val_images[:1], args.calls)
+            size = f"{file_size(path) / 1e6:.2f}" if path else "-"
+            ms = median_ms(predict, val_images[:1], args.calls)
             print(f"| {name} | {accuracy:.3f} | {agreement:.3f} | {diff:.1e} | {size} | {ms:.2f} |")
 
 

@@ -18,36 +18,19 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from export_formats import file_size, median_ms  # noqa: E402  (this folder's benchmark)
+
 import keras_transfer as kt  # noqa: E402
 from keras_transfer import runtimes  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sms_spam")
-
-
-def _median_ms(predict, inputs, calls):
-    for _ in range(3):
-        predict(inputs)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        predict(inputs)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
-def _size(path):
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
 def _session(model_file):
@@ -95,13 +78,13 @@ def main():
 
     def add(name, probs, path, predict, single, many):
         """One row, timed now (the Keras model is quantised in place later)."""
-        ms_many = _median_ms(predict, many, 10) if many is not None else None
-        rows.append((name, probs, path, _median_ms(predict, single, args.calls), ms_many))
+        ms_many = median_ms(predict, many, 10, warmup=3) if many is not None else None
+        rows.append((name, probs, path, median_ms(predict, single, args.calls, warmup=3), ms_many))
 
     add("Keras float32", keras_probs, None, model.predict_on_batch, one, batch)
     with tempfile.TemporaryDirectory() as tmp:
         kt.save_classifier(model, os.path.join(tmp, "model.keras"), names)
-        keras_size = _size(os.path.join(tmp, "model.keras"))
+        keras_size = file_size(os.path.join(tmp, "model.keras"))
         folder = kt.export_saved_model(model, os.path.join(tmp, "sm"), class_names=names)
         serve = tf.saved_model.load(folder).signatures["serving_default"]
         served = np.concatenate(
@@ -157,7 +140,7 @@ def main():
             accuracy = (predicted == labels).mean()
             agreement = (predicted == keras_probs.argmax(-1)).mean()
             diff = np.abs(probs - keras_probs).max()
-            size = f"{_size(path) / 1e6:.1f}" if path else f"{keras_size / 1e6:.1f}"
+            size = f"{file_size(path) / 1e6:.1f}" if path else f"{keras_size / 1e6:.1f}"
             f1 = _f1(predicted, labels, spam)
             many = f"{ms_many:.1f}" if ms_many is not None else "-"
             print(
