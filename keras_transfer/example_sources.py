@@ -53,10 +53,16 @@ def remember_examples(dataset, source):
     return dataset
 
 
-def remember_derivation(dataset, parent, transform):
+def remember_derivation(dataset, parent, transform, *, per_epoch=False):
     """Note that `dataset` is `transform(parent)` (a per-batch transformation), so that
-    `epoch_pipeline` can make it for one epoch from `parent`'s pipeline of that epoch."""
+    `epoch_pipeline` can make it for one epoch from `parent`'s pipeline of that epoch.
+
+    With `per_epoch`, `transform(batches, epoch)` also takes the epoch (an int64 scalar
+    tensor), e.g. random augmentation drawn from `(seed, epoch, batch)`; `epoch_pipeline`
+    then applies it to `parent` itself when `parent` cannot be made per epoch.
+    """
     dataset._kt_derived = (parent, transform)
+    dataset._kt_per_epoch = per_epoch
     return dataset
 
 
@@ -128,4 +134,6 @@ def epoch_pipeline(dataset, epoch):
     if parent is None:
         return None
     parent_epoch = epoch_pipeline(parent, epoch)
+    if getattr(dataset, "_kt_per_epoch", False):
+        return transform(parent if parent_epoch is None else parent_epoch, epoch)
     return None if parent_epoch is None else transform(parent_epoch)

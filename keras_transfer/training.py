@@ -246,6 +246,7 @@ def fine_tune(
             for name, runs in (("the head stage", uncached_head), ("fine-tuning", finetunes))
             if runs
         ],
+        train_ds,
     )
     if head_epochs == "auto":
         head, head_epochs = runner.fit_head_auto(

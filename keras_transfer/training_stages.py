@@ -17,6 +17,7 @@ from keras_transfer.checkpointing import (
 from keras_transfer.compiling import compile_classifier, is_text_classifier, make_optimizer
 from keras_transfer.feature_cache import split_for_caching
 from keras_transfer.linear_probe import fit_linear_head, linear_head_layer
+from keras_transfer.pipeline_augmentation import augmentation_in_pipeline, pipeline_layers
 from keras_transfer.schedules import WarmupDecay
 from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
@@ -220,7 +221,7 @@ def feature_split(model, cache_features, verbose, feature_store=None):
     return split
 
 
-def warn_slow_augmentation(model, stages):
+def warn_slow_augmentation(model, stages, data=None):
     """Warn, as a run starts, when the model's augmentation will make its epochs slow.
 
     On torch and jax, Keras' resampling augmentation layers (`RESAMPLING_AUGMENTATION`)
@@ -228,15 +229,20 @@ def warn_slow_augmentation(model, stages):
     quickstart (hymenoptera, 10 epochs) took 16 min 47 s on torch with the default
     augmentation against 47 s with `--no-augmentation`. Nothing is said on tensorflow, for
     a model without such layers (in a block named "augmentation", as
-    `build_image_classifier` makes), or when no epoch runs through them.
+    `build_image_classifier` makes), when no epoch runs through them, or when `fine_tune`
+    runs them in `data`'s pipeline instead (`pipeline_augmentation`: a `tf.data.Dataset`
+    and Keras preprocessing layers).
 
     Args:
         model: the classifier.
         stages: the names of the stages whose epochs run through the whole model (the
             head stage when it is not cached, the fine-tuning stage), possibly empty.
+        data: the training data, or None when unknown.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow" or not stages:
+        return
+    if data is not None and pipeline_layers(model, data) is not None:
         return
     try:
         block = model.get_layer("augmentation")
@@ -300,6 +306,9 @@ class StageRunner:
 
     def fit(self, trained, data, stage, validation_data, **kwargs):
         model = self.model
+        if trained is model and not is_text_classifier(model):
+            with augmentation_in_pipeline(model, data) as data:  # torch, jax: in tf.data
+                return self._run_fit(model, data, stage, validation_data=validation_data, **kwargs)
         if trained is not model or not self.text_padding or not is_text_classifier(model):
             return self._run_fit(trained, data, stage, validation_data=validation_data, **kwargs)
         # Text: batches padded to their longest row (or bucketed), preprocessed in tf.data.
