@@ -20,12 +20,16 @@ distribution.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import keras
 
 from keras_transfer.example_sources import remember_derivation
 
 AUGMENTATION_BLOCK = "augmentation"  # the block's name in `build_image_classifier`
+# Keras augmentation layers that resample every image (an affine transform): slow inside
+# a model on torch and jax.
+RESAMPLING_AUGMENTATION = ("RandomRotation", "RandomZoom", "RandomTranslation", "RandomShear")
 _DRAWS_PER_BATCH = 64  # room for each layer's draws per batch in its seed's counter
 _EPOCH_STRIDE = 7919  # a prime: each epoch's seeds apart from the last's
 
@@ -144,3 +148,48 @@ def augmentation_in_pipeline(model, data):
 
 def _passthrough(inputs, training=None, mask=None):
     return inputs
+
+
+def warn_slow_augmentation(model, stages, data=None):
+    """Warn, as a run starts, when the model's augmentation will make its epochs slow.
+
+    On torch and jax, Keras' resampling augmentation layers (`RESAMPLING_AUGMENTATION`)
+    inside the model take most of each training step's time on CPU: the CLI's image
+    quickstart (hymenoptera, 10 epochs) took 16 min 47 s on torch with the default
+    augmentation against 47 s with `--no-augmentation`. Nothing is said on tensorflow, for
+    a model without such layers (in a block named "augmentation", as
+    `build_image_classifier` makes), when no epoch runs through them, or when `fine_tune`
+    runs them in `data`'s pipeline instead (`pipeline_augmentation`: a `tf.data.Dataset`
+    and Keras preprocessing layers).
+
+    Args:
+        model: the classifier.
+        stages: the names of the stages whose epochs run through the whole model (the
+            head stage when it is not cached, the fine-tuning stage), possibly empty.
+        data: the training data, or None when unknown.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow" or not stages:
+        return
+    if data is not None and pipeline_layers(model, data) is not None:
+        return
+    try:
+        block = model.get_layer(AUGMENTATION_BLOCK)
+    except ValueError:
+        return
+    slow = [
+        type(layer).__name__
+        for layer in getattr(block, "layers", [block])
+        if type(layer).__name__ in RESAMPLING_AUGMENTATION
+    ]
+    if slow:
+        warnings.warn(
+            f"On {backend}, the model's augmentation layers {', '.join(slow)} resample every "
+            f"image inside the model, which makes each epoch of {' and '.join(stages)} "
+            "several times slower than on tensorflow (the CLI image quickstart on torch: "
+            "16 min 47 s, against 47 s without them). To avoid it: the CLI's "
+            "--no-augmentation, build_image_classifier(..., augmentation=None) or "
+            "augmentation=[keras.layers.RandomFlip('horizontal')], or KERAS_BACKEND=tensorflow.",
+            UserWarning,
+            stacklevel=3,
+        )

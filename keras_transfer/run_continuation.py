@@ -117,8 +117,8 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
     from keras_transfer.checkpointing import clear_checkpoint
     from keras_transfer.compiling import compile_classifier
     from keras_transfer.freezing import unfreeze_backbone
-    from keras_transfer.training import FINETUNE_LR_FACTOR
-    from keras_transfer.training_stages import finetune_budget, learning_rate_value
+    from keras_transfer.stage_compiling import learning_rate_value
+    from keras_transfer.training_stages import FINETUNE_LR_FACTOR, finetune_budget
 
     model, history = previous_run(args.init_from, class_names)
     if args.kind == "image":

@@ -5,36 +5,22 @@
 2. Unfreeze the top of the backbone (BatchNorm stays frozen) and fine-tune the whole model
    with a warmup-then-decay learning rate (`schedules.WarmupDecay`); by default for a step
    budget, with early stopping on the validation loss, and kept only when it beats stage 1.
-The plumbing (checkpoints, per-epoch batch orders, text padding, caching) is in
-`training_stages`.
+The plumbing is beside it: argument checks and input plans in `fine_tune_setup`, each
+stage's compiling in `stage_compiling`, checkpoints, per-epoch batch orders, text padding
+and caching in `training_stages`, augmentation in `tf.data` on torch and jax in
+`pipeline_augmentation`.
 """
 
 from __future__ import annotations
 
-import math
-
 import keras
 
-from keras_transfer.batch_augmentation import mix_batches
-from keras_transfer.class_weighting import fit_class_weight
-from keras_transfer.compiling import compile_classifier, is_text_classifier
-from keras_transfer.distribution import check_distributed_fit
-from keras_transfer.fit_inputs import plan_for_inputs
-from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
-from keras_transfer.training_stages import (
-    StageRunner,
-    check_fine_tune_arguments,
-    compile_stage,
-    data_length,
-    feature_split,
-    finetune_budget,
-    learning_rate_value,
-    warn_slow_augmentation,
-)
-
-FINETUNE_LR_FACTOR = 0.3  # images: stage 2 at 0.3x the compiled rate (3e-4 for Adam 1e-3)
-AUTO_HEAD_EPOCHS = 20  # head epochs when the head cannot be fitted as a linear probe
-PATIENCE_FRACTION = 0.2  # "auto" stages stop after a fifth of their epochs (at least 2)
+from keras_transfer.compiling import compile_classifier
+from keras_transfer.fine_tune_setup import plan_run, run_settings
+from keras_transfer.freezing import freeze_backbone
+from keras_transfer.pipeline_augmentation import warn_slow_augmentation
+from keras_transfer.stage_compiling import compile_stage, learning_rate_value
+from keras_transfer.training_stages import StageRunner, feature_split
 
 
 def fine_tune(
@@ -168,7 +154,8 @@ def fine_tune(
     histories = kt.fine_tune(model, train_ds, val_ds)  # probe, then fine-tuning
     ```
     """
-    check_fine_tune_arguments(
+    plan = plan_run(
+        model,
         train_ds,
         val_ds,
         head_epochs=head_epochs,
@@ -178,26 +165,18 @@ def fine_tune(
         text_padding=text_padding,
         cache_features=cache_features,
         feature_store=feature_store,
+        class_weight=class_weight,
+        batch_augmentation=batch_augmentation,
+        verbose=verbose,
     )
-    check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
-    class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
-    cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
-        model, cache_features, text_padding, train_ds, val_ds, verbose
-    )
-    text = is_text_classifier(model)
-    if batch_augmentation is not None and text:
-        raise ValueError("`batch_augmentation` (MixUp, CutMix) is for image models only.")
-    if batch_augmentation is not None and not hasattr(train_ds, "map"):
-        raise ValueError(
-            "`batch_augmentation` mixes batches in tf.data; pass train_ds as a tf.data.Dataset "
-            f"(e.g. tf.data.Dataset.from_generator), not a {type(train_ds).__name__}."
-        )
-    finetune_ds = train_ds
-    if batch_augmentation is not None:
-        finetune_ds = mix_batches(train_ds, batch_augmentation)
     settings = None
     if checkpoint_dir is not None:
-        settings = dict(
+        settings = run_settings(
+            model,
+            train_ds,
+            val_ds,
+            plan,
+            checkpoint_settings,
             head_epochs=head_epochs,
             finetune_epochs=finetune_epochs,
             unfreeze_top_n=unfreeze_top_n,
@@ -205,93 +184,56 @@ def fine_tune(
             learning_rate=learning_rate,
             finetune_learning_rate=finetune_learning_rate,
             train_batchnorm=train_batchnorm,
-            cache_features=cache_features,
             label_smoothing=label_smoothing,
             batch_augmentation=str(batch_augmentation),
-            train_batches=data_length(train_ds),
-            val_batches=data_length(val_ds),
-            # The whole model in both stages (stage 1 may train the cached head model).
-            model=f"{model.name}: {len(model.weights)} weights",
         )
-        settings.update(checkpoint_settings or {})
     runner = StageRunner(
         model,
         train_ds,
         val_ds,
-        fit_kwargs=dict(class_weight=class_weight, callbacks=callbacks, verbose=verbose),
+        fit_kwargs=dict(class_weight=plan.class_weight, callbacks=callbacks, verbose=verbose),
         checkpoint_dir=checkpoint_dir,
         settings=settings,
-        text_padding=text_padding,
+        text_padding=plan.text_padding,
         verbose=verbose,
     )
-
     if not getattr(model, "compiled", False):
         compile_classifier(model)
     compiled = model.get_compile_config()  # the user's: each stage gets a fresh copy
     if label_smoothing is not None:
         compile_stage(model, label_smoothing=label_smoothing)
 
-    # Stage 1: the head on a frozen backbone.
+    # Stage 1: the head on a frozen backbone, on cached backbone features where exact.
     freeze_backbone(model)
     compile_stage(model, optimizer, learning_rate)
-    split = feature_split(model, cache_features, verbose, feature_store) if head_epochs else None
+    split = (
+        feature_split(model, plan.cache_features, verbose, feature_store) if head_epochs else None
+    )
+    uncached_head = bool(head_epochs) and split is None and not plan.text
     finetunes = (
-        finetune_epochs == "auto" and val_ds is not None or finetune_epochs not in (0, "auto")
+        finetune_epochs not in (0, "auto") or finetune_epochs == "auto" and val_ds is not None
     )
-    uncached_head = bool(head_epochs) and split is None and not text
-    warn_slow_augmentation(
-        model,
-        [
-            name
-            for name, runs in (("the head stage", uncached_head), ("fine-tuning", finetunes))
-            if runs
-        ],
-        train_ds,
-    )
-    if head_epochs == "auto":
-        head, head_epochs = runner.fit_head_auto(
-            split, AUTO_HEAD_EPOCHS, _patience(AUTO_HEAD_EPOCHS)
-        )
-    else:
-        head = runner.fit_head(split, head_epochs) if head_epochs else runner.empty_history()
+    stages = {"the head stage": uncached_head, "fine-tuning": finetunes}
+    warn_slow_augmentation(model, [name for name, runs in stages.items() if runs], train_ds)
+    head, head_epochs = runner.head_stage(split, head_epochs)
     histories = {"head": head}
 
     # Stage 2: fine-tune the top of the backbone (BatchNorm stays frozen).
-    auto = finetune_epochs == "auto"
-    if auto:
-        finetune_epochs = finetune_budget(train_ds) if val_ds is not None else 0
-        if val_ds is None:
-            runner.say("No validation data: no fine-tuning stage (finetune_epochs='auto').")
-    if finetune_epochs:
-        before = runner.snapshot(head) if auto else None
-        rate = runner.compiled_learning_rate() if finetune_learning_rate is None else None
-        unfreeze_backbone(model, top_n=unfreeze_top_n, train_batchnorm=train_batchnorm)
-        if finetune_learning_rate is None:
-            finetune_learning_rate = rate * (1.0 if text else FINETUNE_LR_FACTOR)
-        steps = runner.steps_per_epoch()
-        compile_stage(
-            model,
-            optimizer,
-            finetune_learning_rate,
-            total_steps=steps * finetune_epochs if steps else None,
-            text=text,
-        )
-        histories["finetune"] = runner.fit_finetune(
-            finetune_ds,
-            head_epochs,
-            finetune_epochs,
-            patience=_patience(finetune_epochs) if auto else None,
-        )
-        if auto:
-            runner.keep_if_better(before, histories["finetune"], freeze_backbone)
+    finetune = runner.finetune_stage(
+        plan.finetune_ds,
+        head,
+        head_epochs,
+        finetune_epochs,
+        optimizer=optimizer,
+        learning_rate=finetune_learning_rate,
+        top_n=unfreeze_top_n,
+        train_batchnorm=train_batchnorm,
+    )
+    if finetune is not None:
+        histories["finetune"] = finetune
     runner.finish()
     model.compile(**keras.saving.deserialize_keras_object(compiled))  # as it was compiled
     return histories
-
-
-def _patience(epochs):
-    """Epochs without a lower `val_loss` before an "auto" stage of `epochs` stops."""
-    return max(2, math.ceil(PATIENCE_FRACTION * epochs))
 
 
 def _compiled_optimizer_name(model):

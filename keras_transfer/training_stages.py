@@ -14,21 +14,21 @@ from keras_transfer.checkpointing import (
     fit_one_pass_per_epoch,
     resumable_fit,
 )
-from keras_transfer.compiling import compile_classifier, is_text_classifier, make_optimizer
+from keras_transfer.compiling import is_text_classifier
 from keras_transfer.feature_cache import split_for_caching
+from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 from keras_transfer.linear_probe import fit_linear_head, linear_head_layer
-from keras_transfer.pipeline_augmentation import augmentation_in_pipeline, pipeline_layers
-from keras_transfer.schedules import WarmupDecay
+from keras_transfer.pipeline_augmentation import augmentation_in_pipeline
+from keras_transfer.stage_compiling import compile_stage, learning_rate_value
 from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
 FINETUNE_MIN_STEPS = 200  # stage-2 step budget on small data ("auto")
 FINETUNE_MIN_EPOCHS = 3  # BERT's fine-tuning grid: 2-4 epochs
 FINETUNE_MAX_EPOCHS = 30
 FINETUNE_UNKNOWN_LENGTH_EPOCHS = 10  # "auto" epochs when the data's length is unknown
-NO_DECAY = ["bias", "gamma", "beta"]  # AdamW: biases and normalisation scales not decayed
-# Keras augmentation layers that resample every image (an affine transform): slow inside
-# a model on torch and jax.
-RESAMPLING_AUGMENTATION = ("RandomRotation", "RandomZoom", "RandomTranslation", "RandomShear")
+FINETUNE_LR_FACTOR = 0.3  # images: stage 2 at 0.3x the compiled rate (3e-4 for Adam 1e-3)
+AUTO_HEAD_EPOCHS = 20  # head epochs when the head cannot be fitted as a linear probe
+PATIENCE_FRACTION = 0.2  # "auto" stages stop after a fifth of their epochs (at least 2)
 
 
 def _epochs_ok(value):
@@ -101,6 +101,11 @@ def check_fine_tune_arguments(
             )
 
 
+def patience(epochs):
+    """Epochs without a lower `val_loss` before an "auto" stage of `epochs` stops."""
+    return max(2, math.ceil(PATIENCE_FRACTION * epochs))
+
+
 def data_length(data):
     """Batches per epoch of a tf.data pipeline, a `keras.utils.PyDataset` or a torch
     `DataLoader` (None when not known, e.g. for a generator)."""
@@ -122,65 +127,6 @@ def finetune_budget(train_ds):
         return FINETUNE_UNKNOWN_LENGTH_EPOCHS
     wanted = math.ceil(FINETUNE_MIN_STEPS / steps)
     return min(max(wanted, FINETUNE_MIN_EPOCHS), FINETUNE_MAX_EPOCHS)
-
-
-def base_optimizer(optimizer):
-    """The optimizer itself, or the one inside a `LossScaleOptimizer` (mixed_float16: Keras
-    wraps the compiled optimizer in one, and wraps the inner one again at `compile`)."""
-    return getattr(optimizer, "inner_optimizer", None) or optimizer
-
-
-def learning_rate_value(optimizer):
-    """The base learning rate (float) of a Keras optimizer: a `WarmupDecay`'s peak, another
-    schedule's rate at step 0, or the constant rate."""
-    optimizer = base_optimizer(optimizer)
-    schedule = getattr(optimizer, "_learning_rate", None)
-    if isinstance(schedule, WarmupDecay):
-        return schedule.peak_learning_rate
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(keras.ops.convert_to_numpy(schedule(0)))
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-
-
-def compile_stage(
-    model, optimizer=None, learning_rate=None, *, total_steps=None, text=False, label_smoothing=None
-):
-    """Compile `model` for one stage with a fresh optimizer and its loss and metrics kept.
-
-    The optimizer: the named one (`make_optimizer`), else a fresh instance of the model's
-    compiled optimizer (same class and settings), else `compile_classifier`'s default.
-    `learning_rate` replaces its rate; with `total_steps` the rate becomes a
-    `WarmupDecay` over that many steps (linear decay for text, cosine for images).
-    `label_smoothing` replaces the loss by a categorical cross-entropy with that smoothing.
-    """
-    if optimizer is None and not getattr(model, "compiled", False):
-        compile_classifier(model)
-    config = keras.saving.deserialize_keras_object(model.get_compile_config())
-    if optimizer is not None:
-        fresh = make_optimizer(optimizer, learning_rate, text=is_text_classifier(model))
-    else:
-        compiled = base_optimizer(model.optimizer)
-        fresh = compiled.__class__.from_config(compiled.get_config())
-        if learning_rate is not None:
-            fresh = _with_learning_rate(fresh, learning_rate)
-    if total_steps:
-        peak = learning_rate_value(fresh)
-        decay = "linear" if text else "cosine"
-        fresh = _with_learning_rate(fresh, WarmupDecay(peak, int(total_steps), decay=decay))
-    if getattr(fresh, "weight_decay", None):
-        fresh.exclude_from_weight_decay(var_names=NO_DECAY)
-    config["optimizer"] = fresh
-    if label_smoothing is not None:
-        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing!r}.")
-        config["loss"] = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    model.compile(**config)
-
-
-def _with_learning_rate(optimizer, learning_rate):
-    config = optimizer.get_config()
-    config["learning_rate"] = learning_rate
-    return optimizer.__class__.from_config(config)
 
 
 def feature_split(model, cache_features, verbose, feature_store=None):
@@ -219,51 +165,6 @@ def feature_split(model, cache_features, verbose, feature_store=None):
     if feature_store is not None:
         split.store = os.fsdecode(feature_store)
     return split
-
-
-def warn_slow_augmentation(model, stages, data=None):
-    """Warn, as a run starts, when the model's augmentation will make its epochs slow.
-
-    On torch and jax, Keras' resampling augmentation layers (`RESAMPLING_AUGMENTATION`)
-    inside the model take most of each training step's time on CPU: the CLI's image
-    quickstart (hymenoptera, 10 epochs) took 16 min 47 s on torch with the default
-    augmentation against 47 s with `--no-augmentation`. Nothing is said on tensorflow, for
-    a model without such layers (in a block named "augmentation", as
-    `build_image_classifier` makes), when no epoch runs through them, or when `fine_tune`
-    runs them in `data`'s pipeline instead (`pipeline_augmentation`: a `tf.data.Dataset`
-    and Keras preprocessing layers).
-
-    Args:
-        model: the classifier.
-        stages: the names of the stages whose epochs run through the whole model (the
-            head stage when it is not cached, the fine-tuning stage), possibly empty.
-        data: the training data, or None when unknown.
-    """
-    backend = keras.backend.backend()
-    if backend == "tensorflow" or not stages:
-        return
-    if data is not None and pipeline_layers(model, data) is not None:
-        return
-    try:
-        block = model.get_layer("augmentation")
-    except ValueError:
-        return
-    slow = [
-        type(layer).__name__
-        for layer in getattr(block, "layers", [block])
-        if type(layer).__name__ in RESAMPLING_AUGMENTATION
-    ]
-    if slow:
-        warnings.warn(
-            f"On {backend}, the model's augmentation layers {', '.join(slow)} resample every "
-            f"image inside the model, which makes each epoch of {' and '.join(stages)} "
-            "several times slower than on tensorflow (the CLI image quickstart on torch: "
-            "16 min 47 s, against 47 s without them). To avoid it: the CLI's "
-            "--no-augmentation, build_image_classifier(..., augmentation=None) or "
-            "augmentation=[keras.layers.RandomFlip('horizontal')], or KERAS_BACKEND=tensorflow.",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 class StageRunner:
@@ -387,16 +288,50 @@ class StageRunner:
     def steps_per_epoch(self):
         return data_length(self.train_ds)
 
-    def fit_finetune(self, data, first_epoch, epochs, patience=None):
-        return self.fit(
-            self.model,
+    def head_stage(self, split, epochs):
+        """Stage 1 on the frozen backbone: `(History, epochs it counts)`; `epochs` "auto"
+        (the linear probe), an int, or 0 (nothing trained)."""
+        if epochs == "auto":
+            return self.fit_head_auto(split, AUTO_HEAD_EPOCHS, patience(AUTO_HEAD_EPOCHS))
+        if not epochs:
+            return self.empty_history(), 0
+        return self.fit_head(split, epochs), epochs
+
+    def finetune_stage(
+        self, data, head, first_epoch, epochs, *, optimizer, learning_rate, **unfreeze
+    ):
+        """Stage 2: unfreeze (`unfreeze_backbone(**unfreeze)`), compile with a
+        warmup-then-decay rate, fit `epochs` epochs ("auto": `finetune_budget` with early
+        stopping, kept only when it beats stage 1's `head` History). Returns the History,
+        or None when no epoch runs."""
+        model, text = self.model, is_text_classifier(self.model)
+        auto = epochs == "auto"
+        if auto:
+            epochs = finetune_budget(self.train_ds) if self.val_ds is not None else 0
+            if self.val_ds is None:
+                self.say("No validation data: no fine-tuning stage (finetune_epochs='auto').")
+        if not epochs:
+            return None
+        before = self.snapshot(head) if auto else None
+        if learning_rate is None:
+            factor = 1.0 if text else FINETUNE_LR_FACTOR
+            learning_rate = self.compiled_learning_rate() * factor
+        unfreeze_backbone(model, **unfreeze)
+        steps = self.steps_per_epoch()
+        total_steps = steps * epochs if steps else None
+        compile_stage(model, optimizer, learning_rate, total_steps=total_steps, text=text)
+        history = self.fit(
+            model,
             data,
             "finetune",
             self.val_ds,
             initial_epoch=first_epoch,
             epochs=first_epoch + epochs,
-            **self._early_stopping(patience),
+            **self._early_stopping(patience(epochs) if auto else None),
         )
+        if auto:
+            self.keep_if_better(before, history, freeze_backbone)
+        return history
 
     def snapshot(self, head_history):
         """The model's weights and stage 1's best `val_loss` (inf when unknown)."""

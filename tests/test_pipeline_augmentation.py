@@ -67,11 +67,12 @@ def test_each_epoch_is_augmented_from_its_seed_alone():
     images, data = _data()
     augmented = augment_in_pipeline(data, pipeline_layers(_model(), data))
     first, again, second = _epoch(augmented, 0), _epoch(augmented, 0), _epoch(augmented, 1)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)  # the same draws when an epoch is made again
     assert not np.allclose(first[0], images[:4])  # augmented
     assert not np.allclose(first[0], first[1])
-    assert any(not np.allclose(a, b) for a, b in zip(first, second))  # new draws each epoch
+    # New draws each epoch.
+    assert any(not np.allclose(a, b) for a, b in zip(first, second, strict=True))
     assert first[0].shape == (4, 32, 32, 3) and first[0].dtype == np.float32
 
 

@@ -10,7 +10,8 @@ from sklearn.linear_model import LogisticRegression
 import keras_transfer as kt
 from keras_transfer.linear_probe import fit_linear_head
 from keras_transfer.schedules import WarmupDecay
-from keras_transfer.training_stages import finetune_budget, learning_rate_value
+from keras_transfer.stage_compiling import learning_rate_value
+from keras_transfer.training_stages import finetune_budget
 
 
 def _rates(schedule, steps):
