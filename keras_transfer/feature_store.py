@@ -259,7 +259,7 @@ class FeatureStore:
                 UserWarning,
                 stacklevel=3,
             )
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
             return None
         return features
 
@@ -294,6 +294,17 @@ class FeatureStore:
         except OSError:  # written by another run meanwhile: keep that one
             shutil.rmtree(folder, ignore_errors=True)
         return open_features(os.path.join(entry, "features.npy"), budget)
+
+
+def _remove(path):
+    """Remove the file or folder at `path` (an entry may have been replaced by a file)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def spill_file():
