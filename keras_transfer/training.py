@@ -157,7 +157,7 @@ def fine_tune(
             optimizer object (use a name, or compile the model with it), a checkpoint
             folder written by a run with other arguments, `cache_features=True` for a
             model that cannot be cut into backbone and head, `feature_store` with
-            `cache_features=False` or not a path, or, on several devices
+            `cache_features=False` or not a path (or an empty one), or, on several devices
             (`data_parallel`, docs/distributed.md), a model built outside the distribution
             or a batch size that does not divide by the number of devices.
         NotADirectoryError: `feature_store` is a file.

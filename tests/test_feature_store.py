@@ -158,6 +158,10 @@ def test_fine_tune_with_a_warm_store_decodes_no_image_and_trains_the_same_head(t
     a_file = next(folder.rglob("*.png"))
     with pytest.raises(NotADirectoryError, match="is a file"):
         kt.fine_tune(_model(), train_ds, val_ds, feature_store=a_file, **options)
+    model, Counted.calls = _model(), 0
+    with pytest.raises(ValueError, match="`feature_store` must be a folder path.*not empty"):
+        kt.fine_tune(model, train_ds, val_ds, feature_store="", **options)
+    assert Counted.calls == 0  # refused before any work
 
 
 def test_text_features_are_kept_by_their_texts_and_sequence_length(tmp_path, tiny_bert_preset):
