@@ -208,6 +208,24 @@ def test_text_onnx_takes_token_ids_and_ships_its_tokenizer(tiny_bert_preset, tmp
         runtimes.text_inputs(tmp_path, texts)
 
 
+def test_text_inputs_takes_a_list_of_texts_one_example_each(tiny_bert_preset, tmp_path):
+    from keras_transfer.export_text import save_preprocessor
+
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    save_preprocessor(model, tmp_path / runtimes.PREPROCESSOR_FOLDER)
+    texts = ["great fun film", "boring awful"]
+    inputs = runtimes.text_inputs(tmp_path, texts)
+    assert inputs["token_ids"].shape == (2, 16)
+    array = runtimes.text_inputs(tmp_path, np.array(texts))
+    np.testing.assert_array_equal(array["token_ids"], inputs["token_ids"])
+    # A tuple was packed as two segments of one example, a str gave 1-D arrays.
+    for wrong in (tuple(texts), texts[0], [texts[0], b"bytes"]):
+        with pytest.raises(TypeError, match="`texts` must be a list of str"):
+            runtimes.text_inputs(tmp_path, wrong)
+    with pytest.raises(ValueError, match="`texts` is empty"):
+        runtimes.text_inputs(tmp_path, [])
+
+
 @pytest.mark.backends("tensorflow")
 def test_text_litert_float_and_dynamic_range(tiny_bert_preset, tmp_path):
     model, texts = _lively_text_model(tiny_bert_preset)
