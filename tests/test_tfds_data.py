@@ -259,6 +259,9 @@ def test_names_that_are_not_prepared_fail_with_where_it_looked_and_what_to_do(
         kt.tfds_datasets("kt_no_such_dataset", data_dir=empty, download=False)
     with pytest.raises(ValueError, match=r"Its splits: \['train', 'test'\]"):
         kt.tfds_datasets("kt_tiny_reviews", split="validation", data_dir=data_dir)
+    for empty in ("train[3:1]", "train[:0]"):  # a reversed slice failed inside TensorFlow
+        with pytest.raises(ValueError, match=r"cannot be read .*Its splits: \['train', 'test'\]"):
+            kt.tfds_datasets("kt_tiny_reviews", split=empty, data_dir=data_dir)
     with pytest.raises(ValueError, match="holds text.*keras-transfer train text"):
         kt.tfds_datasets("kt_tiny_reviews", image_size=32, data_dir=data_dir)
     with pytest.raises(ValueError, match="`image_size` must be an int or"):  # before reading
