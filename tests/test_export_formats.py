@@ -243,6 +243,24 @@ def test_text_litert_float_and_dynamic_range(tiny_bert_preset, tmp_path):
     assert _check_report(folder, "dynamic")["top1_agreement"] >= 0.8
 
 
+@pytest.mark.backends("tensorflow")
+def test_cli_refuses_int8_calibration_for_a_text_run(tiny_bert_preset, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    kt.save_classifier(model, run / "model.keras", ["neg", "pos"])
+    write_image_folder(tmp_path / "train", per_class=2, size=(32, 32))
+    args = ["export", str(run), "--output", str(tmp_path / "q"), "--format", "litert"]
+    calibration = ["--calibration-data", str(tmp_path / "train")]
+    for extra in (["--quantization", "int8", *calibration], calibration):
+        capsys.readouterr()
+        assert cli.main(args + extra) == 2  # was a traceback in calibration_images
+        error = capsys.readouterr().err
+        assert "holds a text classifier" in error and "--quantization dynamic" in error
+        assert "Traceback" not in error
+    assert not (tmp_path / "q").exists()
+
+
 def test_quantize_classifier_int8_keeps_the_encoder_outputs(tiny_bert_preset):
     model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
     texts = np.array([t for t, _ in SENTIMENT_ROWS], dtype=object)
