@@ -33,6 +33,13 @@ def positive(text):
     return value
 
 
+def folder(text):
+    """argparse type: a folder path, not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a folder path, got an empty one")
+    return text
+
+
 def fraction(text):
     """argparse type: a float strictly between 0 and 1."""
     try:
@@ -201,6 +208,7 @@ def add_output_arguments(parser):
     parser.add_argument(
         "--feature-store",
         metavar="DIR",
+        type=folder,
         help="keep the cached backbone features in DIR (made when missing), keyed by the "
         "backbone, its weights, the input size and the data files: a later run on the same "
         "data and backbone (another head, --lr, --epochs) skips the backbone (default: none)",

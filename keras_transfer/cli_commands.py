@@ -222,10 +222,18 @@ def _print_top_k(args, inputs, probabilities, class_names):
 
 
 def export_command(args):
+    from keras_transfer.compiling import is_text_classifier
     from keras_transfer.export_calibration import calibration_images
     from keras_transfer.export_formats import export_model
 
     model, class_names = load_trained(args.model_dir)
+    if (args.quantization == "int8" or args.calibration_data) and is_text_classifier(model):
+        raise ValueError(
+            f"{args.model_dir} holds a text classifier: --quantization int8 (full-integer, "
+            "calibrated on the images of --calibration-data) is for image models, a text "
+            "model's inputs being token ids. Export a text model with --quantization dynamic "
+            "(int8 weights) or without --quantization (float32), and no --calibration-data."
+        )
     data = args.calibration_data and calibration_images(args.calibration_data, model, class_names)
     path = export_model(
         model,

@@ -104,7 +104,8 @@ def data_parallel(devices=None):
     Raises:
         ValueError: on torch (Keras 3.15 has no data parallelism there; the message says
             what works), or `devices` asks for more devices than there are, or is not
-            None, a positive int or a list of names.
+            None, a positive int or a list of names, or the list names a device that
+            is not among `local_devices()` or names one twice.
     """
     import keras
 
@@ -124,7 +125,7 @@ def data_parallel(devices=None):
     elif (
         isinstance(devices, (list, tuple)) and devices and all(isinstance(d, str) for d in devices)
     ):
-        chosen = list(devices)
+        chosen = _known_devices(list(devices), _every_device(backend, available))
     else:
         raise ValueError(
             f"`devices` must be None, an int >= 1 or a list of device names, got {devices!r}."
@@ -140,6 +141,55 @@ def data_parallel(devices=None):
     if strategy is None:
         strategy = _STRATEGIES[tuple(chosen)] = tf.distribute.MirroredStrategy(chosen)
     return DataParallelRun(strategy, chosen)
+
+
+def _every_device(backend, available):
+    """`available` and the other devices of this process the backend can run on (its CPUs
+    beside its GPUs), as names."""
+    import keras
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        others = [device.name for device in tf.config.list_logical_devices()]
+    else:
+        others = keras.distribution.list_devices("cpu")
+    return [*available, *(name for name in others if name not in available)]
+
+
+def _device_key(name):
+    """`"cpu:0"` for `"cpu:0"`, `"/CPU:0"`, `"/device:CPU:0"` or
+    `"/job:localhost/replica:0/task:0/device:CPU:0"`: the type and index, lower case."""
+    tail = name.strip().rsplit("/", 1)[-1].lower()
+    return tail[len("device:") :] if tail.startswith("device:") else tail
+
+
+def _known_devices(names, available):
+    """`names` checked against `available` (both device names) before an engine gets them
+    (an unknown name made tensorflow's MirroredStrategy hang, a repeated one fail an
+    assert), as the names of `available` (`"/cpu:0"` -> `"cpu:0"` on jax).
+
+    Raises:
+        ValueError: a name is not among `available` (lists both), or appears twice.
+    """
+    known = {}
+    for name in available:
+        known.setdefault(_device_key(name), name)
+    unknown = [name for name in names if _device_key(name) not in known]
+    if unknown:
+        raise ValueError(
+            f"`devices`: {', '.join(map(repr, unknown))} not found among the devices of this "
+            f"process ({', '.join(available)}); pass names from that list (or an int N for "
+            "the first N)."
+        )
+    keys = [_device_key(name) for name in names]
+    repeated = sorted({name for name in names if keys.count(_device_key(name)) > 1})
+    if repeated:
+        raise ValueError(
+            f"`devices` names a device more than once ({', '.join(map(repr, repeated))}); "
+            "list each device once."
+        )
+    return [known[key] for key in keys]
 
 
 def _more_devices_hint(backend):
@@ -293,9 +343,11 @@ def check_batches_divide(data, replicas, name="train_ds"):
         )
         raise ValueError(
             f"`{name}`: {which} does not divide by the {replicas} devices of data-parallel "
-            f"training; each device must get as many examples. Pick a batch size that is a "
-            f"multiple of {replicas} (and a number of examples that divides by it too), or "
-            "batch with drop_remainder=True."
+            f"training; each device must get as many examples. Pick a `batch_size` that is a "
+            f"multiple of {replicas}, and a number of examples whose last batch divides by "
+            f"{replicas} too (e.g. a multiple of the batch size: leave out or add a few "
+            "examples); a tf.data pipeline of your own can drop its short last batch with "
+            "`.batch(batch_size, drop_remainder=True)`."
         )
 
 

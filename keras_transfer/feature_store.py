@@ -12,8 +12,9 @@ keras-transfer, Keras and backend versions; every layer of the feature extractor
 config, names aside: from the preprocessing layers and the backbone to the pooling, so the
 input size too) and a sha256 of all its weights; the text preprocessor's config and
 vocabulary; and each data set's examples in order: for images read from files, each path with
-its size and modification time (ns); for texts, the texts; for images decoded in memory, a
-fingerprint (`tf.fingerprint`) of the decoded pixels (read from memory, not decoded again).
+its size and modification time (ns); for encoded images held in memory (TFDS), their bytes;
+for texts, the texts; for images decoded in memory, a fingerprint (`tf.fingerprint`) of the
+decoded pixels (read from memory, not decoded again).
 Anything changed gives another key, and so another entry; entries are never updated in place.
 
 An entry is written into `DIR/.partial-<key>-<random>/` and renamed to `DIR/<key>` once its
@@ -158,11 +159,12 @@ def _source_description(source):
         loading = [_function_name(load), {}]
     examples = source.examples
     digest = hashlib.sha256()
-    if len(examples) and not source.in_memory and isinstance(examples[0], bytes):
+    reads_files = getattr(getattr(load, "func", load), "reads_files", False)
+    if len(examples) and reads_files and isinstance(examples[0], bytes):
         for path in examples:  # image files: path, size, modification time
             try:
                 status = os.stat(path)
-            except OSError:
+            except (OSError, ValueError):
                 status = None
             info = None if status is None else (status.st_size, status.st_mtime_ns)
             digest.update(repr((path, info)).encode())
@@ -171,6 +173,10 @@ def _source_description(source):
         for text in examples:
             digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
         kind = "texts"
+    elif len(examples) and isinstance(examples[0], bytes):  # encoded images (TFDS): the bytes
+        for data in examples:
+            digest.update(len(data).to_bytes(8, "little") + data)
+        kind = "encoded"
     elif source.in_memory:  # inputs held in memory (e.g. decoded images by index): their values
         import tensorflow as tf
 
@@ -253,7 +259,7 @@ class FeatureStore:
                 UserWarning,
                 stacklevel=3,
             )
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
             return None
         return features
 
@@ -288,6 +294,17 @@ class FeatureStore:
         except OSError:  # written by another run meanwhile: keep that one
             shutil.rmtree(folder, ignore_errors=True)
         return open_features(os.path.join(entry, "features.npy"), budget)
+
+
+def _remove(path):
+    """Remove the file or folder at `path` (an entry may have been replaced by a file)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def spill_file():

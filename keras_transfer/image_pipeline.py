@@ -51,6 +51,9 @@ def _load_float(path, image_size):
     return tf.cast(load_image(path, image_size), "float32")
 
 
+_load_float.reads_files = True  # its sources are file paths: the feature store stats them
+
+
 def file_loader(image_size):
     """A `load` for `dataset`: one file path to its float32 image (`load_image`)."""
     return functools.partial(_load_float, image_size=image_size)

@@ -80,15 +80,19 @@ def text_inputs(export_folder, texts):
 
     Args:
         export_folder: the version folder written by the exporter.
-        texts: a list of str.
+        texts: a list (or 1-D numpy array) of str, one example each.
 
     Returns:
         dict of int32 numpy arrays `(len(texts), sequence_length)`: `token_ids`,
         `segment_ids`, `padding_mask` (1 = a real token), as the artifact takes them.
 
     Raises:
+        TypeError: `texts` is a str or a tuple (KerasHub reads a tuple as the segments of
+            one example) or holds something other than str.
+        ValueError: `texts` is empty.
         FileNotFoundError: the folder holds no `preprocessor/` (an image model's export).
     """
+    texts = _text_list(texts)
     folder = os.path.join(os.fspath(export_folder), PREPROCESSOR_FOLDER)
     if not os.path.isdir(folder):
         raise FileNotFoundError(
@@ -98,6 +102,21 @@ def text_inputs(export_folder, texts):
 
     preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(folder)
     return {key: np.asarray(value).astype("int32") for key, value in preprocessor(texts).items()}
+
+
+def _text_list(texts):
+    """`texts` checked for `text_inputs`: a list of str."""
+    if isinstance(texts, np.ndarray) and texts.ndim == 1:
+        texts = texts.tolist()
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise TypeError(
+            "`texts` must be a list of str, one example each (e.g. ['great film']), got "
+            f"{type(texts).__name__} {str(texts)[:80]!r}; wrap a single text in a list, and "
+            "pass a list, not a tuple (a tuple is read as the segments of one example)."
+        )
+    if not texts:
+        raise ValueError("`texts` is empty: pass at least one text, e.g. ['great film'].")
+    return texts
 
 
 def onnx_probabilities(model_file, inputs):

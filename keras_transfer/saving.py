@@ -95,10 +95,16 @@ def save_classifier(model, path, class_names, include_optimizer=False):
 
     Raises:
         ValueError: `path` does not end in `.keras`, or `class_names` has the wrong length.
+        TypeError: `include_optimizer` is not a bool.
     """
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"`path` must end in '.keras', got {path!r}.")
+    if not isinstance(include_optimizer, bool):
+        raise TypeError(
+            f"`include_optimizer` must be True or False, got {include_optimizer!r} "
+            f"({type(include_optimizer).__name__})."
+        )
     from keras_transfer.class_names import attach_class_names
 
     class_names = [str(name) for name in class_names]

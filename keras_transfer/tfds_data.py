@@ -150,22 +150,33 @@ def _splits(builder, split, validation_split):
 def _read_split(builder, split, input_key, label_key, kind, class_names):
     """`(sources, labels)` of one split in TFDS' order: encoded image bytes (object array)
     or texts (list of str), and int64 class ids."""
+    import tensorflow as tf
     import tensorflow_datasets as tfds
+
+    def unreadable(error):
+        return ValueError(
+            f"Split {split!r} of TFDS dataset {builder.name!r} cannot be read ({error}). "
+            f"Its splits: {list(builder.info.splits.keys())}; slices read as 'train[:80%]', "
+            "'train[80%:]', 'train[:1000]', 'train[10:20]' (start before end), "
+            "'train+validation'."
+        )
 
     decoders = {input_key: tfds.decode.SkipDecoding()} if kind == "image" else None
     try:
         data = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
     except (ValueError, AssertionError, KeyError) as error:
-        raise ValueError(
-            f"Split {split!r} of TFDS dataset {builder.name!r} cannot be read ({error}). "
-            f"Its splits: {list(builder.info.splits.keys())}; slices read as 'train[:80%]', "
-            "'train[80%:]', 'train[:1000]', 'train+validation'."
-        ) from None
+        raise unreadable(error) from None
     data = data.map(lambda example: (example[input_key], example[label_key]))
     sources, labels = [], []
-    for inputs, ids in data.batch(READ_BATCH).as_numpy_iterator():
-        sources.extend(inputs.tolist())
-        labels.append(ids)
+    try:
+        for inputs, ids in data.batch(READ_BATCH).as_numpy_iterator():
+            sources.extend(inputs.tolist())
+            labels.append(ids)
+    except tf.errors.OpError as error:  # e.g. 'train[5:2]': "expected to contain -3 elements"
+        reason = error.message.split("}} ")[-1].split(" [Op:")[0][:200]
+        raise unreadable(
+            f"a slice whose end comes before its start? TensorFlow: {reason}"
+        ) from None
     labels = np.concatenate(labels).astype("int64") if labels else np.zeros(0, "int64")
     if not len(labels):
         raise ValueError(f"Split {split!r} of TFDS dataset {builder.name!r} holds no examples.")

@@ -116,11 +116,12 @@ def fine_tune(
         feature_store: None (default), or a folder (str or path-like; made when missing)
             that keeps the cached backbone features on disk, keyed by everything they
             depend on (backbone and its weights, preprocessing, input size, the files with
-            their sizes and modification times, or the texts; `keras_transfer.feature_store`):
-            a later run on the same data and backbone (another head, learning rate or
-            number of epochs) reads them instead of decoding and running the backbone. A
-            damaged entry is rebuilt with a `UserWarning`. For datasets from
-            `image_folder_datasets` and `text_csv_datasets`; others are cached as usual.
+            their sizes and modification times, TFDS images by their bytes, or the texts;
+            `keras_transfer.feature_store`): a later run on the same data and backbone
+            (another head, learning rate or number of epochs) reads them instead of
+            decoding and running the backbone. A damaged entry is rebuilt with a
+            `UserWarning`. For datasets from `image_folder_datasets`, `text_csv_datasets`
+            and `tfds_datasets`; others are cached as usual.
         text_padding: text models only: `"longest"` (default) pads each batch to its
             longest row, `"bucket"` also groups examples of similar length, None pads to
             the preprocessor's `sequence_length`.
@@ -142,7 +143,7 @@ def fine_tune(
             optimizer object (use a name, or compile the model with it), a checkpoint
             folder written by a run with other arguments, `cache_features=True` for a
             model that cannot be cut into backbone and head, `feature_store` with
-            `cache_features=False` or not a path, or, on several devices
+            `cache_features=False` or not a path (or an empty one), or, on several devices
             (`data_parallel`, docs/distributed.md), a model built outside the distribution
             or a batch size that does not divide by the number of devices.
         NotADirectoryError: `feature_store` is a file.

@@ -83,9 +83,13 @@ def check_fine_tune_arguments(
             "`feature_store` keeps cached backbone features, and cache_features=False caches "
             "none: pass cache_features='auto' (CLI: --feature-cache auto), or no feature_store."
         )
-    if feature_store is not None and not isinstance(feature_store, (str, bytes, os.PathLike)):
+    if feature_store is not None and (
+        not isinstance(feature_store, (str, bytes, os.PathLike))
+        or not os.fsdecode(feature_store).strip()
+    ):
         raise ValueError(
-            f"`feature_store` must be a folder path (str or path-like), got {feature_store!r}."
+            "`feature_store` must be a folder path (str or path-like, not empty; made when "
+            f"missing), or None for no store; got {feature_store!r}."
         )
     if feature_store is not None and os.path.isfile(feature_store):
         raise NotADirectoryError(

@@ -146,6 +146,10 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
         capsys, *not_a_folder, "--weights", "none", "--output", tmp_path / "out"
     )
     assert result.returncode == 2 and "is a file, not a folder of images" in result.stderr
+    empty_store = (*train, "--feature-store", "", "--output", tmp_path / "out")
+    result = _cli_in_process(capsys, *empty_store)
+    assert result.returncode == 2 and "--feature-store: must be a folder path" in result.stderr
+    assert "Found" not in result.stdout
 
 
 @pytest.mark.backends("tensorflow")

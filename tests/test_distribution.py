@@ -107,6 +107,33 @@ def test_more_devices_than_there_are_is_refused():
         kt.data_parallel(0)
 
 
+@DISTRIBUTED
+def test_device_names_that_do_not_exist_or_repeat_are_refused():
+    from keras_transfer.distribution import local_devices
+
+    first = local_devices()[0]
+    # tensorflow's MirroredStrategy hung on an unknown name and asserted on a repeated one.
+    with pytest.raises(ValueError, match=r"(?i)'cpu:7' not found among the devices .*cpu:0"):
+        kt.data_parallel(["cpu:0", "cpu:7"])
+    with pytest.raises(ValueError, match="names a device more than once"):
+        kt.data_parallel([first, first.lstrip("/").lower().replace("device:", "")])
+    assert kt.data_parallel(["/CPU:0"]).devices == [first]  # the found device's name
+
+
+def test_a_last_batch_that_does_not_divide_says_what_the_readers_can_do(tmp_path):
+    from keras_transfer.distribution import check_batches_divide
+
+    write_image_folder(tmp_path / "train", per_class=3, size=(32, 32))
+    train_ds, _, _ = kt.image_folder_datasets(
+        tmp_path / "train", image_size=(32, 32), batch_size=4, validation_split=None
+    )
+    with pytest.raises(ValueError, match="6 examples in batches of 4 leave 2") as error:
+        check_batches_divide(train_ds, 4)
+    message = str(error.value)
+    assert "drop_remainder=True" not in message.split("tf.data pipeline of your own")[0]
+    assert "leave out or add a few examples" in message
+
+
 # tensorflow only: the jax side of --devices (XLA_FLAGS) is what distributed_script.py uses.
 @pytest.mark.backends("tensorflow")
 def test_the_cli_trains_on_two_devices(tmp_path):

@@ -208,6 +208,24 @@ def test_text_onnx_takes_token_ids_and_ships_its_tokenizer(tiny_bert_preset, tmp
         runtimes.text_inputs(tmp_path, texts)
 
 
+def test_text_inputs_takes_a_list_of_texts_one_example_each(tiny_bert_preset, tmp_path):
+    from keras_transfer.export_text import save_preprocessor
+
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    save_preprocessor(model, tmp_path / runtimes.PREPROCESSOR_FOLDER)
+    texts = ["great fun film", "boring awful"]
+    inputs = runtimes.text_inputs(tmp_path, texts)
+    assert inputs["token_ids"].shape == (2, 16)
+    array = runtimes.text_inputs(tmp_path, np.array(texts))
+    np.testing.assert_array_equal(array["token_ids"], inputs["token_ids"])
+    # A tuple was packed as two segments of one example, a str gave 1-D arrays.
+    for wrong in (tuple(texts), texts[0], [texts[0], b"bytes"]):
+        with pytest.raises(TypeError, match="`texts` must be a list of str"):
+            runtimes.text_inputs(tmp_path, wrong)
+    with pytest.raises(ValueError, match="`texts` is empty"):
+        runtimes.text_inputs(tmp_path, [])
+
+
 @pytest.mark.backends("tensorflow")
 def test_text_litert_float_and_dynamic_range(tiny_bert_preset, tmp_path):
     model, texts = _lively_text_model(tiny_bert_preset)
@@ -223,6 +241,24 @@ def test_text_litert_float_and_dynamic_range(tiny_bert_preset, tmp_path):
         model, tmp_path / "dynamic", quantization="dynamic", check_data=texts, class_names=NAMES
     )
     assert _check_report(folder, "dynamic")["top1_agreement"] >= 0.8
+
+
+@pytest.mark.backends("tensorflow")
+def test_cli_refuses_int8_calibration_for_a_text_run(tiny_bert_preset, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    kt.save_classifier(model, run / "model.keras", ["neg", "pos"])
+    write_image_folder(tmp_path / "train", per_class=2, size=(32, 32))
+    args = ["export", str(run), "--output", str(tmp_path / "q"), "--format", "litert"]
+    calibration = ["--calibration-data", str(tmp_path / "train")]
+    for extra in (["--quantization", "int8", *calibration], calibration):
+        capsys.readouterr()
+        assert cli.main(args + extra) == 2  # was a traceback in calibration_images
+        error = capsys.readouterr().err
+        assert "holds a text classifier" in error and "--quantization dynamic" in error
+        assert "Traceback" not in error
+    assert not (tmp_path / "q").exists()
 
 
 def test_quantize_classifier_int8_keeps_the_encoder_outputs(tiny_bert_preset):

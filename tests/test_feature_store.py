@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 
 import keras
 import numpy as np
@@ -99,10 +100,11 @@ def test_a_changed_file_backbone_or_image_size_misses_the_store(tmp_path):
     assert len(_entries(store)) == 4
 
 
-@pytest.mark.parametrize("damage", ["truncated", "changed", "no manifest"])
+@pytest.mark.parametrize("damage", ["truncated", "changed", "no manifest", "a file"])
 def test_a_damaged_store_entry_is_rebuilt_never_read(tmp_path, damage):
-    """A truncated or changed features file, or one without its manifest, is detected: the
-    entry is removed with a warning and computed again, with the right features."""
+    """A truncated or changed features file, one without its manifest, or an entry folder
+    replaced by a file is detected: the entry is removed with a warning and computed again,
+    with the right features."""
     train_ds, val_ds, _ = kt.image_folder_datasets(_folder(tmp_path), image_size=8, batch_size=4)
     store = tmp_path / "store"
     _, train, _, _ = _cache(_model(), train_ds, val_ds, store)
@@ -113,8 +115,11 @@ def test_a_damaged_store_entry_is_rebuilt_never_read(tmp_path, damage):
         features.write_bytes(data[: len(data) - 16])
     elif damage == "changed":
         features.write_bytes(data[:-4] + np.float32(123.0).tobytes())
-    else:
+    elif damage == "no manifest":
         pathlib.Path(store, entry, "manifest.json").unlink()
+    else:
+        shutil.rmtree(pathlib.Path(store, entry))
+        pathlib.Path(store, entry).write_text("not an entry")
     with pytest.warns(UserWarning, match="damaged"):
         rebuilt, rebuilt_train, _, calls = _cache(_model(), train_ds, val_ds, store)
     assert rebuilt.store_hit is False and calls > 0
@@ -153,6 +158,10 @@ def test_fine_tune_with_a_warm_store_decodes_no_image_and_trains_the_same_head(t
     a_file = next(folder.rglob("*.png"))
     with pytest.raises(NotADirectoryError, match="is a file"):
         kt.fine_tune(_model(), train_ds, val_ds, feature_store=a_file, **options)
+    model, Counted.calls = _model(), 0
+    with pytest.raises(ValueError, match="`feature_store` must be a folder path.*not empty"):
+        kt.fine_tune(model, train_ds, val_ds, feature_store="", **options)
+    assert Counted.calls == 0  # refused before any work
 
 
 def test_text_features_are_kept_by_their_texts_and_sequence_length(tmp_path, tiny_bert_preset):

@@ -133,3 +133,7 @@ def test_the_saved_file_leaves_the_optimizer_state_out_unless_asked(tmp_path):
             atol=1e-6,
         )
         loaded.fit(images, keras.utils.to_categorical([0, 1, 0, 1], 2), epochs=1, verbose=0)
+    for wrong in ("no", 1, None):  # "no" was truthy: the state was kept
+        with pytest.raises(TypeError, match="`include_optimizer` must be True or False"):
+            kt.save_classifier(model, tmp_path / "x.keras", ["a", "b"], include_optimizer=wrong)
+    assert not (tmp_path / "x.keras").exists()

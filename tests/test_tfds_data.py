@@ -186,6 +186,31 @@ def test_a_tfds_image_dataset_trains_through_fine_tune_with_cached_features(data
     assert not np.allclose(before[-1], after[-1])  # the bias learned
 
 
+def test_a_tfds_image_dataset_is_kept_in_the_feature_store_by_its_examples(
+    data_dir, tmp_path, capsys
+):
+    """The encoded images TFDS holds in memory key the store (they are not file paths)."""
+    store = tmp_path / "store"
+
+    def run(split):
+        train_ds, _, _ = kt.tfds_datasets(
+            "kt_tiny_images", image_size=32, split=split, data_dir=data_dir, batch_size=4
+        )
+        keras.utils.set_random_seed(3)  # the same weights every run
+        model = kt.build_image_classifier(
+            "mobilenet", 2, input_shape=(32, 32, 3), weights=None, augmentation=None,
+            backbone_kwargs={"alpha": 0.25},
+        )  # fmt: skip
+        options = dict(head_epochs=1, finetune_epochs=0, verbose=2)
+        kt.fine_tune(model, train_ds, None, feature_store=store, **options)
+        return capsys.readouterr().out
+
+    assert "Backbone features written to the feature store" in run("train")
+    assert "Backbone features read from the feature store" in run("train")
+    assert "Backbone features written to the feature store" in run("train[:8]")  # others
+    assert len([entry for entry in store.iterdir() if not entry.name.startswith(".")]) == 2
+
+
 def test_a_tfds_text_dataset_trains_on_cached_encoder_outputs(data_dir, tiny_bert_preset):
     train_ds, val_ds, class_names = kt.tfds_datasets("kt_tiny_reviews", data_dir=data_dir)
     assert class_names == ["neg", "pos"]
@@ -234,6 +259,9 @@ def test_names_that_are_not_prepared_fail_with_where_it_looked_and_what_to_do(
         kt.tfds_datasets("kt_no_such_dataset", data_dir=empty, download=False)
     with pytest.raises(ValueError, match=r"Its splits: \['train', 'test'\]"):
         kt.tfds_datasets("kt_tiny_reviews", split="validation", data_dir=data_dir)
+    for empty in ("train[3:1]", "train[:0]"):  # a reversed slice failed inside TensorFlow
+        with pytest.raises(ValueError, match=r"cannot be read .*Its splits: \['train', 'test'\]"):
+            kt.tfds_datasets("kt_tiny_reviews", split=empty, data_dir=data_dir)
     with pytest.raises(ValueError, match="holds text.*keras-transfer train text"):
         kt.tfds_datasets("kt_tiny_reviews", image_size=32, data_dir=data_dir)
     with pytest.raises(ValueError, match="`image_size` must be an int or"):  # before reading
