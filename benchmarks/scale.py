@@ -19,7 +19,14 @@ finetune_epochs=0)`:
   (/proc/self/status VmRSS) and its peak over the whole run (`resource.getrusage`
   ru_maxrss), in GB (10^9 bytes); `cache`: whether the images were kept in memory.
 
-Prints a Markdown table. Set KERAS_HOME to a folder seeded with the ImageNet weights
+With `--store-and-floor`, three more runs per N, each in a fresh process: the same
+`fine_tune` with `feature_store=` a new folder (cold: the backbone runs and the features
+are written), then again on the same folder (warm: read back; model building left out of
+both), and the floor with reading: one pass of `keras.utils.image_dataset_from_directory`
+(224x224, batches of 32) over train/ and val/ through the frozen backbone's forward pass
+(`predict`, the model's own preprocessing inside), nothing else.
+
+Prints Markdown tables. Set KERAS_HOME to a folder seeded with the ImageNet weights
 (../shared/tools/seed-keras-home) on a machine without internet.
 """
 
@@ -94,8 +101,9 @@ def _rss_gb():
     return float("nan")
 
 
-def measure(root):
-    """One run in this process: see the module docstring. Returns a dict."""
+def measure(root, store=None):
+    """One run in this process (with `store`: `fine_tune(feature_store=store)`): see the
+    module docstring. Returns a dict."""
     import keras
 
     import keras_transfer as kt
@@ -109,7 +117,13 @@ def measure(root):
     model = kt.build_image_classifier("mobilenet", len(names), backbone_kwargs={"alpha": 0.25})
     build = time.perf_counter() - build_start
     histories = kt.fine_tune(
-        model, train, val, head_epochs=HEAD_EPOCHS, finetune_epochs=0, verbose=0
+        model,
+        train,
+        val,
+        head_epochs=HEAD_EPOCHS,
+        finetune_epochs=0,
+        feature_store=store,
+        verbose=0,
     )
     total = time.perf_counter() - start - build
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
@@ -123,14 +137,54 @@ def measure(root):
     )
 
 
+def floor(root):
+    """The floor with reading (see the module docstring). Returns a dict with `total_s`."""
+    import keras
+
+    backbone = keras.applications.MobileNet(
+        input_shape=(224, 224, 3), alpha=0.25, include_top=False, weights="imagenet"
+    )
+    inputs = keras.Input((224, 224, 3))
+    outputs = backbone(keras.applications.mobilenet.preprocess_input(inputs), training=False)
+    model = keras.Model(inputs, outputs)
+    start = time.perf_counter()
+    count = 0
+    for split in ("train", "val"):
+        data = keras.utils.image_dataset_from_directory(
+            os.path.join(root, split), image_size=(224, 224), batch_size=32, shuffle=False
+        )
+        count += len(model.predict(data.map(lambda x, y: x), verbose=0))
+    return dict(total_s=time.perf_counter() - start, images=count)
+
+
+def _child(*args):
+    output = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,20000,50000", help="comma-separated N")
     parser.add_argument("--workdir", help="where the JPEG folders go (default: a temp folder)")
+    parser.add_argument(
+        "--store-and-floor",
+        action="store_true",
+        help="also time a cold and a warm feature store run and the floor with reading",
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # one run, in a child process
+    parser.add_argument("--store", help=argparse.SUPPRESS)  # with --measure
+    parser.add_argument("--floor", help=argparse.SUPPRESS)  # one floor run
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure)))
+        print(json.dumps(measure(args.measure, args.store)))
+        return
+    if args.floor:
+        print(json.dumps(floor(args.floor)))
         return
     workdir = args.workdir or tempfile.mkdtemp(prefix="kt_scale_")
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -140,14 +194,14 @@ def main():
         write_start = time.perf_counter()
         write_folder(root, count)
         print(f"{count} images in {root} ({time.perf_counter() - write_start:.0f} s)", flush=True)
-        output = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--measure", root],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        result = json.loads(output.strip().splitlines()[-1])
+        result = _child("--measure", root)
         print(json.dumps(result), flush=True)
+        if args.store_and_floor:
+            store = tempfile.mkdtemp(prefix="kt_store_", dir=workdir)
+            result["cold"] = _child("--measure", root, "--store", store)
+            result["warm"] = _child("--measure", root, "--store", store)
+            result["floor"] = _child("--floor", root)
+            print(json.dumps(result), flush=True)
         rows.append((count, result))
     print(f"\nbackend {backend}, MobileNet alpha=0.25 224 frozen, {HEAD_EPOCHS} head epochs\n")
     columns = "images | kept in memory | read s | total s | img/s | RSS after read | peak RSS"
@@ -159,6 +213,21 @@ def main():
             f"| {r['total_s']:.1f} | {count / r['total_s']:.0f} | {r['rss_read_gb']:.2f} GB "
             f"| {r['peak_gb']:.2f} GB | {r['val_accuracy']:.3f} |"
         )
+
+    if args.store_and_floor:
+        print(
+            "\n| images | floor s | default total s | / floor | store cold s | store warm s "
+            "| cold / warm | val acc cold / warm |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for count, r in rows:
+            cold, warm, low = r["cold"], r["warm"], r["floor"]
+            print(
+                f"| {count:,} | {low['total_s']:.1f} | {r['total_s']:.1f} "
+                f"| {r['total_s'] / low['total_s']:.2f}x | {cold['total_s']:.1f} "
+                f"| {warm['total_s']:.1f} | {cold['total_s'] / warm['total_s']:.1f}x "
+                f"| {cold['val_accuracy']:.3f} / {warm['val_accuracy']:.3f} |"
+            )
 
 
 if __name__ == "__main__":
