@@ -133,3 +133,20 @@ def test_cli_pooling_option(tiny_bert_preset, tmp_path, capsys):
     assert wrong.returncode == 2 and "invalid choice: 'max'" in wrong.stderr
     help_text = _cli_in_process(capsys, "train", "text", "--help").stdout
     assert "--pooling {cls,mean}" in help_text and "default cls" in help_text
+
+
+def test_integrated_gradients_of_a_mean_pooled_model(tiny_bert_preset):
+    """The head reads the padding mask besides the encoder's outputs; the attribution's
+    probabilities are the model's and its scores add up to the change in probability."""
+    from keras_transfer.report.integrated_gradients import integrated_gradients
+
+    keras.utils.set_random_seed(3)
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16, pooling="mean")
+    texts = ["good great movie", "a bad film, boring"]
+    probabilities = np.asarray(model.predict(np.array(texts, dtype=object), verbose=0))
+    for attribution, row in zip(
+        integrated_gradients(model, texts, class_index=1), probabilities, strict=True
+    ):
+        change = attribution.probability - attribution.baseline_probability
+        assert attribution.probability == pytest.approx(float(row[1]), abs=1e-4)
+        assert sum(attribution.token_scores) == pytest.approx(change, rel=0.05, abs=1e-5)
