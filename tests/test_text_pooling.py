@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SENTIMENT_ROWS, serve, without_encoder_dropout, write_text_file
+from conftest import SENTIMENT_ROWS, serve, write_text_file
 
 import keras_transfer as kt
 from keras_transfer.feature_cache import split_for_caching
@@ -44,42 +44,6 @@ def test_mean_pooling_is_the_masked_mean_of_the_token_outputs(tiny_bert_preset):
     np.testing.assert_allclose(_numpy(model(alone)), softmax[-1:], atol=1e-5)
     with pytest.raises(ValueError, match="`pooling` must be one of cls, mean"):
         kt.build_text_classifier(tiny_bert_preset, 2, pooling="max")
-
-
-def test_cached_head_training_matches_uncached_with_mean_pooling(tmp_path, tiny_bert_preset):
-    """Text from `text_csv_datasets`, padded to the longest row per batch (uncached) or
-    encoded by length (cached): the same losses and head weights."""
-    rows = SENTIMENT_ROWS + [("a " * 40 + "good movie", "pos")]  # one long row: two lengths
-    write_text_file(tmp_path / "train.csv", rows)
-    write_text_file(tmp_path / "val.csv", SENTIMENT_ROWS[:4])
-    runs = {}
-    for cache in (False, True):
-        keras.utils.set_random_seed(5)
-        train_ds, val_ds, _ = kt.text_csv_datasets(
-            tmp_path / "train.csv", val_path=tmp_path / "val.csv", batch_size=4
-        )
-        model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=64, pooling="mean")
-        without_encoder_dropout(model)  # nothing random below the head
-        assert split_for_caching(model).exact
-        history = kt.fine_tune(
-            model,
-            train_ds,
-            val_ds,
-            head_epochs=3,
-            learning_rate=1e-2,
-            optimizer="adam",
-            cache_features=cache,
-            finetune_epochs=0,
-            verbose=0,
-        )["head"].history
-        runs[cache] = model, history
-    (uncached, history), (cached, cached_history) = runs[False], runs[True]
-    np.testing.assert_allclose(cached_history["loss"], history["loss"], rtol=1e-4)
-    np.testing.assert_allclose(cached_history["val_loss"], history["val_loss"], rtol=1e-4)
-    for a, b in zip(uncached.output_dense.weights, cached.output_dense.weights, strict=True):
-        a, b = _numpy(a), _numpy(b)
-        assert not np.allclose(a, 0, atol=1e-4)
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
 def test_cached_features_are_the_pooled_means(tiny_bert_preset):
