@@ -177,11 +177,11 @@ def _text_pooling(model):
         layer = model.output_pooling
         hidden = sequence_output(model.backbone.output).shape[-1]
         return (lambda outputs, mask: layer(sequence_output(outputs), mask=mask)), hidden
-    outputs = model.backbone.output
-    if not isinstance(outputs, dict) or "pooled_output" not in outputs:
+    symbolic = model.backbone.output
+    if not isinstance(symbolic, dict) or "pooled_output" not in symbolic:
         return None
     # KerasHub's BERT-style classifiers read `pooled_output`; so does this cache.
-    return (lambda outputs, mask: outputs["pooled_output"]), outputs["pooled_output"].shape[-1]
+    return (lambda outputs, mask: outputs["pooled_output"]), symbolic["pooled_output"].shape[-1]
 
 
 def split_for_caching(model):
