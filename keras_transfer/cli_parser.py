@@ -122,6 +122,14 @@ def build_parser():
         "length into batches (bucket), or pad all to --sequence-length (fixed)",
     )
     text.add_argument(
+        "--pooling",
+        choices=["cls", "mean"],
+        default="cls",
+        help="what the head reads: BERT's pooled [CLS] output (cls) or the mean of the token "
+        "outputs over the text, as sentence-transformers pools (mean: better for sentence "
+        "encoders such as MiniLM); default %(default)s; --init-from keeps the model's own",
+    )
+    text.add_argument(
         "--freeze",
         type=freeze_argument,
         default=None,

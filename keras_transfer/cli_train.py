@@ -123,6 +123,7 @@ def train_text(args):
         sequence_length=args.sequence_length,
         freeze=freeze,
         mixed_precision=args.mixed_precision,
+        pooling=args.pooling,
     )
     truncated, total = count_truncated(model, train_ds)
     if truncated:

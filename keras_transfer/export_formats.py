@@ -356,5 +356,6 @@ def _main(argv):
 
 if __name__ == "__main__":
     import keras_transfer.layers  # noqa: F401  (registers the layers before loading)
+    import keras_transfer.text_pooling  # noqa: F401  (and the mean-pooled text classifier)
 
     _main(sys.argv[1:])

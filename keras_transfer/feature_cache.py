@@ -149,16 +149,39 @@ def _text_split(model):
     dense = getattr(model, "output_dense", None)
     if dropout is None or dense is None or model.preprocessor is None:
         return None
-    hidden = backbone.output["pooled_output"].shape[-1]
+    pooling = _text_pooling(model)
+    if pooling is None:
+        return None
+    pool, hidden = pooling
     features = keras.Input(shape=(hidden,), name="pooled_output")
     with dtype_policy(model.dtype_policy.name):  # mixed_float16: compile scales the loss
         head = keras.Model(features, dense(dropout(features)), name=f"{model.name}_head")
 
     def extract(batches):
-        yield _encode_by_length(backbone, batches, int(model.preprocessor.sequence_length))
+        yield _encode_by_length(
+            backbone, batches, int(model.preprocessor.sequence_length), pool=pool, hidden=hidden
+        )
 
     random_layers = _random_layers([backbone])
     return FeatureSplit(extract, head, random_layers, model.preprocessor, layers=[backbone])
+
+
+def _text_pooling(model):
+    """`(pool, hidden)`, `pool(backbone_outputs, padding_mask) -> (batch, hidden)` what the
+    head of a text classifier reads (its `pooled_output`, or the masked mean of a
+    `MeanPooledTextClassifier`, by the model's own pooling layer); None for a head that reads
+    something else."""
+    from keras_transfer.text_pooling import MeanPooledTextClassifier, sequence_output
+
+    if isinstance(model, MeanPooledTextClassifier):
+        layer = model.output_pooling
+        hidden = sequence_output(model.backbone.output).shape[-1]
+        return (lambda outputs, mask: layer(sequence_output(outputs), mask=mask)), hidden
+    symbolic = model.backbone.output
+    if not isinstance(symbolic, dict) or "pooled_output" not in symbolic:
+        return None
+    # KerasHub's BERT-style classifiers read `pooled_output`; so does this cache.
+    return (lambda outputs, mask: outputs["pooled_output"]), symbolic["pooled_output"].shape[-1]
 
 
 def split_for_caching(model):
@@ -167,7 +190,8 @@ def split_for_caching(model):
     Args:
         model: a classifier from `build_image_classifier` (a chain of layers) or
             `build_text_classifier` (a KerasHub BERT-style `TextClassifier` whose head reads
-            the backbone's `pooled_output`).
+            the backbone's `pooled_output`, or, with `pooling="mean"`, the masked mean of its
+            `sequence_output`: the cache then holds that mean).
 
     Returns:
         A `FeatureSplit`, or None when the model has another structure (then train it
@@ -180,17 +204,23 @@ def split_for_caching(model):
     return _image_split(model)
 
 
-def _encode_by_length(backbone, batches, sequence_length, batch_size=None):
-    """`pooled_output` float32 `(n, hidden)` of preprocessed text batches, in their order.
+def _encode_by_length(backbone, batches, sequence_length, batch_size=None, pool=None, hidden=None):
+    """Pooled features float32 `(n, hidden)` of preprocessed text batches, in their order.
 
-    The examples are encoded in batches of `batch_size` (default `EXTRACT_BATCH`) sorted by
-    length, each cut to its longest row (rounded up to a multiple of `PAD_MULTIPLE`; BERT-style
-    preprocessors pad on the right). All token ids are held at once: 4 bytes per token.
+    `pool(outputs, padding_mask)` turns the backbone's outputs into one vector of `hidden`
+    values per example (default: its `pooled_output`). The examples are encoded in batches
+    of `batch_size` (default `EXTRACT_BATCH`) sorted by length, each cut to its longest row
+    (rounded up to a multiple of `PAD_MULTIPLE`; BERT-style preprocessors pad on the right;
+    the masked mean ignores padding). All token ids are held at once: 4 bytes per token.
     """
+    import keras
+
+    if pool is None:
+        pool = lambda outputs, mask: outputs["pooled_output"]  # noqa: E731
     batch_size = batch_size or EXTRACT_BATCH
     batches = list(batches)
     if not batches:
-        hidden = backbone.output["pooled_output"].shape[-1]
+        hidden = hidden or backbone.output["pooled_output"].shape[-1]
         return np.zeros((0, hidden), dtype="float32")
     inputs = {key: np.concatenate([batch[key] for batch in batches]) for key in batches[0]}
     lengths = inputs["padding_mask"].sum(axis=1)
@@ -200,8 +230,9 @@ def _encode_by_length(backbone, batches, sequence_length, batch_size=None):
         chosen = order[start : start + batch_size]
         longest = int(lengths[chosen].max())
         length = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, sequence_length)
-        output = backbone.predict_on_batch({k: v[chosen, :length] for k, v in inputs.items()})
-        output = np.asarray(output["pooled_output"], dtype="float32")
+        batch = {k: v[chosen, :length] for k, v in inputs.items()}
+        output = pool(backbone.predict_on_batch(batch), batch["padding_mask"])
+        output = np.asarray(keras.ops.convert_to_numpy(output), dtype="float32")
         if features is None:
             features = np.empty((len(order), *output.shape[1:]), dtype="float32")
         features[chosen] = output

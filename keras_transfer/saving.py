@@ -151,6 +151,7 @@ def load_classifier(path, safe_mode=True):
     import keras
 
     import keras_transfer.layers  # noqa: F401  (registers ImagePreprocessing)
+    import keras_transfer.text_pooling  # noqa: F401  (registers MeanPooledTextClassifier)
     from keras_transfer.class_names import attach_class_names, read_archive_class_names
     from keras_transfer.compiling import compile_classifier
     from keras_transfer.freezing import _recompile

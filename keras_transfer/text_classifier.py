@@ -10,6 +10,7 @@ from keras_transfer.compiling import compile_classifier
 from keras_transfer.freezing import backbone_units, freeze_backbone, unfreeze_backbone
 from keras_transfer.precision import mixed_precision_policy
 
+POOLINGS = ("cls", "mean")  # what the head reads; see keras_transfer.text_pooling
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 HF_VOCAB_FILES = (
     "vocab.txt",
@@ -110,7 +111,14 @@ def resolve_text_preset(preset):
 
 
 def build_text_classifier(
-    preset, num_classes, *, sequence_length=128, dropout=0.1, freeze=None, mixed_precision=None
+    preset,
+    num_classes,
+    *,
+    sequence_length=128,
+    dropout=0.1,
+    freeze=None,
+    mixed_precision=None,
+    pooling="cls",
 ):
     """Build a text classifier on a pretrained KerasHub encoder, preprocessor attached.
 
@@ -137,6 +145,13 @@ def build_text_classifier(
             and head compute in 16 bits with float32 weights (KerasHub's `dtype` argument;
             see `keras_transfer.precision`). KerasHub's head then outputs probabilities in
             that 16-bit type.
+        pooling: what the head reads. `"cls"` (default): the encoder's `pooled_output`
+            (BERT's pooler on the `[CLS]` token; KerasHub's own classifier). `"mean"`: the
+            mean of the encoder's token outputs over the non-padding tokens, as
+            sentence-transformers pools (a `MeanPooledTextClassifier`,
+            `keras_transfer.text_pooling`): the better frozen feature for checkpoints trained
+            as sentence encoders, such as MiniLM (all-MiniLM-L6-v2), whose `[CLS]` pooler was
+            not trained with them.
 
     Returns:
         A `keras_hub.models.TextClassifier`: input a string or `(batch,)` strings, output
@@ -150,7 +165,7 @@ def build_text_classifier(
         FileNotFoundError: a preset folder that does not exist.
         ValueError: unknown preset name, a folder with missing files, `num_classes` < 2,
             bad `sequence_length` (or longer than the encoder's positions) / `dropout` /
-            `freeze` / `mixed_precision`, or a preset KerasHub cannot load
+            `freeze` / `mixed_precision` / `pooling`, or a preset KerasHub cannot load
             (the message says which and why, e.g. no internet for a download).
     """
     import keras_hub
@@ -171,6 +186,8 @@ def build_text_classifier(
         or (isinstance(freeze, int) and not isinstance(freeze, bool) and freeze >= 0)
     ):
         raise ValueError(f"`freeze` must be None, 'backbone' or an int >= 0, got {freeze!r}.")
+    if pooling not in POOLINGS:
+        raise ValueError(f"`pooling` must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
     policy = mixed_precision_policy(mixed_precision)
     preset = resolve_text_preset(preset)
     try:
@@ -206,6 +223,10 @@ def build_text_classifier(
             f"`sequence_length`={sequence_length} exceeds the {limit} positions of the "
             f"encoder of {preset!r}; use sequence_length <= {limit}."
         )
+    if pooling == "mean":
+        from keras_transfer.text_pooling import mean_pooled
+
+        model = mean_pooled(model, num_classes, dropout)
     if freeze == "backbone":
         freeze_backbone(model)
     elif isinstance(freeze, int):

@@ -562,8 +562,12 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
                 )
 
 
-def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(tmp_path, tiny_bert_preset):
-    """Text from `text_csv_datasets`, encoded by length: the uncached run's loss and head."""
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(
+    tmp_path, tiny_bert_preset, pooling
+):
+    """Text from `text_csv_datasets`, encoded by length: the uncached run's loss and head
+    (the head reading the pooled [CLS] output or the masked mean of the token outputs)."""
     rows = SENTIMENT_ROWS + [("a " * 40 + "good movie", "pos")]  # one long row: two lengths
     write_text_file(tmp_path / "train.csv", rows)
     write_text_file(tmp_path / "val.csv", SENTIMENT_ROWS[:4])
@@ -575,8 +579,9 @@ def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(tmp_path, tiny
         return train_ds, val_ds
 
     def make_model():
-        model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=64)
+        model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=64, pooling=pooling)
         without_encoder_dropout(model)  # nothing random below the head
+        assert split_for_caching(model).exact
         return model
 
     runs = {

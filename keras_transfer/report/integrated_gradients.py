@@ -66,13 +66,15 @@ def _embedding_function(model):
         for index, node in enumerate(backbone._inbound_nodes)
         if f"{id(backbone)}_ib-{index}" in model._nodes
     ]
-    head = keras.Model(nodes[0].outputs, model.output)
+    # The head may read model inputs besides the encoder's outputs (mean pooling: the mask).
+    head = keras.Model(list(nodes[0].outputs) + [inputs[name] for name in others], model.output)
 
     def probabilities(embeddings, features):
         """Probabilities `(batch, classes)` from embeddings and the other model inputs."""
         rest = [keras.ops.convert_to_tensor(features[name]) for name in others]
         encoded = encoder([keras.ops.convert_to_tensor(embeddings)] + rest, training=False)
-        return keras.ops.cast(head(keras.tree.flatten(encoded), training=False), "float32")
+        outputs = head(keras.tree.flatten(encoded) + rest, training=False)
+        return keras.ops.cast(outputs, "float32")
 
     return embedding, probabilities
 
