@@ -69,6 +69,12 @@ def fine_tune(
     Keras' own `keras.distribution.set_distribution` on jax, `strategy.scope()` on
     tensorflow); the batches of `train_ds` are then global batches, split over the devices.
 
+    On torch and jax, the model's augmentation block (Keras' random image layers, as
+    `build_image_classifier` makes it) runs in `train_ds`'s `tf.data` pipeline while
+    `fine_tune` trains, beside the training steps, instead of inside the model, where those
+    backends are slow (`keras_transfer.pipeline_augmentation`); it is back in the model
+    when `fine_tune` returns.
+
     Each epoch is one pass over `train_ds`. Pipelines from `image_folder_datasets` and
     `text_csv_datasets` are made anew for every epoch, shuffled in an order drawn from the
     dataset's seed and the epoch number: the same batches with or without `checkpoint_dir`
