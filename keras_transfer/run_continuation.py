@@ -69,6 +69,7 @@ def _epochs(history, stage):
 def _fit(model, data, val, stage, first, last, args, class_weight, settings):
     from keras_transfer.checkpointing import fit_one_pass_per_epoch, resumable_fit
     from keras_transfer.compiling import is_text_classifier
+    from keras_transfer.pipeline_augmentation import augmentation_in_pipeline
     from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 
     padded = is_text_classifier(model) and getattr(args, "padding", "fixed") != "fixed"
@@ -76,7 +77,8 @@ def _fit(model, data, val, stage, first, last, args, class_weight, settings):
         data = pad_to_longest(model, data, bucket_by_length=args.padding == "bucket")
         val = None if val is None else pad_to_longest(model, val)
     kwargs = dict(validation_data=val, initial_epoch=first, epochs=last, class_weight=class_weight)
-    with without_preprocessor(model) if padded else contextlib.nullcontext():
+    moved = contextlib.nullcontext(data) if padded else augmentation_in_pipeline(model, data)
+    with without_preprocessor(model) if padded else contextlib.nullcontext(), moved as data:
         if _checkpoint_dir(args) is None:
             return fit_one_pass_per_epoch(model, data, **kwargs)
         return resumable_fit(
