@@ -32,38 +32,20 @@ class RunPlan(NamedTuple):
     text: bool
 
 
-def plan_run(
-    model,
-    train_ds,
-    val_ds,
-    *,
-    head_epochs,
-    finetune_epochs,
-    unfreeze_top_n,
-    optimizer,
-    text_padding,
-    cache_features,
-    feature_store,
-    class_weight,
-    batch_augmentation,
-    verbose,
-):
+def plan_run(model, train_ds, val_ds, *, class_weight, batch_augmentation, verbose, **checked):
     """Check `fine_tune`'s arguments and plan its inputs (see `fine_tune` for the errors).
+
+    Args:
+        model, train_ds, val_ds, class_weight, batch_augmentation, verbose: `fine_tune`'s.
+        **checked: the keyword arguments of `training_stages.check_fine_tune_arguments`
+            (`head_epochs`, `finetune_epochs`, `unfreeze_top_n`, `optimizer`,
+            `text_padding`, `cache_features`, `feature_store`).
 
     Returns:
         A `RunPlan`.
     """
-    check_fine_tune_arguments(
-        train_ds,
-        val_ds,
-        head_epochs=head_epochs,
-        finetune_epochs=finetune_epochs,
-        unfreeze_top_n=unfreeze_top_n,
-        optimizer=optimizer,
-        text_padding=text_padding,
-        cache_features=cache_features,
-        feature_store=feature_store,
-    )
+    check_fine_tune_arguments(train_ds, val_ds, **checked)
+    cache_features, text_padding = checked["cache_features"], checked["text_padding"]
     check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
     class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
     cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
