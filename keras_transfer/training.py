@@ -21,6 +21,7 @@ from keras_transfer.compiling import compile_classifier, is_text_classifier
 from keras_transfer.distribution import check_distributed_fit
 from keras_transfer.fit_inputs import plan_for_inputs
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
+from keras_transfer.processes import check_processes, own_sharding, process_count
 from keras_transfer.training_stages import (
     StageRunner,
     check_fine_tune_arguments,
@@ -180,6 +181,60 @@ def fine_tune(
         feature_store=feature_store,
     )
     check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
+    cache_features = check_processes(cache_features, feature_store)  # several: no caching
+    if cache_features is False and process_count() > 1:
+        print(
+            f"Feature caching is off in a run of {process_count()} processes: the head is "
+            "trained through the frozen backbone."
+        )
+    with own_sharding():  # each process feeds its slice of every batch (processes.py)
+        return _fine_tune(
+            model,
+            train_ds,
+            val_ds,
+            head_epochs=head_epochs,
+            finetune_epochs=finetune_epochs,
+            unfreeze_top_n=unfreeze_top_n,
+            optimizer=optimizer,
+            learning_rate=learning_rate,
+            finetune_learning_rate=finetune_learning_rate,
+            train_batchnorm=train_batchnorm,
+            class_weight=class_weight,
+            callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_settings=checkpoint_settings,
+            cache_features=cache_features,
+            feature_store=feature_store,
+            text_padding=text_padding,
+            label_smoothing=label_smoothing,
+            batch_augmentation=batch_augmentation,
+            verbose=verbose,
+        )
+
+
+def _fine_tune(
+    model,
+    train_ds,
+    val_ds,
+    *,
+    head_epochs,
+    finetune_epochs,
+    unfreeze_top_n,
+    optimizer,
+    learning_rate,
+    finetune_learning_rate,
+    train_batchnorm,
+    class_weight,
+    callbacks,
+    checkpoint_dir,
+    checkpoint_settings,
+    cache_features,
+    feature_store,
+    text_padding,
+    label_smoothing,
+    batch_augmentation,
+    verbose,
+):
     class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
     cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
         model, cache_features, text_padding, train_ds, val_ds, verbose

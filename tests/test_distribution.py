@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from conftest import BACKEND, PROJECT, write_image_folder
@@ -187,32 +188,77 @@ def test_a_killed_two_device_run_resumes_to_the_same_model(tmp_path):
     assert abs(result["val_accuracy"] - uninterrupted["val_accuracy"]) <= 0.005
 
 
-@pytest.mark.backends("jax")
-def test_two_jax_processes_join_and_fine_tune_says_it_needs_one(tmp_path):
+def _free_port():
     import socket
 
-    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
-    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def _jax_processes(tmp_path, name, *extra, ids=(0, 1)):
+    """Start `jax_processes_script.py` as the processes `ids` (-1: alone, the reference)."""
     env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND="jax")
     env.pop("XLA_FLAGS", None)
-    script = str(PROJECT / "tests" / "jax_processes_script.py")
-    processes = [
-        subprocess.Popen(
-            [sys.executable, script, str(i), str(port), str(tmp_path / "data")]
-            + [str(tmp_path / f"process_{i}.json")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
+    port, script = str(_free_port()), str(PROJECT / "tests" / "jax_processes_script.py")
+    processes = []
+    for i in ids:
+        (tmp_path / name / str(i)).mkdir(parents=True, exist_ok=True)
+        result = str(tmp_path / name / str(i) / "result.json")
+        command = [sys.executable, script, str(i), port, str(tmp_path / "data"), result]
+        processes.append(
+            subprocess.Popen(
+                [*command, *map(str, extra)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         )
-        for i in range(2)
-    ]
+    return processes
+
+
+def _finish(processes):
     outputs = [p.communicate(timeout=600)[0].decode() for p in processes]
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
-    for i in range(2):
-        result = json.loads((tmp_path / f"process_{i}.json").read_text())
-        assert result["local"] == 1 and len(result["devices"]) == 2  # one mesh over both
-        assert "does not run on several processes yet (2 here)" in result["error"]
+    return outputs
+
+
+def _result(tmp_path, name, i):
+    return json.loads((tmp_path / name / str(i) / "result.json").read_text())
+
+
+def _assert_same_training(result, reference):
+    assert result["epochs"] == reference["epochs"] == {"head": [0, 1], "finetune": [2, 3]}
+    for stage, history in reference["histories"].items():
+        for metric, values in history.items():
+            np.testing.assert_allclose(
+                result["histories"][stage][metric], values, rtol=1e-4, atol=1e-5, err_msg=metric
+            )
+    np.testing.assert_allclose(result["kernel"], reference["kernel"], rtol=1e-4, atol=1e-5)
+    assert abs(result["accuracy"] - reference["accuracy"]) <= 0.005
+
+
+@pytest.mark.backends("jax")
+def test_two_jax_processes_fine_tune_the_model_of_one(tmp_path):
+    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
+    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
+    # The 2 processes and the reference (one process, no distribution) side by side.
+    outputs = _finish(_jax_processes(tmp_path, "run", ids=(0, 1, -1)))
+    reference = _result(tmp_path, "run", -1)
+    assert np.abs(np.asarray(reference["kernel"])).max() > 1e-3  # the head learnt
+    for i in (0, 1):
+        result = _result(tmp_path, "run", i)
+        assert len(result["devices"]) == 2  # one mesh over both processes
+        _assert_same_training(result, reference)
+    assert "Feature caching is off in a run of 2 processes" in outputs[0]
+    assert (tmp_path / "run" / "0" / "model.keras").is_file()  # the chief saves
+    assert not (tmp_path / "run" / "1" / "model.keras").exists()
+    model, names = kt.load_classifier(str(tmp_path / "run" / "0" / "model.keras"))
+    assert names == ["cats", "dogs"]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.get_layer("predictions").kernel),
+        reference["kernel"],
+        rtol=1e-4,
+        atol=1e-5,
+    )
