@@ -275,7 +275,7 @@ def _make_callback(directory, stage, state):
     import keras
     import numpy as np
 
-    from keras_transfer.processes import barrier, is_chief
+    from keras_transfer.processes import barrier, is_chief, local_scope
 
     class EpochCheckpoint(keras.callbacks.Callback):
         """Write the weights, optimizer state and history at the end of every epoch (in a
@@ -290,7 +290,8 @@ def _make_callback(directory, stage, state):
             if is_chief():
                 os.makedirs(directory, exist_ok=True)
                 tmp = os.path.join(directory, f"partial-{name}")
-                self.model.save_weights(tmp)
+                with local_scope():  # the chief saves alone (processes.local_scope)
+                    self.model.save_weights(tmp)
                 os.replace(tmp, os.path.join(directory, name))
             record = state["stages"].setdefault(stage, {"epochs_done": 0, "history": {}})
             for key, value in (logs or {}).items():  # per-class metrics (F1Score) as lists

@@ -14,6 +14,44 @@ partial batch breaks. Only process 0 (the chief) writes checkpoints; all read th
 from __future__ import annotations
 
 import contextlib
+import os
+
+
+def join_processes(devices):
+    """`--devices N` of the command line: with `KERAS_DISTRIBUTION_NUM_PROCESSES` > 1 in the
+    environment (jax), give this process N / P devices (virtual CPU devices on a machine
+    without accelerators) and join the others through `keras.distribution.initialize()`,
+    which reads `KERAS_DISTRIBUTION_JOB_ADDRESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`;
+    else N devices of this process. Call it before jax or TensorFlow start.
+
+    Raises:
+        ValueError: several processes on another backend than jax, or N that does not
+            divide by their number.
+    """
+    from keras_transfer.distribution import make_virtual_cpu_devices
+
+    count = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES") or 1)
+    if count <= 1:
+        make_virtual_cpu_devices(devices)
+        return
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+        raise ValueError(
+            f"KERAS_DISTRIBUTION_NUM_PROCESSES={count}: a command-line run of several "
+            "processes needs KERAS_BACKEND=jax (docs/distributed.md)."
+        )
+    if devices % count:
+        raise ValueError(
+            f"--devices {devices} counts the devices of all {count} processes and must divide "
+            f"by {count} (each process takes as many)."
+        )
+    if devices // count > 1:
+        make_virtual_cpu_devices(devices // count)
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices
+    import keras
+
+    keras.distribution.initialize()
 
 
 def process_count():
@@ -103,7 +141,7 @@ def local_scope():
     own devices. Under the distribution, Keras' saving makes an optimizer to list the
     attributes it skips, and a variable made there is placed on the devices of all
     processes, which waits for the others (`jax.device_put` compares the value across
-    processes) while they do not save: the chief hangs."""
+    processes) while they do not save: the chief hangs (`model.save`, `save_weights`)."""
     import keras
 
     if process_count() == 1:

@@ -262,3 +262,26 @@ def test_two_jax_processes_fine_tune_the_model_of_one(tmp_path):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+@pytest.mark.backends("jax")
+def test_a_killed_two_process_run_resumes_to_the_same_model(tmp_path):
+    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
+    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
+    checkpoint = tmp_path / "checkpoint"
+    # Process 1 dies before batch 1 of epoch 3 (the second of fine-tuning); process 0 then
+    # waits for it in the gradients' all-reduce, and is killed too: all processes restart.
+    *pair, alone = _jax_processes(tmp_path, "killed", checkpoint, 3, 1, ids=(0, 1, -1))
+    pair[1].wait(timeout=600)
+    pair[0].kill()  # it may have failed already, or be waiting
+    outputs = [process.communicate(timeout=60)[0].decode() for process in pair]
+    assert pair[1].returncode == -signal.SIGKILL, "\n".join(o[-2000:] for o in outputs)
+    _finish([alone])
+    assert (checkpoint / "state.json").is_file()
+    outputs = _finish(_jax_processes(tmp_path, "resumed", checkpoint))
+    assert all("Resuming 'finetune'" in output for output in outputs)
+    reference = _result(tmp_path, "killed", -1)
+    for i in (0, 1):
+        _assert_same_training(_result(tmp_path, "resumed", i), reference)
+    assert not checkpoint.exists()  # the chief clears it when training completes
+    assert (tmp_path / "resumed" / "0" / "model.keras").is_file()
