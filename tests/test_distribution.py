@@ -285,3 +285,37 @@ def test_a_killed_two_process_run_resumes_to_the_same_model(tmp_path):
         _assert_same_training(_result(tmp_path, "resumed", i), reference)
     assert not checkpoint.exists()  # the chief clears it when training completes
     assert (tmp_path / "resumed" / "0" / "model.keras").is_file()
+
+
+@pytest.mark.backends("jax")
+def test_the_cli_trains_in_two_processes(tmp_path):
+    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
+    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
+    port = _free_port()
+    command = [sys.executable, "-m", "keras_transfer.cli", "train", "image"]
+    command += ["--data", str(tmp_path / "data"), "--backbone", "mobilenet"]
+    command += ["--weights", "none", "--backbone-kwargs", '{"alpha": 0.25}']
+    command += ["--image-size", "32", "--batch-size", "4", "--epochs", "1"]
+    command += ["--finetune-epochs", "1", "--no-augmentation", "--devices", "2"]
+    command += ["--output", str(tmp_path / "run")]
+    processes = []
+    for i in range(2):
+        env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND="jax")
+        env.pop("XLA_FLAGS", None)
+        env.update(
+            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port},localhost:{port + 1}",
+            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+            KERAS_DISTRIBUTION_PROCESS_ID=str(i),
+        )
+        processes.append(
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        )
+    outputs = _finish(processes)
+    assert all("data-parallel on 2 devices" in output for output in outputs)
+    assert "No HTML report in a run of several processes" in outputs[0]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["head"]["loss"]) == 1 and len(history["finetune"]["loss"]) == 1
+    assert (tmp_path / "run" / "report.json").is_file()
+    assert not (tmp_path / "run" / "checkpoint").exists()  # cleared by the chief
+    model, names = kt.load_classifier(str(tmp_path / "run" / "model.keras"))
+    assert names == ["cats", "dogs"] and model.output_shape == (None, 2)
