@@ -206,19 +206,24 @@ def _jax_processes(tmp_path, name, *extra, ids=(0, 1)):
         (tmp_path / name / str(i)).mkdir(parents=True, exist_ok=True)
         result = str(tmp_path / name / str(i) / "result.json")
         command = [sys.executable, script, str(i), port, str(tmp_path / "data"), result]
-        processes.append(
-            subprocess.Popen(
-                [*command, *map(str, extra)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=env,
+        # Output to a file: a full pipe that nobody reads would stop the process.
+        with open(tmp_path / name / str(i) / "output.txt", "wb") as log:
+            process = subprocess.Popen(
+                [*command, *map(str, extra)], stdout=log, stderr=subprocess.STDOUT, env=env
             )
-        )
+        process.log = tmp_path / name / str(i) / "output.txt"
+        processes.append(process)
     return processes
 
 
+def _output(process):
+    return process.log.read_text(errors="replace")
+
+
 def _finish(processes):
-    outputs = [p.communicate(timeout=600)[0].decode() for p in processes]
+    for process in processes:
+        process.wait(timeout=600)
+    outputs = [_output(process) for process in processes]
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
     return outputs
@@ -271,16 +276,18 @@ def test_a_killed_two_process_run_resumes_to_the_same_model(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     # Process 1 dies before batch 1 of epoch 3 (the second of fine-tuning); process 0 then
     # waits for it in the gradients' all-reduce, and is killed too: all processes restart.
-    *pair, alone = _jax_processes(tmp_path, "killed", checkpoint, 3, 1, ids=(0, 1, -1))
+    pair = _jax_processes(tmp_path, "killed", checkpoint, 3, 1)
+    alone = _jax_processes(tmp_path, "alone", ids=(-1,))  # uninterrupted, not checkpointed
     pair[1].wait(timeout=600)
     pair[0].kill()  # it may have failed already, or be waiting
-    outputs = [process.communicate(timeout=60)[0].decode() for process in pair]
+    pair[0].wait(timeout=60)
+    outputs = [_output(process) for process in pair]
     assert pair[1].returncode == -signal.SIGKILL, "\n".join(o[-2000:] for o in outputs)
-    _finish([alone])
+    _finish(alone)
     assert (checkpoint / "state.json").is_file()
     outputs = _finish(_jax_processes(tmp_path, "resumed", checkpoint))
     assert all("Resuming 'finetune'" in output for output in outputs)
-    reference = _result(tmp_path, "killed", -1)
+    reference = _result(tmp_path, "alone", -1)
     for i in (0, 1):
         _assert_same_training(_result(tmp_path, "resumed", i), reference)
     assert not checkpoint.exists()  # the chief clears it when training completes
@@ -307,9 +314,10 @@ def test_the_cli_trains_in_two_processes(tmp_path):
             KERAS_DISTRIBUTION_NUM_PROCESSES="2",
             KERAS_DISTRIBUTION_PROCESS_ID=str(i),
         )
-        processes.append(
-            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        )
+        with open(tmp_path / f"output_{i}.txt", "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process.log = tmp_path / f"output_{i}.txt"
+        processes.append(process)
     outputs = _finish(processes)
     assert all("data-parallel on 2 devices" in output for output in outputs)
     assert "No HTML report in a run of several processes" in outputs[0]
