@@ -331,7 +331,7 @@ def check_distributed_fit(model, train_ds, val_ds=None):
     Raises:
         ValueError: the model was built outside the distribution, a batch of `train_ds`
             or `val_ds` does not divide by the number of devices, or the run has several
-            processes (`check_single_process`).
+            tensorflow workers (`check_single_process`; several jax processes train).
     """
     check_built_in_scope(model)
     check_single_process()

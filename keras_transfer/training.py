@@ -159,7 +159,10 @@ def fine_tune(
             model that cannot be cut into backbone and head, `feature_store` with
             `cache_features=False` or not a path, or, on several devices
             (`data_parallel`, docs/distributed.md), a model built outside the distribution
-            or a batch size that does not divide by the number of devices.
+            or a batch size that does not divide by the number of devices;
+            `cache_features=True` or a `feature_store` in a run of several jax processes
+            (caching is off there: `keras_transfer.processes`), or several tensorflow
+            workers.
         NotADirectoryError: `feature_store` is a file.
 
     Example:
