@@ -212,7 +212,10 @@ def fit_one_pass_per_epoch(model, data, *, epochs, initial_epoch=0, **fit_kwargs
     Returns:
         The `keras.callbacks.History` of `fit`.
     """
+    from keras_transfer.processes import shard_fit_kwargs, shard_for_process
+
     data, steps = one_pass_per_epoch(data, initial_epoch, epochs)
+    data, fit_kwargs = shard_for_process(data), shard_fit_kwargs(fit_kwargs)
     build_before_fit(model, data)
     return model.fit(
         data,
@@ -272,15 +275,24 @@ def _make_callback(directory, stage, state):
     import keras
     import numpy as np
 
+    from keras_transfer.processes import barrier, is_chief, local_scope
+
     class EpochCheckpoint(keras.callbacks.Callback):
-        """Write the weights, optimizer state and history at the end of every epoch."""
+        """Write the weights, optimizer state and history at the end of every epoch (in a
+        run of several processes, the chief writes, and the others wait for it)."""
 
         def on_epoch_end(self, epoch, logs=None):
-            os.makedirs(directory, exist_ok=True)
+            self._record(epoch, logs)
+            barrier(f"checkpoint {stage} {epoch}")
+
+        def _record(self, epoch, logs):
             name = f"{stage}-epoch{epoch + 1:04d}.weights.h5"
-            tmp = os.path.join(directory, f"partial-{name}")
-            self.model.save_weights(tmp)
-            os.replace(tmp, os.path.join(directory, name))
+            if is_chief():
+                os.makedirs(directory, exist_ok=True)
+                tmp = os.path.join(directory, f"partial-{name}")
+                with local_scope():  # the chief saves alone (processes.local_scope)
+                    self.model.save_weights(tmp)
+                os.replace(tmp, os.path.join(directory, name))
             record = state["stages"].setdefault(stage, {"epochs_done": 0, "history": {}})
             for key, value in (logs or {}).items():  # per-class metrics (F1Score) as lists
                 record["history"].setdefault(key, []).append(np.asarray(value).tolist())
@@ -290,6 +302,8 @@ def _make_callback(directory, stage, state):
             ]
             state["torch_random_state"] = _torch_random_state()
             previous, state["weights"] = state.get("weights"), name
+            if not is_chief():
+                return
             _write_json(os.path.join(directory, STATE_FILE), state)
             if previous and previous != name:
                 os.remove(os.path.join(directory, previous))
@@ -363,8 +377,12 @@ def resumable_fit(
 
     check_resumable_data(train_ds)  # a generator is read once: it cannot resume
     fit_kwargs["class_weight"] = check_model_class_weight(model, fit_kwargs.get("class_weight"))
+    from keras_transfer.processes import barrier, is_chief, shard_fit_kwargs, shard_for_process
+
     directory = os.fspath(checkpoint_dir)
-    _check_writable(directory)
+    if is_chief():
+        _check_writable(directory)
+    barrier("checkpoint folder")
     settings = json.loads(json.dumps(settings or {}, default=str))  # as state.json holds it
     settings.setdefault("model", f"{model.name}: {len(model.weights)} weights")
     state = read_checkpoint(directory, settings) or {"settings": settings, "stages": {}}
@@ -393,6 +411,7 @@ def resumable_fit(
     if start < epochs:
         callback = _make_callback(directory, stage, state)
         data, steps_per_epoch = one_pass_per_epoch(train_ds, start, epochs)
+        data, fit_kwargs = shard_for_process(data), shard_fit_kwargs(fit_kwargs)
         restore = _torch_random_state_at_first_batch(resumed_random_state)
         build_before_fit(model, data)
         fitted = model.fit(

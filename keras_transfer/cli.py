@@ -81,10 +81,10 @@ def main(argv=None):
             print("\n".join(kt.list_backbones()))
             return 0
         devices = getattr(args, "devices", 1) if args.command == "train" else 1
-        if devices > 1:  # before jax or TensorFlow start
-            from keras_transfer.distribution import make_virtual_cpu_devices
+        if devices > 1:  # before jax or TensorFlow start; several processes join here
+            from keras_transfer.processes import join_processes
 
-            make_virtual_cpu_devices(devices)
+            join_processes(devices)
         import keras
 
         print(

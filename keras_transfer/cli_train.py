@@ -219,8 +219,18 @@ def _evaluate_and_write(args, model, val_ds, class_names, histories):
     if val_ds is not None:
         report = kt.evaluate_classifier(model, val_ds, class_names)
         print(report)
+    from keras_transfer.processes import is_chief, process_count
+
+    if not is_chief():  # several processes: the chief writes the run folder
+        return 0
     write_outputs(args.output, model, class_names, report, histories)
-    if report is not None:
+    if report is not None and process_count() > 1:
+        print(
+            "No HTML report in a run of several processes (its plots run the model in one "
+            f"process); in one process, `keras-transfer evaluate {args.output} --data DATA "
+            "--output DIR` writes one."
+        )
+    elif report is not None:
         from keras_transfer.report.html import write_run_report
 
         write_run_report(args.output, model, class_names, report, histories, val_ds, vars(args))

@@ -352,36 +352,27 @@ def check_batches_divide(data, replicas, name="train_ds"):
 
 
 def check_single_process():
-    """Raise ValueError for a run of several processes: jax processes under a Keras
-    distribution, or workers of a tensorflow `MultiWorkerMirroredStrategy`.
-
-    Keras shards a `tf.data` pipeline over jax processes only when it can read the
-    pipeline's batch size, and `fine_tune`'s per-epoch pipelines (one pass per epoch, made
-    anew from the seed and the epoch) hide it: Keras would fail in `fit` with "The batch
-    size of the input dataset is unknown". Under `MultiWorkerMirroredStrategy` with 2
-    workers, the head's `fit` on cached features fails converting a `PerReplica` value.
-    Until `fine_tune` feeds each process its share, it refuses such runs up front.
-    """
+    """Raise ValueError for the workers of a tensorflow `MultiWorkerMirroredStrategy` of
+    several workers: under it, the head's `fit` on cached features failed converting a
+    `PerReplica` value (docs/distributed.md). Several jax processes are supported
+    (`keras_transfer.processes`)."""
     import keras
 
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
     processes = 1
-    if keras.backend.backend() == "jax" and keras.distribution.distribution() is not None:
-        import jax
-
-        processes = jax.process_count()
-    elif keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        strategy = tf.distribute.get_strategy()
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-            cluster = strategy.cluster_resolver.cluster_spec()
-            processes = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        cluster = strategy.cluster_resolver.cluster_spec()
+        processes = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
     if processes > 1:
         raise ValueError(
-            f"fine_tune does not run on several processes yet ({processes} here): its "
-            "per-epoch pipelines are not split over them (Keras fails in fit). Train on the "
-            "devices of one machine (kt.data_parallel() in one process), or call model.fit "
-            "yourself on a batched tf.data.Dataset."
+            f"fine_tune does not run on several tensorflow workers yet ({processes} here). "
+            "Train on the devices of one machine (kt.data_parallel() in one process), use "
+            "several jax processes (KERAS_BACKEND=jax, keras.distribution.initialize), or "
+            "call model.fit yourself on a batched tf.data.Dataset."
         )
 
 
@@ -392,7 +383,7 @@ def check_distributed_fit(model, train_ds, val_ds=None):
     Raises:
         ValueError: the model was built outside the distribution, a batch of `train_ds`
             or `val_ds` does not divide by the number of devices, or the run has several
-            processes (`check_single_process`).
+            tensorflow workers (`check_single_process`; several jax processes train).
     """
     check_built_in_scope(model)
     check_single_process()
@@ -408,6 +399,10 @@ def predict_on_batch(model, inputs):
     called directly instead. Returns what `predict_on_batch` returns (numpy)."""
     import keras
 
+    from keras_transfer.processes import predict_batch, process_count
+
+    if process_count() > 1:
+        return predict_batch(model, inputs)
     if keras.backend.backend() == "tensorflow" and num_replicas(model) > 1:
         return keras.tree.map_structure(keras.ops.convert_to_numpy, model(inputs, training=False))
     return model.predict_on_batch(inputs)

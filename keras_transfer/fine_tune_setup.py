@@ -11,6 +11,7 @@ from keras_transfer.class_weighting import fit_class_weight
 from keras_transfer.compiling import is_text_classifier
 from keras_transfer.distribution import check_distributed_fit
 from keras_transfer.fit_inputs import plan_for_inputs
+from keras_transfer.processes import check_processes, process_count
 from keras_transfer.training_stages import check_fine_tune_arguments, data_length
 
 
@@ -47,6 +48,12 @@ def plan_run(model, train_ds, val_ds, *, class_weight, batch_augmentation, verbo
     check_fine_tune_arguments(train_ds, val_ds, **checked)
     cache_features, text_padding = checked["cache_features"], checked["text_padding"]
     check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
+    cache_features = check_processes(cache_features, checked["feature_store"])
+    if cache_features is False and process_count() > 1:
+        print(
+            f"Feature caching is off in a run of {process_count()} processes: the head is "
+            "trained through the frozen backbone."
+        )
     class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
     cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
         model, cache_features, text_padding, train_ds, val_ds, verbose

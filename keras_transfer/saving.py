@@ -113,9 +113,12 @@ def save_classifier(model, path, class_names, include_optimizer=False):
             f"{len(class_names)} class names for a model with {model.output_shape[-1]} outputs."
         )
     attach_class_names(model, class_names)  # a later plain `model.save` keeps them too
+    from keras_transfer.processes import local_scope
+
     tmp = f"{path}.tmp.keras"
     try:
-        model.save(tmp)
+        with local_scope():  # several processes: the chief saves alone
+            model.save(tmp)
         if not include_optimizer:
             _drop_optimizer_state(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:

@@ -19,6 +19,7 @@ from keras_transfer.compiling import compile_classifier
 from keras_transfer.fine_tune_setup import plan_run, run_settings
 from keras_transfer.freezing import freeze_backbone
 from keras_transfer.pipeline_augmentation import warn_slow_augmentation
+from keras_transfer.processes import own_sharding
 from keras_transfer.stage_compiling import compile_stage, learning_rate_value
 from keras_transfer.training_stages import StageRunner, feature_split
 
@@ -151,7 +152,10 @@ def fine_tune(
             model that cannot be cut into backbone and head, `feature_store` with
             `cache_features=False` or not a path (or an empty one), or, on several devices
             (`data_parallel`, docs/distributed.md), a model built outside the distribution
-            or a batch size that does not divide by the number of devices.
+            or a batch size that does not divide by the number of devices;
+            `cache_features=True` or a `feature_store` in a run of several jax processes
+            (caching is off there: `keras_transfer.processes`), or several tensorflow
+            workers.
         NotADirectoryError: `feature_store` is a file.
 
     Example:
@@ -210,34 +214,37 @@ def fine_tune(
     if label_smoothing is not None:
         compile_stage(model, label_smoothing=label_smoothing)
 
-    # Stage 1: the head on a frozen backbone, on cached backbone features where exact.
-    freeze_backbone(model)
-    compile_stage(model, optimizer, learning_rate)
-    split = (
-        feature_split(model, plan.cache_features, verbose, feature_store) if head_epochs else None
-    )
-    uncached_head = bool(head_epochs) and split is None and not plan.text
-    finetunes = (
-        finetune_epochs not in (0, "auto") or finetune_epochs == "auto" and val_ds is not None
-    )
-    stages = {"the head stage": uncached_head, "fine-tuning": finetunes}
-    warn_slow_augmentation(model, [name for name, runs in stages.items() if runs], train_ds)
-    head, head_epochs = runner.head_stage(split, head_epochs)
-    histories = {"head": head}
+    with own_sharding():  # several jax processes: each feeds its slice (processes.py)
+        # Stage 1: the head on a frozen backbone, on cached backbone features where exact.
+        freeze_backbone(model)
+        compile_stage(model, optimizer, learning_rate)
+        split = (
+            feature_split(model, plan.cache_features, verbose, feature_store)
+            if head_epochs
+            else None
+        )
+        uncached_head = bool(head_epochs) and split is None and not plan.text
+        finetunes = (
+            finetune_epochs not in (0, "auto") or finetune_epochs == "auto" and val_ds is not None
+        )
+        stages = {"the head stage": uncached_head, "fine-tuning": finetunes}
+        warn_slow_augmentation(model, [name for name, runs in stages.items() if runs], train_ds)
+        head, head_epochs = runner.head_stage(split, head_epochs)
+        histories = {"head": head}
 
-    # Stage 2: fine-tune the top of the backbone (BatchNorm stays frozen).
-    finetune = runner.finetune_stage(
-        plan.finetune_ds,
-        head,
-        head_epochs,
-        finetune_epochs,
-        optimizer=optimizer,
-        learning_rate=finetune_learning_rate,
-        top_n=unfreeze_top_n,
-        train_batchnorm=train_batchnorm,
-    )
-    if finetune is not None:
-        histories["finetune"] = finetune
+        # Stage 2: fine-tune the top of the backbone (BatchNorm stays frozen).
+        finetune = runner.finetune_stage(
+            plan.finetune_ds,
+            head,
+            head_epochs,
+            finetune_epochs,
+            optimizer=optimizer,
+            learning_rate=finetune_learning_rate,
+            top_n=unfreeze_top_n,
+            train_batchnorm=train_batchnorm,
+        )
+        if finetune is not None:
+            histories["finetune"] = finetune
     runner.finish()
     model.compile(**keras.saving.deserialize_keras_object(compiled))  # as it was compiled
     return histories

@@ -357,5 +357,9 @@ class StageRunner:
         return False
 
     def finish(self):
+        from keras_transfer.processes import barrier, is_chief
+
         if self.checkpoint_dir is not None:
-            clear_checkpoint(self.checkpoint_dir)
+            barrier("checkpoint done")  # every process has read its last checkpoint
+            if is_chief():
+                clear_checkpoint(self.checkpoint_dir)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from conftest import BACKEND, PROJECT, write_image_folder
@@ -214,32 +215,142 @@ def test_a_killed_two_device_run_resumes_to_the_same_model(tmp_path):
     assert abs(result["val_accuracy"] - uninterrupted["val_accuracy"]) <= 0.005
 
 
-@pytest.mark.backends("jax")
-def test_two_jax_processes_join_and_fine_tune_says_it_needs_one(tmp_path):
+def _free_port():
     import socket
 
-    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
-    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def _jax_processes(tmp_path, name, *extra, ids=(0, 1)):
+    """Start `jax_processes_script.py` as the processes `ids` (-1: alone, the reference)."""
     env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND="jax")
     env.pop("XLA_FLAGS", None)
-    script = str(PROJECT / "tests" / "jax_processes_script.py")
-    processes = [
-        subprocess.Popen(
-            [sys.executable, script, str(i), str(port), str(tmp_path / "data")]
-            + [str(tmp_path / f"process_{i}.json")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0].decode() for p in processes]
+    port, script = str(_free_port()), str(PROJECT / "tests" / "jax_processes_script.py")
+    processes = []
+    for i in ids:
+        (tmp_path / name / str(i)).mkdir(parents=True, exist_ok=True)
+        result = str(tmp_path / name / str(i) / "result.json")
+        command = [sys.executable, script, str(i), port, str(tmp_path / "data"), result]
+        # Output to a file: a full pipe that nobody reads would stop the process.
+        with open(tmp_path / name / str(i) / "output.txt", "wb") as log:
+            process = subprocess.Popen(
+                [*command, *map(str, extra)], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        process.log = tmp_path / name / str(i) / "output.txt"
+        processes.append(process)
+    return processes
+
+
+def _output(process):
+    return process.log.read_text(errors="replace")
+
+
+def _finish(processes):
+    for process in processes:
+        process.wait(timeout=600)
+    outputs = [_output(process) for process in processes]
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+def _result(tmp_path, name, i):
+    return json.loads((tmp_path / name / str(i) / "result.json").read_text())
+
+
+def _assert_same_training(result, reference):
+    assert result["epochs"] == reference["epochs"] == {"head": [0, 1], "finetune": [2, 3]}
+    for stage, history in reference["histories"].items():
+        for metric, values in history.items():
+            np.testing.assert_allclose(
+                result["histories"][stage][metric], values, rtol=1e-4, atol=1e-5, err_msg=metric
+            )
+    np.testing.assert_allclose(result["kernel"], reference["kernel"], rtol=1e-4, atol=1e-5)
+    assert abs(result["accuracy"] - reference["accuracy"]) <= 0.005
+
+
+@pytest.mark.backends("jax")
+def test_two_jax_processes_fine_tune_the_model_of_one(tmp_path):
+    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
+    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
+    # The 2 processes and the reference (one process, no distribution) side by side.
+    outputs = _finish(_jax_processes(tmp_path, "run", ids=(0, 1, -1)))
+    reference = _result(tmp_path, "run", -1)
+    assert np.abs(np.asarray(reference["kernel"])).max() > 1e-3  # the head learnt
+    for i in (0, 1):
+        result = _result(tmp_path, "run", i)
+        assert len(result["devices"]) == 2  # one mesh over both processes
+        _assert_same_training(result, reference)
+    assert "Feature caching is off in a run of 2 processes" in outputs[0]
+    assert (tmp_path / "run" / "0" / "model.keras").is_file()  # the chief saves
+    assert not (tmp_path / "run" / "1" / "model.keras").exists()
+    model, names = kt.load_classifier(str(tmp_path / "run" / "0" / "model.keras"))
+    assert names == ["cats", "dogs"]
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.get_layer("predictions").kernel),
+        reference["kernel"],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.backends("jax")
+def test_a_killed_two_process_run_resumes_to_the_same_model(tmp_path):
+    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
+    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
+    checkpoint = tmp_path / "checkpoint"
+    # Process 1 dies before batch 1 of epoch 3 (the second of fine-tuning); process 0 then
+    # waits for it in the gradients' all-reduce, and is killed too: all processes restart.
+    pair = _jax_processes(tmp_path, "killed", checkpoint, 3, 1)
+    alone = _jax_processes(tmp_path, "alone", ids=(-1,))  # uninterrupted, not checkpointed
+    pair[1].wait(timeout=600)
+    pair[0].kill()  # it may have failed already, or be waiting
+    pair[0].wait(timeout=60)
+    outputs = [_output(process) for process in pair]
+    assert pair[1].returncode == -signal.SIGKILL, "\n".join(o[-2000:] for o in outputs)
+    _finish(alone)
+    assert (checkpoint / "state.json").is_file()
+    outputs = _finish(_jax_processes(tmp_path, "resumed", checkpoint))
+    assert all("Resuming 'finetune'" in output for output in outputs)
+    reference = _result(tmp_path, "alone", -1)
+    for i in (0, 1):
+        _assert_same_training(_result(tmp_path, "resumed", i), reference)
+    assert not checkpoint.exists()  # the chief clears it when training completes
+    assert (tmp_path / "resumed" / "0" / "model.keras").is_file()
+
+
+@pytest.mark.backends("jax")
+def test_the_cli_trains_in_two_processes(tmp_path):
+    write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
+    write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
+    port = _free_port()
+    command = [sys.executable, "-m", "keras_transfer.cli", "train", "image"]
+    command += ["--data", str(tmp_path / "data"), "--backbone", "mobilenet"]
+    command += ["--weights", "none", "--backbone-kwargs", '{"alpha": 0.25}']
+    command += ["--image-size", "32", "--batch-size", "4", "--epochs", "1"]
+    command += ["--finetune-epochs", "1", "--no-augmentation", "--devices", "2"]
+    command += ["--output", str(tmp_path / "run")]
+    processes = []
     for i in range(2):
-        result = json.loads((tmp_path / f"process_{i}.json").read_text())
-        assert result["local"] == 1 and len(result["devices"]) == 2  # one mesh over both
-        assert "does not run on several processes yet (2 here)" in result["error"]
+        env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND="jax")
+        env.pop("XLA_FLAGS", None)
+        env.update(
+            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port},localhost:{port + 1}",
+            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+            KERAS_DISTRIBUTION_PROCESS_ID=str(i),
+        )
+        with open(tmp_path / f"output_{i}.txt", "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process.log = tmp_path / f"output_{i}.txt"
+        processes.append(process)
+    outputs = _finish(processes)
+    assert all("data-parallel on 2 devices" in output for output in outputs)
+    assert "No HTML report in a run of several processes" in outputs[0]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["head"]["loss"]) == 1 and len(history["finetune"]["loss"]) == 1
+    assert (tmp_path / "run" / "report.json").is_file()
+    assert not (tmp_path / "run" / "checkpoint").exists()  # cleared by the chief
+    model, names = kt.load_classifier(str(tmp_path / "run" / "model.keras"))
+    assert names == ["cats", "dogs"] and model.output_shape == (None, 2)

@@ -1,0 +1,199 @@
+"""Data-parallel runs over several processes (jax: processes joined by
+`keras.distribution.initialize`; docs/distributed.md).
+
+Every process reads the same global batches (the same files, seed and per-epoch orders)
+and feeds Keras its own slice of each: process i of P the rows `[i * B/P, (i+1) * B/P)` of
+a global batch of B. Keras' jax trainer puts the slices together into one global batch
+(`jax.make_array_from_process_local_data`), so the update is the one of a single process
+on the whole batch. Keras' own sharding of a `tf.data` pipeline (`DataParallel`'s
+`auto_shard_dataset`) is turned off while `fine_tune` runs: it needs the pipeline's batch
+size, which the per-epoch pipelines hide, and shards whole batches apart in a way a last
+partial batch breaks. Only process 0 (the chief) writes checkpoints; all read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+def join_processes(devices):
+    """`--devices N` of the command line: with `KERAS_DISTRIBUTION_NUM_PROCESSES` > 1 in the
+    environment (jax), give this process N / P devices (virtual CPU devices on a machine
+    without accelerators) and join the others through `keras.distribution.initialize()`,
+    which reads `KERAS_DISTRIBUTION_JOB_ADDRESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`;
+    else N devices of this process. Call it before jax or TensorFlow start.
+
+    Raises:
+        ValueError: several processes on another backend than jax, or N that does not
+            divide by their number.
+    """
+    from keras_transfer.distribution import make_virtual_cpu_devices
+
+    count = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES") or 1)
+    if count <= 1:
+        make_virtual_cpu_devices(devices)
+        return
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+        raise ValueError(
+            f"KERAS_DISTRIBUTION_NUM_PROCESSES={count}: a command-line run of several "
+            "processes needs KERAS_BACKEND=jax (docs/distributed.md)."
+        )
+    if devices % count:
+        raise ValueError(
+            f"--devices {devices} counts the devices of all {count} processes and must divide "
+            f"by {count} (each process takes as many)."
+        )
+    if devices // count > 1:
+        make_virtual_cpu_devices(devices // count)
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices
+    import keras
+
+    keras.distribution.initialize()
+
+
+def process_count():
+    """The number of processes of the current data-parallel run (1 without one): jax
+    processes under a Keras distribution."""
+    import keras
+
+    if keras.backend.backend() == "jax" and keras.distribution.distribution() is not None:
+        import jax
+
+        return int(jax.process_count())
+    return 1
+
+
+def process_index():
+    """This process's index in the run, 0 to `process_count() - 1` (0 without a run)."""
+    if process_count() == 1:
+        return 0
+    import jax
+
+    return int(jax.process_index())
+
+
+def is_chief():
+    """True in the process that writes files (checkpoints, the saved model, reports)."""
+    return process_index() == 0
+
+
+def barrier(name):
+    """Wait until every process of the run gets here (nothing in a run of one process)."""
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def shard_for_process(data):
+    """`data` (a `tf.data.Dataset` of global batches) reduced to this process's slice of
+    every batch; returned unchanged in a run of one process or for other data."""
+    import tensorflow as tf
+
+    count = process_count()
+    if count == 1 or not isinstance(data, tf.data.Dataset):
+        return data
+    index = process_index()
+
+    def part(tensor):
+        size = tf.shape(tensor)[0] // count
+        return tensor[index * size : (index + 1) * size]
+
+    def take(*batch):
+        structure = batch[0] if len(batch) == 1 else batch
+        return tf.nest.map_structure(part, structure)
+
+    return data.map(take, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def shard_fit_kwargs(fit_kwargs):
+    """`fit_kwargs` with its `validation_data` reduced to this process's slices."""
+    if process_count() == 1 or fit_kwargs.get("validation_data") is None:
+        return fit_kwargs
+    return {**fit_kwargs, "validation_data": shard_for_process(fit_kwargs["validation_data"])}
+
+
+@contextlib.contextmanager
+def own_sharding():
+    """Within the block, Keras does not shard `tf.data` pipelines over the processes
+    (`fine_tune` feeds each its slice itself, `shard_for_process`)."""
+    import keras
+
+    distribution = keras.distribution.distribution() if process_count() > 1 else None
+    if distribution is None or not hasattr(distribution, "auto_shard_dataset"):
+        yield
+        return
+    before = distribution.auto_shard_dataset
+    distribution.auto_shard_dataset = False
+    try:
+        yield
+    finally:
+        distribution.auto_shard_dataset = before
+
+
+@contextlib.contextmanager
+def local_scope():
+    """Within the block, in a run of several processes, no Keras distribution is in effect:
+    what one process does alone (the chief saving the model) makes its variables on its
+    own devices. Under the distribution, Keras' saving makes an optimizer to list the
+    attributes it skips, and a variable made there is placed on the devices of all
+    processes, which waits for the others (`jax.device_put` compares the value across
+    processes) while they do not save: the chief hangs (`model.save`, `save_weights`)."""
+    import keras
+
+    if process_count() == 1:
+        yield
+        return
+    before = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(before)
+
+
+def predict_batch(model, inputs):
+    """The model's outputs (numpy) for one global batch `inputs` that every process holds
+    whole: each process runs its slice, and the outputs are gathered on all of them."""
+    import jax
+    import keras
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    count, index = process_count(), process_index()
+    distribution = keras.distribution.distribution()
+
+    def to_global(value):
+        value = np.asarray(value)
+        size = value.shape[0] // count
+        layout = distribution.get_data_layout(value.shape).backend_layout
+        return jax.make_array_from_process_local_data(
+            layout, value[index * size : (index + 1) * size]
+        )
+
+    outputs = model(keras.tree.map_structure(to_global, inputs), training=False)
+    return keras.tree.map_structure(
+        lambda value: np.asarray(multihost_utils.process_allgather(value, tiled=True)), outputs
+    )
+
+
+def check_processes(cache_features, feature_store):
+    """Raise ValueError for `fine_tune` arguments a run of several processes cannot honour:
+    `cache_features=True` or a `feature_store` (the caching pass runs per process; its
+    features are not gathered yet). Returns the `cache_features` to use: False in a run of
+    several processes (the head is then trained by gradient through the frozen backbone),
+    else `cache_features` unchanged."""
+    count = process_count()
+    if count == 1:
+        return cache_features
+    if cache_features is True or feature_store is not None:
+        raise ValueError(
+            f"Feature caching is not available in a run of several processes ({count} here): "
+            "pass cache_features='auto' or False and no feature_store (CLI: --feature-cache "
+            "auto or off, no --feature-store); the head is then trained through the frozen "
+            "backbone, on every process's slice of each batch."
+        )
+    return False
