@@ -67,8 +67,9 @@ def _epochs(history, stage):
 
 
 def _fit(model, data, val, stage, first, last, args, class_weight, settings):
-    from keras_transfer.checkpointing import fit_one_pass_per_epoch, resumable_fit
+    from keras_transfer.checkpointing import resumable_fit
     from keras_transfer.compiling import is_text_classifier
+    from keras_transfer.epoch_passes import fit_one_pass_per_epoch
     from keras_transfer.pipeline_augmentation import augmentation_in_pipeline
     from keras_transfer.text_padding import pad_to_longest, without_preprocessor
 

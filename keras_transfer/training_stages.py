@@ -9,12 +9,9 @@ import warnings
 
 import keras
 
-from keras_transfer.checkpointing import (
-    clear_checkpoint,
-    fit_one_pass_per_epoch,
-    resumable_fit,
-)
+from keras_transfer.checkpointing import clear_checkpoint, resumable_fit
 from keras_transfer.compiling import is_text_classifier
+from keras_transfer.epoch_passes import fit_one_pass_per_epoch
 from keras_transfer.feature_cache import split_for_caching
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 from keras_transfer.linear_probe import fit_linear_head, linear_head_layer

@@ -198,7 +198,7 @@ def test_each_epoch_order_is_drawn_from_the_seed_and_the_epoch(tmp_path):
     """`one_pass_per_epoch` remakes the pipeline of each epoch: every epoch a new order, the
     same one whatever iterators of the dataset were made before (a resume from epoch 1 sees
     epochs 1 and 2 as the uninterrupted run did), and another one for another seed."""
-    from keras_transfer.checkpointing import one_pass_per_epoch
+    from keras_transfer.epoch_passes import one_pass_per_epoch
 
     write_image_folder(tmp_path, per_class=8)
 
@@ -231,7 +231,7 @@ def test_training_step_is_traced_once(tmp_path, monkeypatch, way, labels):
     (a Sequential without an Input), metrics that an empty batch would break (F1Score)."""
     import tensorflow as tf
 
-    from keras_transfer import checkpointing
+    from keras_transfer import epoch_passes
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 3)).astype("float32")
@@ -259,7 +259,7 @@ def test_training_step_is_traced_once(tmp_path, monkeypatch, way, labels):
     if way == "resumable_fit":
         history = kt.resumable_fit(trained, data, epochs=3, checkpoint_dir=tmp_path, verbose=0)
     else:
-        history = checkpointing.fit_one_pass_per_epoch(trained, data, epochs=3, verbose=0)
+        history = epoch_passes.fit_one_pass_per_epoch(trained, data, epochs=3, verbose=0)
     assert len(traces) == 1
     assert history.history.keys() == expected.keys()
     for key, values in expected.items():
