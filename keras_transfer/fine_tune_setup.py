@@ -40,7 +40,8 @@ def plan_run(model, train_ds, val_ds, *, class_weight, batch_augmentation, verbo
         model, train_ds, val_ds, class_weight, batch_augmentation, verbose: `fine_tune`'s.
         **checked: the keyword arguments of `training_stages.check_fine_tune_arguments`
             (`head_epochs`, `finetune_epochs`, `unfreeze_top_n`, `optimizer`,
-            `text_padding`, `cache_features`, `feature_store`).
+            `text_padding`, `cache_features`, `feature_store`, `learning_rate`,
+            `finetune_rate`).
 
     Returns:
         A `RunPlan`.

@@ -39,7 +39,9 @@ def pipeline_layers(model, data):
     pipeline instead of the model, or None where they stay in the model: on tensorflow,
     for a model without a block named "augmentation" (as `build_image_classifier` makes
     it), for `data` that is not a `tf.data.Dataset`, or when a layer of the block is not a
-    Keras preprocessing layer that runs in `tf.data` (`keras.layers.RandomFlip`, ...).
+    random Keras preprocessing layer that runs in `tf.data` (`keras.layers.RandomFlip`,
+    ...): a deterministic one (`Rescaling`, `Resizing`, ...) also runs on validation and
+    test data, which go through the model.
     """
     import tensorflow as tf
 
@@ -50,7 +52,11 @@ def pipeline_layers(model, data):
     except ValueError:
         return None
     layers = list(getattr(block, "layers", [block]))
-    if not layers or not all(isinstance(layer, _data_layer_class()) for layer in layers):
+    movable = [
+        isinstance(layer, _data_layer_class()) and getattr(layer, "generator", None) is not None
+        for layer in layers
+    ]
+    if not layers or not all(movable):
         return None
     return layers
 
@@ -64,13 +70,10 @@ def _data_layer_class():
 
 
 def _tensorflow_seed_generators(layers):
-    """Each random layer's seed generator for `tf.data` (made now, eagerly, rather than
-    inside the pipeline's trace) and its base seed: the layer's `seed`, else its own
-    generator's."""
+    """Each layer's seed generator for `tf.data` (made now, eagerly, rather than inside the
+    pipeline's trace) and its base seed: the layer's `seed`, else its own generator's."""
     generators = []
     for layer in layers:
-        if getattr(layer, "generator", None) is None:  # not random
-            continue
         layer.backend.set_backend("tensorflow")
         try:
             tf_generator = layer._get_seed_generator("tensorflow")

@@ -146,7 +146,8 @@ def fine_tune(
 
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
-            "auto" or an int >= 0, `unfreeze_top_n=0` with fine-tuning epochs, an
+            "auto" or an int >= 0, learning rates that are not positive numbers,
+            `unfreeze_top_n=0` with fine-tuning epochs, an
             optimizer object (use a name, or compile the model with it), a checkpoint
             folder written by a run with other arguments, `cache_features=True` for a
             model that cannot be cut into backbone and head, `feature_store` with
@@ -176,6 +177,8 @@ def fine_tune(
         text_padding=text_padding,
         cache_features=cache_features,
         feature_store=feature_store,
+        learning_rate=learning_rate,
+        finetune_rate=finetune_learning_rate,
         class_weight=class_weight,
         batch_augmentation=batch_augmentation,
         verbose=verbose,

@@ -4,6 +4,7 @@ per-epoch batch orders, text padding, feature caching and the linear probe."""
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 
@@ -45,6 +46,8 @@ def check_fine_tune_arguments(
     text_padding,
     cache_features,
     feature_store=None,
+    learning_rate=None,
+    finetune_rate=None,
 ):
     """Raise ValueError (NotADirectoryError for a `feature_store` that is a file) for the
     arguments `fine_tune` refuses (see its docstring)."""
@@ -63,6 +66,14 @@ def check_fine_tune_arguments(
             "would only train the head further; pass unfreeze_top_n >= 1 (None: the whole "
             "backbone), or finetune_epochs=0."
         )
+    for name, rate in (("learning_rate", learning_rate), ("finetune_learning_rate", finetune_rate)):
+        if rate is not None and not (
+            isinstance(rate, numbers.Real)
+            and not isinstance(rate, bool)
+            and math.isfinite(rate)
+            and rate > 0
+        ):
+            raise ValueError(f"`{name}` must be None or a positive number, got {rate!r}.")
     if optimizer is not None and not isinstance(optimizer, str):
         raise ValueError(
             "`fine_tune` needs `optimizer` as a name ('sgd', 'adam' or 'adamw') so that each "

@@ -130,6 +130,11 @@ def test_top_n_validation():
     before = model.get_weights()
     with pytest.raises(ValueError, match="unfreeze_top_n=0.*unfreezes no part"):
         kt.fine_tune(model, _data(), head_epochs=1, finetune_epochs=1, unfreeze_top_n=0)
+    # Learning rates are checked before anything trains (was: the head trained, then an error).
+    for rates in ({"learning_rate": -1.0}, {"finetune_learning_rate": 0.0}, {"learning_rate": "1"}):
+        (name,) = rates
+        with pytest.raises(ValueError, match=f"`{name}` must be None or a positive number"):
+            kt.fine_tune(model, _data(), head_epochs=1, finetune_epochs=1, **rates)
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 

@@ -60,6 +60,9 @@ def test_layers_move_to_the_pipeline_on_torch_and_jax_only(backend):
             return inputs
 
     assert pipeline_layers(_model(augmentation=[Custom()]), data) is None
+    # A deterministic layer also runs on validation data, through the model: all stay there.
+    fixed = [keras.layers.RandomFlip("horizontal"), keras.layers.Rescaling(1.0)]
+    assert pipeline_layers(_model(augmentation=fixed), data) is None
 
 
 @pytest.mark.backends("torch", "jax")
