@@ -89,9 +89,10 @@ def data_parallel(devices=None):
     the data is the global one: each device gets `batch_size / num_replicas` examples, so
     it must divide by the number of devices (`fine_tune` checks it).
 
-    Several machines are set up with the engines themselves (docs/distributed.md):
-    `keras.distribution.initialize()` before this on jax (then `devices=None` takes the
-    devices of all processes), `tf.distribute.MultiWorkerMirroredStrategy` on tensorflow.
+    Several machines (docs/distributed.md): on jax, call `keras.distribution.initialize()`
+    before this (then `devices=None` takes the devices of all processes); on tensorflow,
+    with a `TF_CONFIG` naming several workers in the environment, this is the process's
+    `tf.distribute.MultiWorkerMirroredStrategy` (`devices` None or its number of replicas).
 
     Args:
         devices: None (default: all of `local_devices()`), an int N >= 1 (the first N of
@@ -112,6 +113,10 @@ def data_parallel(devices=None):
     backend = keras.backend.backend()
     if backend not in ("jax", "tensorflow"):
         raise ValueError(TORCH_MESSAGE.format(version=keras.__version__))
+    from keras_transfer.tf_workers import configured_workers, multi_worker_strategy
+
+    if backend == "tensorflow" and configured_workers() > 1:  # TF_CONFIG's workers
+        return _multi_worker_run(multi_worker_strategy(), devices)
     available = local_devices()
     if devices is None:
         chosen = available
@@ -141,6 +146,18 @@ def data_parallel(devices=None):
     if strategy is None:
         strategy = _STRATEGIES[tuple(chosen)] = tf.distribute.MirroredStrategy(chosen)
     return DataParallelRun(strategy, chosen)
+
+
+def _multi_worker_run(strategy, devices):
+    """The `DataParallelRun` of the `MultiWorkerMirroredStrategy` of `TF_CONFIG`'s workers;
+    `devices` None or their number of replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if devices is not None and devices != replicas:
+        raise ValueError(
+            f"`devices={devices!r}` with the {replicas} replicas of the tensorflow workers "
+            f"TF_CONFIG names: pass devices=None (or {replicas})."
+        )
+    return DataParallelRun(strategy, [f"replica:{index}" for index in range(replicas)])
 
 
 def _every_device(backend, available):
@@ -351,42 +368,15 @@ def check_batches_divide(data, replicas, name="train_ds"):
         )
 
 
-def check_single_process():
-    """Raise ValueError for the workers of a tensorflow `MultiWorkerMirroredStrategy` of
-    several workers: under it, the head's `fit` on cached features failed converting a
-    `PerReplica` value (docs/distributed.md). Several jax processes are supported
-    (`keras_transfer.processes`)."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return
-    import tensorflow as tf
-
-    strategy = tf.distribute.get_strategy()
-    processes = 1
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        cluster = strategy.cluster_resolver.cluster_spec()
-        processes = cluster.num_tasks("worker") if "worker" in cluster.jobs else 1
-    if processes > 1:
-        raise ValueError(
-            f"fine_tune does not run on several tensorflow workers yet ({processes} here). "
-            "Train on the devices of one machine (kt.data_parallel() in one process), use "
-            "several jax processes (KERAS_BACKEND=jax, keras.distribution.initialize), or "
-            "call model.fit yourself on a batched tf.data.Dataset."
-        )
-
-
 def check_distributed_fit(model, train_ds, val_ds=None):
     """The checks `fine_tune` runs when `model` trains on several devices (see
     `check_built_in_scope` and `check_batches_divide`); nothing on one device.
 
     Raises:
         ValueError: the model was built outside the distribution, a batch of `train_ds`
-            or `val_ds` does not divide by the number of devices, or the run has several
-            tensorflow workers (`check_single_process`; several jax processes train).
+            or `val_ds` does not divide by the number of devices.
     """
     check_built_in_scope(model)
-    check_single_process()
     replicas = num_replicas(model)
     check_batches_divide(train_ds, replicas, "train_ds")
     check_batches_divide(val_ds, replicas, "val_ds")
@@ -401,7 +391,7 @@ def predict_on_batch(model, inputs):
 
     from keras_transfer.processes import predict_batch, process_count
 
-    if process_count() > 1:
+    if process_count() > 1 and keras.backend.backend() == "jax":
         return predict_batch(model, inputs)
     if keras.backend.backend() == "tensorflow" and num_replicas(model) > 1:
         return keras.tree.map_structure(keras.ops.convert_to_numpy, model(inputs, training=False))

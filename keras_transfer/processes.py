@@ -1,5 +1,6 @@
 """Data-parallel runs over several processes (jax: processes joined by
-`keras.distribution.initialize`; docs/distributed.md).
+`keras.distribution.initialize`; tensorflow: the workers of a
+`MultiWorkerMirroredStrategy`, `keras_transfer.tf_workers`; docs/distributed.md).
 
 Every process reads the same global batches (the same files, seed and per-epoch orders)
 and feeds Keras its own slice of each: process i of P the rows `[i * B/P, (i+1) * B/P)` of
@@ -8,7 +9,8 @@ a global batch of B. Keras' jax trainer puts the slices together into one global
 on the whole batch. Keras' own sharding of a `tf.data` pipeline (`DataParallel`'s
 `auto_shard_dataset`) is turned off while `fine_tune` runs: it needs the pipeline's batch
 size, which the per-epoch pipelines hide, and shards whole batches apart in a way a last
-partial batch breaks. Only process 0 (the chief) writes checkpoints; all read them.
+partial batch breaks. On tensorflow, tf.distribute splits the batches over the workers
+(`tf_workers.data_sharding`). Only process 0 (the chief) writes checkpoints; all read them.
 """
 
 from __future__ import annotations
@@ -21,23 +23,37 @@ def join_processes(devices):
     """`--devices N` of the command line: with `KERAS_DISTRIBUTION_NUM_PROCESSES` > 1 in the
     environment (jax), give this process N / P devices (virtual CPU devices on a machine
     without accelerators) and join the others through `keras.distribution.initialize()`,
-    which reads `KERAS_DISTRIBUTION_JOB_ADDRESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`;
-    else N devices of this process. Call it before jax or TensorFlow start.
+    which reads `KERAS_DISTRIBUTION_JOB_ADDRESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`.
+    On tensorflow, with a `TF_CONFIG` naming several workers, make this worker's
+    `MultiWorkerMirroredStrategy` (one device a worker: N must equal their number). Else N
+    devices of this process. Call it before jax or TensorFlow start.
 
     Raises:
-        ValueError: several processes on another backend than jax, or N that does not
-            divide by their number.
+        ValueError: `KERAS_DISTRIBUTION_NUM_PROCESSES` > 1 on another backend than jax, or N
+            that does not divide by the number of processes (tensorflow: differs from it).
     """
     from keras_transfer.distribution import make_virtual_cpu_devices
+    from keras_transfer.tf_workers import configured_workers, multi_worker_strategy
 
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    workers = configured_workers() if backend == "tensorflow" else 0
+    if workers > 1:
+        if devices != workers:
+            raise ValueError(
+                f"--devices {devices} with the {workers} workers of TF_CONFIG: on tensorflow "
+                f"each worker trains on one device here; pass --devices {workers}."
+            )
+        multi_worker_strategy()
+        return
     count = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES") or 1)
     if count <= 1:
         make_virtual_cpu_devices(devices)
         return
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+    if backend != "jax":
         raise ValueError(
-            f"KERAS_DISTRIBUTION_NUM_PROCESSES={count}: a command-line run of several "
-            "processes needs KERAS_BACKEND=jax (docs/distributed.md)."
+            f"KERAS_DISTRIBUTION_NUM_PROCESSES={count}: a command-line run of several jax "
+            "processes needs KERAS_BACKEND=jax; tensorflow workers are set up with TF_CONFIG "
+            "(docs/distributed.md)."
         )
     if devices % count:
         raise ValueError(
@@ -54,22 +70,37 @@ def join_processes(devices):
     keras.distribution.initialize()
 
 
-def process_count():
-    """The number of processes of the current data-parallel run (1 without one): jax
-    processes under a Keras distribution."""
+def _jax():
     import keras
 
-    if keras.backend.backend() == "jax" and keras.distribution.distribution() is not None:
+    return keras.backend.backend() == "jax"
+
+
+def process_count():
+    """The number of processes of the current data-parallel run (1 without one): jax
+    processes under a Keras distribution, or tensorflow workers of a
+    `MultiWorkerMirroredStrategy`."""
+    import keras
+
+    if _jax():
+        if keras.distribution.distribution() is None:
+            return 1
         import jax
 
         return int(jax.process_count())
-    return 1
+    from keras_transfer.tf_workers import worker_count
+
+    return worker_count()
 
 
 def process_index():
     """This process's index in the run, 0 to `process_count() - 1` (0 without a run)."""
     if process_count() == 1:
         return 0
+    if not _jax():
+        from keras_transfer.tf_workers import worker_index
+
+        return worker_index()
     import jax
 
     return int(jax.process_index())
@@ -82,20 +113,31 @@ def is_chief():
 
 def barrier(name):
     """Wait until every process of the run gets here (nothing in a run of one process)."""
-    if process_count() > 1:
-        from jax.experimental import multihost_utils
+    if process_count() == 1:
+        return
+    if not _jax():
+        from keras_transfer.tf_workers import worker_barrier
 
-        multihost_utils.sync_global_devices(name)
+        worker_barrier()
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def shard_for_process(data):
     """`data` (a `tf.data.Dataset` of global batches) reduced to this process's slice of
-    every batch; returned unchanged in a run of one process or for other data."""
+    every batch; returned unchanged in a run of one process or for other data. Several
+    tensorflow workers: `data` whole, split by tf.distribute (`tf_workers.data_sharding`)."""
     import tensorflow as tf
 
     count = process_count()
     if count == 1 or not isinstance(data, tf.data.Dataset):
         return data
+    if not _jax():
+        from keras_transfer.tf_workers import data_sharding
+
+        return data_sharding(data)
     index = process_index()
 
     def part(tensor):
@@ -118,10 +160,17 @@ def shard_fit_kwargs(fit_kwargs):
 
 @contextlib.contextmanager
 def own_sharding():
-    """Within the block, Keras does not shard `tf.data` pipelines over the processes
-    (`fine_tune` feeds each its slice itself, `shard_for_process`)."""
+    """Within the block, Keras does not shard `tf.data` pipelines over jax processes
+    (`fine_tune` feeds each its slice itself, `shard_for_process`); Keras' tensorflow
+    trainer runs under several workers (`tf_workers.keras_fixes`)."""
     import keras
 
+    if not _jax():
+        from keras_transfer.tf_workers import keras_fixes
+
+        with keras_fixes():
+            yield
+        return
     distribution = keras.distribution.distribution() if process_count() > 1 else None
     if distribution is None or not hasattr(distribution, "auto_shard_dataset"):
         yield
@@ -144,7 +193,7 @@ def local_scope():
     processes) while they do not save: the chief hangs (`model.save`, `save_weights`)."""
     import keras
 
-    if process_count() == 1:
+    if process_count() == 1 or not _jax():  # tensorflow: variables read locally
         yield
         return
     before = keras.distribution.distribution()

@@ -223,11 +223,27 @@ def _free_port():
         return probe.getsockname()[1]
 
 
-def _jax_processes(tmp_path, name, *extra, ids=(0, 1)):
-    """Start `jax_processes_script.py` as the processes `ids` (-1: alone, the reference)."""
-    env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND="jax")
+def _free_ports():
+    """The first of two free neighbouring ports (tensorflow's workers take PORT, PORT + 1)."""
+    import socket
+
+    for _ in range(100):
+        port = _free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("localhost", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free neighbouring ports on localhost")
+
+
+def _processes(tmp_path, name, *extra, ids=(0, 1)):
+    """Start `processes_script.py` as the processes `ids` (-1: alone, the reference)."""
+    env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND=BACKEND)
     env.pop("XLA_FLAGS", None)
-    port, script = str(_free_port()), str(PROJECT / "tests" / "jax_processes_script.py")
+    env.pop("TF_CONFIG", None)
+    port, script = str(_free_ports()), str(PROJECT / "tests" / "processes_script.py")
     processes = []
     for i in ids:
         (tmp_path / name / str(i)).mkdir(parents=True, exist_ok=True)
@@ -271,12 +287,12 @@ def _assert_same_training(result, reference):
     assert abs(result["accuracy"] - reference["accuracy"]) <= 0.005
 
 
-@pytest.mark.backends("jax")
-def test_two_jax_processes_fine_tune_the_model_of_one(tmp_path):
+@DISTRIBUTED
+def test_two_processes_fine_tune_the_model_of_one(tmp_path):
     write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
     write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
     # The 2 processes and the reference (one process, no distribution) side by side.
-    outputs = _finish(_jax_processes(tmp_path, "run", ids=(0, 1, -1)))
+    outputs = _finish(_processes(tmp_path, "run", ids=(0, 1, -1)))
     reference = _result(tmp_path, "run", -1)
     assert np.abs(np.asarray(reference["kernel"])).max() > 1e-3  # the head learnt
     for i in (0, 1):
@@ -296,15 +312,15 @@ def test_two_jax_processes_fine_tune_the_model_of_one(tmp_path):
     )
 
 
-@pytest.mark.backends("jax")
+@DISTRIBUTED
 def test_a_killed_two_process_run_resumes_to_the_same_model(tmp_path):
     write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
     write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
     checkpoint = tmp_path / "checkpoint"
     # Process 1 dies before batch 1 of epoch 3 (the second of fine-tuning); process 0 then
     # waits for it in the gradients' all-reduce, and is killed too: all processes restart.
-    pair = _jax_processes(tmp_path, "killed", checkpoint, 3, 1)
-    alone = _jax_processes(tmp_path, "alone", ids=(-1,))  # uninterrupted, not checkpointed
+    pair = _processes(tmp_path, "killed", checkpoint, 3, 1)
+    alone = _processes(tmp_path, "alone", ids=(-1,))  # uninterrupted, not checkpointed
     pair[1].wait(timeout=600)
     pair[0].kill()  # it may have failed already, or be waiting
     pair[0].wait(timeout=60)
@@ -312,7 +328,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_model(tmp_path):
     assert pair[1].returncode == -signal.SIGKILL, "\n".join(o[-2000:] for o in outputs)
     _finish(alone)
     assert (checkpoint / "state.json").is_file()
-    outputs = _finish(_jax_processes(tmp_path, "resumed", checkpoint))
+    outputs = _finish(_processes(tmp_path, "resumed", checkpoint))
     assert all("Resuming 'finetune'" in output for output in outputs)
     reference = _result(tmp_path, "alone", -1)
     for i in (0, 1):
@@ -321,11 +337,11 @@ def test_a_killed_two_process_run_resumes_to_the_same_model(tmp_path):
     assert (tmp_path / "resumed" / "0" / "model.keras").is_file()
 
 
-@pytest.mark.backends("jax")
+@DISTRIBUTED
 def test_the_cli_trains_in_two_processes(tmp_path):
     write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
     write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
-    port = _free_port()
+    port = _free_ports()
     command = [sys.executable, "-m", "keras_transfer.cli", "train", "image"]
     command += ["--data", str(tmp_path / "data"), "--backbone", "mobilenet"]
     command += ["--weights", "none", "--backbone-kwargs", '{"alpha": 0.25}']
@@ -333,14 +349,19 @@ def test_the_cli_trains_in_two_processes(tmp_path):
     command += ["--finetune-epochs", "1", "--no-augmentation", "--devices", "2"]
     command += ["--output", str(tmp_path / "run")]
     processes = []
+    addresses = [f"localhost:{port}", f"localhost:{port + 1}"]
     for i in range(2):
-        env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND="jax")
+        env = dict(os.environ, PYTHONPATH=str(PROJECT), KERAS_BACKEND=BACKEND)
         env.pop("XLA_FLAGS", None)
-        env.update(
-            KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{port},localhost:{port + 1}",
-            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
-            KERAS_DISTRIBUTION_PROCESS_ID=str(i),
-        )
+        if BACKEND == "jax":
+            env.update(
+                KERAS_DISTRIBUTION_JOB_ADDRESSES=",".join(addresses),
+                KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                KERAS_DISTRIBUTION_PROCESS_ID=str(i),
+            )
+        else:  # the workers of a MultiWorkerMirroredStrategy
+            task = {"type": "worker", "index": i}
+            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses}, "task": task})
         with open(tmp_path / f"output_{i}.txt", "wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         process.log = tmp_path / f"output_{i}.txt"

@@ -1,9 +1,11 @@
-"""`fine_tune` in one of 2 jax processes on localhost, or in one process alone.
+"""`fine_tune` in one of 2 processes on localhost, or in one process alone.
 
-    python jax_processes_script.py PROCESS_ID PORT DATA RESULT_JSON [CHECKPOINT [EPOCH BATCH]]
+    python processes_script.py PROCESS_ID PORT DATA RESULT_JSON [CHECKPOINT [EPOCH BATCH]]
 
-PROCESS_ID 0 or 1: the process joins the other through `keras.distribution.initialize`
-(1 CPU device each, gloo CPU collectives) and trains in `kt.data_parallel()` over both.
+PROCESS_ID 0 or 1: the process joins the other and trains in `kt.data_parallel()` over
+both, 1 CPU device each. jax: through `keras.distribution.initialize` (gloo CPU
+collectives); tensorflow: as a worker of a `TF_CONFIG` of 2 (ports PORT and PORT + 1),
+its `MultiWorkerMirroredStrategy` made by `kt.data_parallel()` before anything else.
 PROCESS_ID -1: the same training in one process without a distribution (the reference).
 Writes to RESULT_JSON the devices, the histories and the head's weights; process 0 (and
 the single process) also saves the model next to RESULT_JSON. With CHECKPOINT, training
@@ -16,21 +18,30 @@ import os
 import signal
 import sys
 
-import jax
-
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-
-import keras  # noqa: E402
-
 process_id, port, data, result_path = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 checkpoint = sys.argv[5] if len(sys.argv) > 5 else None
 kill_at = tuple(int(a) for a in sys.argv[6:8]) if len(sys.argv) > 7 else None
-if process_id >= 0:
+JAX = os.environ.get("KERAS_BACKEND") == "jax"
+if JAX:
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+elif process_id >= 0:
+    workers = [f"localhost:{port}", f"localhost:{int(port) + 1}"]
+    os.environ["TF_CONFIG"] = json.dumps(
+        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": process_id}}
+    )
+
+import keras  # noqa: E402
+
+if JAX and process_id >= 0:
     keras.distribution.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
 
 import contextlib  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
+
+run = kt.data_parallel() if process_id >= 0 else contextlib.nullcontext()
 
 
 class KillAt(keras.callbacks.Callback):
@@ -48,7 +59,6 @@ class KillAt(keras.callbacks.Callback):
 
 keras.utils.set_random_seed(7)
 train_ds, val_ds, names = kt.image_folder_datasets(data, image_size=32, batch_size=4, seed=7)
-run = kt.data_parallel() if process_id >= 0 else contextlib.nullcontext()
 with run:
     model = kt.build_image_classifier(
         "mobilenet",
