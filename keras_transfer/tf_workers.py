@@ -26,12 +26,23 @@ _BARRIERS = {}  # id(strategy) -> its all-reduce of one number (a tf.function)
 
 
 def configured_workers():
-    """The number of tasks `TF_CONFIG` names (chief and workers), 0 without one."""
+    """The number of tasks `TF_CONFIG` names (chief and workers), 0 without one.
+
+    Raises:
+        ValueError: `TF_CONFIG` is not a JSON object with a "cluster" of lists.
+    """
     text = os.environ.get("TF_CONFIG")
     if not text:
         return 0
-    cluster = json.loads(text).get("cluster", {})
-    return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+    try:
+        cluster = json.loads(text).get("cluster", {})
+        return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+    except (ValueError, AttributeError, TypeError) as error:
+        raise ValueError(
+            f"TF_CONFIG is not the JSON tf.distribute expects ({error}): "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+            '"index": 0}}; unset it to train in one process.'
+        ) from None
 
 
 def multi_worker_strategy():
@@ -45,6 +56,9 @@ def multi_worker_strategy():
     if not _STRATEGY:
         import tensorflow as tf
 
+        current = tf.distribute.get_strategy()  # made by the caller, its scope entered
+        if isinstance(current, tf.distribute.MultiWorkerMirroredStrategy):
+            return current
         try:
             _STRATEGY.append(tf.distribute.MultiWorkerMirroredStrategy())
         except RuntimeError as error:

@@ -375,3 +375,20 @@ def test_the_cli_trains_in_two_processes(tmp_path):
     assert not (tmp_path / "run" / "checkpoint").exists()  # cleared by the chief
     model, names = kt.load_classifier(str(tmp_path / "run" / "model.keras"))
     assert names == ["cats", "dogs"] and model.output_shape == (None, 2)
+
+
+@pytest.mark.backends("tensorflow")
+def test_a_tf_config_that_tensorflow_cannot_read_is_named(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", "{worker: [localhost:2222]}")
+    with pytest.raises(ValueError, match="TF_CONFIG is not the JSON"):
+        kt.data_parallel()
+
+
+@pytest.mark.backends("tensorflow")
+def test_devices_that_differ_from_the_tensorflow_workers_are_refused(monkeypatch):
+    from keras_transfer.processes import join_processes
+
+    cluster = {"worker": ["localhost:2222", "localhost:2223"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
+    with pytest.raises(ValueError, match="pass --devices 2"):
+        join_processes(4)
