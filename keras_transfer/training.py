@@ -18,6 +18,7 @@ import keras
 from keras_transfer.compiling import compile_classifier
 from keras_transfer.fine_tune_setup import plan_run, run_settings
 from keras_transfer.freezing import freeze_backbone
+from keras_transfer.model_state import restored_on_error
 from keras_transfer.pipeline_augmentation import warn_slow_augmentation
 from keras_transfer.processes import own_sharding
 from keras_transfer.stage_compiling import compile_stage, learning_rate_value
@@ -65,6 +66,12 @@ def fine_tune(
     restored, and the stage-1 model kept instead when stage 2 never beats its `val_loss`.
     Epoch numbers go on from stage 1 (a linear probe counts as one epoch). The model is
     left compiled as it was given (a fresh optimizer).
+
+    When `fine_tune` raises (a callback's error, a `KeyboardInterrupt`, bad data), every
+    layer's `trainable` flag and the model's compiled state (the same optimizer object, the
+    loss and metrics; not compiled when it was not) are put back as they were before the
+    call, then the exception goes on unchanged (`keras_transfer.model_state`); the weights
+    stay as trained so far.
 
     On several devices, build the model and call `fine_tune` inside `data_parallel()` (or
     Keras' own `keras.distribution.set_distribution` on jax, `strategy.scope()` on
@@ -211,45 +218,48 @@ def fine_tune(
         text_padding=plan.text_padding,
         verbose=verbose,
     )
-    if not getattr(model, "compiled", False):
-        compile_classifier(model)
-    compiled = model.get_compile_config()  # the user's: each stage gets a fresh copy
-    if label_smoothing is not None:
-        compile_stage(model, label_smoothing=label_smoothing)
+    with restored_on_error(model):  # an error: trainable flags and compiled state back
+        if not getattr(model, "compiled", False):
+            compile_classifier(model)
+        compiled = model.get_compile_config()  # the user's: each stage gets a fresh copy
+        if label_smoothing is not None:
+            compile_stage(model, label_smoothing=label_smoothing)
 
-    with own_sharding():  # several jax processes: each feeds its slice (processes.py)
-        # Stage 1: the head on a frozen backbone, on cached backbone features where exact.
-        freeze_backbone(model)
-        compile_stage(model, optimizer, learning_rate)
-        split = (
-            feature_split(model, plan.cache_features, verbose, feature_store)
-            if head_epochs
-            else None
-        )
-        uncached_head = bool(head_epochs) and split is None and not plan.text
-        finetunes = (
-            finetune_epochs not in (0, "auto") or finetune_epochs == "auto" and val_ds is not None
-        )
-        stages = {"the head stage": uncached_head, "fine-tuning": finetunes}
-        warn_slow_augmentation(model, [name for name, runs in stages.items() if runs], train_ds)
-        head, head_epochs = runner.head_stage(split, head_epochs)
-        histories = {"head": head}
+        with own_sharding():  # several jax processes: each feeds its slice (processes.py)
+            # Stage 1: the head on a frozen backbone, on cached backbone features where exact.
+            freeze_backbone(model)
+            compile_stage(model, optimizer, learning_rate)
+            split = (
+                feature_split(model, plan.cache_features, verbose, feature_store)
+                if head_epochs
+                else None
+            )
+            uncached_head = bool(head_epochs) and split is None and not plan.text
+            finetunes = (
+                finetune_epochs not in (0, "auto")
+                or finetune_epochs == "auto"
+                and val_ds is not None
+            )
+            stages = {"the head stage": uncached_head, "fine-tuning": finetunes}
+            warn_slow_augmentation(model, [name for name, runs in stages.items() if runs], train_ds)
+            head, head_epochs = runner.head_stage(split, head_epochs)
+            histories = {"head": head}
 
-        # Stage 2: fine-tune the top of the backbone (BatchNorm stays frozen).
-        finetune = runner.finetune_stage(
-            plan.finetune_ds,
-            head,
-            head_epochs,
-            finetune_epochs,
-            optimizer=optimizer,
-            learning_rate=finetune_learning_rate,
-            top_n=unfreeze_top_n,
-            train_batchnorm=train_batchnorm,
-        )
-        if finetune is not None:
-            histories["finetune"] = finetune
-    runner.finish()
-    model.compile(**keras.saving.deserialize_keras_object(compiled))  # as it was compiled
+            # Stage 2: fine-tune the top of the backbone (BatchNorm stays frozen).
+            finetune = runner.finetune_stage(
+                plan.finetune_ds,
+                head,
+                head_epochs,
+                finetune_epochs,
+                optimizer=optimizer,
+                learning_rate=finetune_learning_rate,
+                top_n=unfreeze_top_n,
+                train_batchnorm=train_batchnorm,
+            )
+            if finetune is not None:
+                histories["finetune"] = finetune
+        runner.finish()
+        model.compile(**keras.saving.deserialize_keras_object(compiled))  # as it was compiled
     return histories
 
 
