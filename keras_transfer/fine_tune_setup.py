@@ -4,24 +4,37 @@ settings a checkpoint records."""
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import os
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from keras_transfer.batch_augmentation import mix_batches
 from keras_transfer.class_weighting import fit_class_weight
 from keras_transfer.compiling import is_text_classifier
 from keras_transfer.distribution import check_distributed_fit
 from keras_transfer.fit_inputs import plan_for_inputs
+from keras_transfer.freezing import backbone_units, get_backbone
 from keras_transfer.processes import check_processes, process_count
 from keras_transfer.training_stages import data_length
 
 
+def _is_int(value):
+    """An int of Python or NumPy (any `numbers.Integral`), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def plain_int(value):
+    """`value` as a Python int when it is an integer of any kind (`np.int64(3)` -> 3; the
+    checkpoint's JSON settings and Keras take these), else `value` itself."""
+    return int(value) if _is_int(value) else value
+
+
 def _epochs_ok(value):
-    return value == "auto" or (
-        not isinstance(value, bool) and isinstance(value, int) and value >= 0
-    )
+    return (isinstance(value, str) and value == "auto") or (_is_int(value) and value >= 0)
 
 
 def check_fine_tune_arguments(
@@ -37,17 +50,16 @@ def check_fine_tune_arguments(
     feature_store=None,
     learning_rate=None,
     finetune_rate=None,
+    verbose="auto",
+    train_batchnorm=False,
+    checkpoint_settings=None,
 ):
     """Raise ValueError (NotADirectoryError for a `feature_store` that is a file) for the
-    arguments `fine_tune` refuses (see its docstring)."""
+    arguments `fine_tune` refuses (see its docstring). Integers may be NumPy's."""
     for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
         if not _epochs_ok(value):
             raise ValueError(f"`{name}` must be 'auto' or an int >= 0, got {value!r}.")
-    if unfreeze_top_n is not None and (
-        isinstance(unfreeze_top_n, bool)
-        or not isinstance(unfreeze_top_n, int)
-        or unfreeze_top_n < 0
-    ):
+    if unfreeze_top_n is not None and not (_is_int(unfreeze_top_n) and unfreeze_top_n >= 0):
         raise ValueError(f"`unfreeze_top_n` must be None or an int >= 0, got {unfreeze_top_n!r}.")
     if unfreeze_top_n == 0 and finetune_epochs:
         raise ValueError(
@@ -100,6 +112,54 @@ def check_fine_tune_arguments(
                 f"(e.g. from image_folder_datasets), got a {type(data).__name__}; for NumPy "
                 "arrays pass tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
             )
+    _check_run_options(verbose, train_batchnorm, checkpoint_settings)
+
+
+def _check_run_options(verbose, train_batchnorm, checkpoint_settings):
+    """`verbose`, `train_batchnorm` and `checkpoint_settings` (ValueError)."""
+    if not (
+        (isinstance(verbose, str) and verbose == "auto") or (_is_int(verbose) and 0 <= verbose <= 2)
+    ):
+        raise ValueError(
+            f"`verbose` must be 'auto', 0 (silent), 1 (progress bar) or 2 (a line an epoch), "
+            f"got {verbose!r}."
+        )
+    if not isinstance(train_batchnorm, (bool, np.bool_)):
+        raise ValueError(f"`train_batchnorm` must be True or False, got {train_batchnorm!r}.")
+    if checkpoint_settings is None:
+        return
+    if not isinstance(checkpoint_settings, dict):
+        raise ValueError(
+            "`checkpoint_settings` must be None or a dict of JSON values, got a "
+            f"{type(checkpoint_settings).__name__}."
+        )
+    for key, value in checkpoint_settings.items():
+        try:  # state.json holds them; NaN would never equal itself on resuming
+            json.dumps({key: value}, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"`checkpoint_settings`[{key!r}] = {value!r} cannot be written to the "
+                f"checkpoint's JSON ({error}); pass str keys and values that are str, int, "
+                "finite float, bool, None, or lists and dicts of them (e.g. str(value))."
+            ) from None
+
+
+def check_unfreeze_top_n(model, unfreeze_top_n):
+    """Raise ValueError when `unfreeze_top_n` counts more units than `model`'s backbone has
+    (`freezing.backbone_units`: its layers, or a text encoder's embeddings and blocks)."""
+    if unfreeze_top_n is None:
+        return
+    backbone = get_backbone(model)
+    units = len(backbone_units(backbone))
+    if unfreeze_top_n <= units:
+        return
+    blocks = len(getattr(backbone, "transformer_layers", None) or [])
+    what = f"embeddings and {blocks} transformer blocks" if blocks else f"{units} layers"
+    raise ValueError(
+        f"`unfreeze_top_n={unfreeze_top_n}` is more than the backbone {backbone.name!r} has: "
+        f"{what}, {units} units to unfreeze in all; pass at most {units}, or None to "
+        "unfreeze the whole backbone."
+    )
 
 
 class RunPlan(NamedTuple):
@@ -133,7 +193,8 @@ def plan_run(model, train_ds, val_ds, *, class_weight, batch_augmentation, verbo
     Returns:
         A `RunPlan`.
     """
-    check_fine_tune_arguments(train_ds, val_ds, **checked)
+    check_fine_tune_arguments(train_ds, val_ds, verbose=verbose, **checked)
+    check_unfreeze_top_n(model, checked["unfreeze_top_n"])
     cache_features, text_padding = checked["cache_features"], checked["text_padding"]
     check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
     cache_features = check_processes(cache_features, checked["feature_store"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 
 from keras_transfer.compiling import compile_classifier
-from keras_transfer.fine_tune_setup import plan_run, run_settings
+from keras_transfer.fine_tune_setup import plain_int, plan_run, run_settings
 from keras_transfer.freezing import freeze_backbone
 from keras_transfer.model_state import restored_on_error
 from keras_transfer.pipeline_augmentation import warn_slow_augmentation
@@ -98,12 +98,13 @@ def fine_tune(
             `finetune_epochs="auto"` skips stage 2).
         head_epochs: `"auto"` (default: the linear probe above; 20 epochs of `fit` with
             early stopping when the features cannot be cached or the head is not one Dense
-            layer) or an int >= 0.
+            layer) or an int >= 0 (here and below, NumPy ints too).
         finetune_epochs: `"auto"` (default, above) or an int >= 0 (exactly that many
             epochs, no early stopping); 0 skips stage 2.
         unfreeze_top_n: units unfrozen in stage 2, counted from the top (see
             `unfreeze_backbone`: layers of a CNN backbone, transformer blocks of a text
-            encoder); None (default) unfreezes the whole backbone.
+            encoder), at most as many as the backbone has; None (default) unfreezes the
+            whole backbone.
         optimizer: None (default: keep the model's compiled optimizer, a fresh instance
             per stage), or `"sgd"` / `"adam"` / `"adamw"` to use that one instead.
         learning_rate: rate of gradient-trained head epochs; default the compiled one.
@@ -118,8 +119,9 @@ def fine_tune(
             the last completed epoch (a linear probe is fitted again: it is deterministic;
             early stopping's patience starts over). The checkpoint files are deleted when
             training completes.
-        checkpoint_settings: JSON-able dict, default None: more settings of the run
-            recorded with the checkpoint; resuming with other values raises.
+        checkpoint_settings: dict of JSON values (str, int, finite float, bool, None, lists
+            and dicts of them), default None: more settings of the run recorded with the
+            checkpoint; resuming with other values raises.
         cache_features: `"auto"` (default), True or False. Stage 1 runs the frozen part
             (backbone, and augmentation or dropout below the head in inference mode: what
             the Keras guide's `base_model(x, training=False)` does) once over `train_ds` and
@@ -154,16 +156,18 @@ def fine_tune(
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
             "auto" or an int >= 0, learning rates that are not positive numbers,
-            `unfreeze_top_n=0` with fine-tuning epochs, an
-            optimizer object (use a name, or compile the model with it), a checkpoint
-            folder written by a run with other arguments, `cache_features=True` for a
-            model that cannot be cut into backbone and head, `feature_store` with
-            `cache_features=False` or not a path (or an empty one), or, on several devices
-            (`data_parallel`, docs/distributed.md), a model built outside the distribution
-            or a batch size that does not divide by the number of devices;
-            `cache_features=True` or a `feature_store` in a run of several jax processes
-            (caching is off there: `keras_transfer.processes`), or several tensorflow
-            workers.
+            `unfreeze_top_n=0` with fine-tuning epochs or one above the number of the
+            backbone's units, `verbose` not "auto", 0, 1 or 2, `train_batchnorm` not a
+            bool, `checkpoint_settings` not a dict of JSON values, a `class_weight` key
+            that is no class (`check_class_weight`), an optimizer object (use a name, or
+            compile the model with it), a checkpoint folder written by a run with other
+            arguments, `cache_features=True` for a model that cannot be cut into backbone
+            and head, `feature_store` with `cache_features=False` or not a path (or an
+            empty one), or, on several devices (`data_parallel`, docs/distributed.md), a
+            model built outside the distribution or a batch size that does not divide by
+            the number of devices; `cache_features=True` or a `feature_store` in a run of
+            several jax processes (caching is off there: `keras_transfer.processes`), or
+            several tensorflow workers.
         NotADirectoryError: `feature_store` is a file.
 
     Example:
@@ -173,6 +177,9 @@ def fine_tune(
     histories = kt.fine_tune(model, train_ds, val_ds)  # probe, then fine-tuning
     ```
     """
+    head_epochs, finetune_epochs, unfreeze_top_n, verbose = (
+        plain_int(value) for value in (head_epochs, finetune_epochs, unfreeze_top_n, verbose)
+    )  # NumPy ints as Python's
     plan = plan_run(
         model,
         train_ds,
@@ -189,7 +196,10 @@ def fine_tune(
         class_weight=class_weight,
         batch_augmentation=batch_augmentation,
         verbose=verbose,
+        train_batchnorm=train_batchnorm,
+        checkpoint_settings=checkpoint_settings,
     )
+    train_batchnorm = bool(train_batchnorm)  # checked: Python's or NumPy's bool
     settings = None
     if checkpoint_dir is not None:
         settings = run_settings(

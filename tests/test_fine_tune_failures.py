@@ -1,5 +1,7 @@
 """`fine_tune` when it fails: the model's trainable flags and compiled state put back after
-an error in either stage."""
+an error in either stage, and arguments refused before anything trains."""
+
+import datetime
 
 import keras
 import numpy as np
@@ -109,3 +111,40 @@ def test_an_interrupt_in_stage_1_puts_back_flags_and_the_compiled_state():
             callbacks=[_RaiseInFit(1, _Failure())], verbose=0,
         )  # fmt: skip
     assert not model.compiled and model.optimizer is None and _flags(model) == before
+
+
+def test_arguments_refused_before_training():
+    model, data = _tiny_classifier(), _dataset(8)
+    weights = model.get_weights()
+    refused = [
+        ({"verbose": 3}, r"`verbose` must be 'auto', 0 \(silent\), 1"),
+        ({"verbose": "yes"}, "`verbose` must be"),
+        ({"verbose": True}, "`verbose` must be"),
+        ({"train_batchnorm": "yes"}, "`train_batchnorm` must be True or False, got 'yes'"),
+        ({"train_batchnorm": 1}, "`train_batchnorm` must be True or False"),
+        ({"unfreeze_top_n": 3}, r"`unfreeze_top_n=3` is more .* 2 layers.*at most 2"),
+        ({"unfreeze_top_n": -1}, "`unfreeze_top_n` must be None or an int >= 0"),
+        ({"class_weight": {0: 1.0, 2: 1.0}}, r"key 2 is not a class.*class ids 0 to 1"),
+        ({"class_weight": {"cats": 2.0}}, "key 'cats' is not a class"),
+        ({"checkpoint_settings": {"when": datetime.date(2024, 1, 2)}}, r"\['when'\] = .*JSON"),
+        ({"checkpoint_settings": {"rate": float("nan")}}, r"\['rate'\] = nan .*finite float"),
+        ({"checkpoint_settings": {"n": np.int64(3)}}, r"\['n'\] = .*JSON"),
+        ({"checkpoint_settings": ["a"]}, "`checkpoint_settings` must be None or a dict"),
+        ({"head_epochs": 1.0}, "`head_epochs` must be 'auto' or an int >= 0"),
+        ({"finetune_epochs": np.True_}, "`finetune_epochs` must be 'auto' or an int >= 0"),
+    ]
+    for arguments, message in refused:
+        with pytest.raises(ValueError, match=message):
+            kt.fine_tune(model, data, **{"head_epochs": 1, "finetune_epochs": 1, **arguments})
+    assert not model.compiled  # nothing trained or compiled
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))
+
+
+def test_numpy_integers_and_bools_are_accepted(tmp_path):
+    model = _tiny_classifier()
+    histories = kt.fine_tune(
+        model, _dataset(8), head_epochs=np.int64(1), finetune_epochs=np.int32(1),
+        unfreeze_top_n=np.int64(2), train_batchnorm=np.False_, verbose=np.int64(0),
+        checkpoint_dir=tmp_path / "ckpt", checkpoint_settings={"note": "x"},
+    )  # fmt: skip
+    assert len(histories["head"].epoch) == 1 and histories["finetune"].epoch == [1]
