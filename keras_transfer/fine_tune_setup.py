@@ -154,11 +154,10 @@ def check_unfreeze_top_n(model, unfreeze_top_n):
     if unfreeze_top_n <= units:
         return
     blocks = len(getattr(backbone, "transformer_layers", None) or [])
-    what = f"embeddings and {blocks} transformer blocks" if blocks else f"{units} layers"
+    what = f"{units} units (the embeddings, {blocks} blocks)" if blocks else f"{units} layers"
     raise ValueError(
         f"`unfreeze_top_n={unfreeze_top_n}` is more than the backbone {backbone.name!r} has: "
-        f"{what}, {units} units to unfreeze in all; pass at most {units}, or None to "
-        "unfreeze the whole backbone."
+        f"{what}; pass at most {units}, or None to unfreeze the whole backbone."
     )
 
 

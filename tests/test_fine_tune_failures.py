@@ -122,7 +122,7 @@ def test_arguments_refused_before_training():
         ({"verbose": True}, "`verbose` must be"),
         ({"train_batchnorm": "yes"}, "`train_batchnorm` must be True or False, got 'yes'"),
         ({"train_batchnorm": 1}, "`train_batchnorm` must be True or False"),
-        ({"unfreeze_top_n": 3}, r"`unfreeze_top_n=3` is more .* 2 layers.*at most 2"),
+        ({"unfreeze_top_n": 3}, r"`unfreeze_top_n=3` is more .* has: 2 layers; pass at most 2"),
         ({"unfreeze_top_n": -1}, "`unfreeze_top_n` must be None or an int >= 0"),
         ({"class_weight": {0: 1.0, 2: 1.0}}, r"key 2 is not a class.*class ids 0 to 1"),
         ({"class_weight": {"cats": 2.0}}, "key 'cats' is not a class"),
