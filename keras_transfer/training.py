@@ -16,8 +16,9 @@ from __future__ import annotations
 import keras
 
 from keras_transfer.compiling import compile_classifier
-from keras_transfer.fine_tune_setup import plan_run, run_settings
+from keras_transfer.fine_tune_setup import plain_int, plan_run, run_settings
 from keras_transfer.freezing import freeze_backbone
+from keras_transfer.model_state import restored_on_error
 from keras_transfer.pipeline_augmentation import warn_slow_augmentation
 from keras_transfer.processes import own_sharding
 from keras_transfer.stage_compiling import compile_stage, learning_rate_value
@@ -66,6 +67,12 @@ def fine_tune(
     Epoch numbers go on from stage 1 (a linear probe counts as one epoch). The model is
     left compiled as it was given (a fresh optimizer).
 
+    When `fine_tune` raises (a callback's error, a `KeyboardInterrupt`, bad data), every
+    layer's `trainable` flag and the model's compiled state (the same optimizer object, the
+    loss and metrics; not compiled when it was not) are put back as they were before the
+    call, then the exception goes on unchanged (`keras_transfer.model_state`); the weights
+    stay as trained so far.
+
     On several devices, build the model and call `fine_tune` inside `data_parallel()` (or
     Keras' own `keras.distribution.set_distribution` on jax, `strategy.scope()` on
     tensorflow); the batches of `train_ds` are then global batches, split over the devices.
@@ -91,12 +98,13 @@ def fine_tune(
             `finetune_epochs="auto"` skips stage 2).
         head_epochs: `"auto"` (default: the linear probe above; 20 epochs of `fit` with
             early stopping when the features cannot be cached or the head is not one Dense
-            layer) or an int >= 0.
+            layer) or an int >= 0 (here and below, NumPy ints too).
         finetune_epochs: `"auto"` (default, above) or an int >= 0 (exactly that many
             epochs, no early stopping); 0 skips stage 2.
         unfreeze_top_n: units unfrozen in stage 2, counted from the top (see
             `unfreeze_backbone`: layers of a CNN backbone, transformer blocks of a text
-            encoder); None (default) unfreezes the whole backbone.
+            encoder), at most as many as the backbone has; None (default) unfreezes the
+            whole backbone.
         optimizer: None (default: keep the model's compiled optimizer, a fresh instance
             per stage), or `"sgd"` / `"adam"` / `"adamw"` to use that one instead.
         learning_rate: rate of gradient-trained head epochs; default the compiled one.
@@ -111,8 +119,9 @@ def fine_tune(
             the last completed epoch (a linear probe is fitted again: it is deterministic;
             early stopping's patience starts over). The checkpoint files are deleted when
             training completes.
-        checkpoint_settings: JSON-able dict, default None: more settings of the run
-            recorded with the checkpoint; resuming with other values raises.
+        checkpoint_settings: dict of JSON values (str, int, finite float, bool, None, lists
+            and dicts of them), default None: more settings of the run recorded with the
+            checkpoint; resuming with other values raises.
         cache_features: `"auto"` (default), True or False. Stage 1 runs the frozen part
             (backbone, and augmentation or dropout below the head in inference mode: what
             the Keras guide's `base_model(x, training=False)` does) once over `train_ds` and
@@ -147,16 +156,18 @@ def fine_tune(
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
             "auto" or an int >= 0, learning rates that are not positive numbers,
-            `unfreeze_top_n=0` with fine-tuning epochs, an
-            optimizer object (use a name, or compile the model with it), a checkpoint
-            folder written by a run with other arguments, `cache_features=True` for a
-            model that cannot be cut into backbone and head, `feature_store` with
-            `cache_features=False` or not a path (or an empty one), or, on several devices
-            (`data_parallel`, docs/distributed.md), a model built outside the distribution
-            or a batch size that does not divide by the number of devices;
-            `cache_features=True` or a `feature_store` in a run of several jax processes
-            (caching is off there: `keras_transfer.processes`), or several tensorflow
-            workers.
+            `unfreeze_top_n=0` with fine-tuning epochs or one above the number of the
+            backbone's units, `verbose` not "auto", 0, 1 or 2, `train_batchnorm` not a
+            bool, `checkpoint_settings` not a dict of JSON values, a `class_weight` key
+            that is no class (`check_class_weight`), an optimizer object (use a name, or
+            compile the model with it), a checkpoint folder written by a run with other
+            arguments, `cache_features=True` for a model that cannot be cut into backbone
+            and head, `feature_store` with `cache_features=False` or not a path (or an
+            empty one), or, on several devices (`data_parallel`, docs/distributed.md), a
+            model built outside the distribution or a batch size that does not divide by
+            the number of devices; `cache_features=True` or a `feature_store` in a run of
+            several jax processes (caching is off there: `keras_transfer.processes`), or
+            several tensorflow workers.
         NotADirectoryError: `feature_store` is a file.
 
     Example:
@@ -166,6 +177,9 @@ def fine_tune(
     histories = kt.fine_tune(model, train_ds, val_ds)  # probe, then fine-tuning
     ```
     """
+    head_epochs, finetune_epochs, unfreeze_top_n, verbose = (
+        plain_int(value) for value in (head_epochs, finetune_epochs, unfreeze_top_n, verbose)
+    )  # NumPy ints as Python's
     plan = plan_run(
         model,
         train_ds,
@@ -182,7 +196,10 @@ def fine_tune(
         class_weight=class_weight,
         batch_augmentation=batch_augmentation,
         verbose=verbose,
+        train_batchnorm=train_batchnorm,
+        checkpoint_settings=checkpoint_settings,
     )
+    train_batchnorm = bool(train_batchnorm)  # checked: Python's or NumPy's bool
     settings = None
     if checkpoint_dir is not None:
         settings = run_settings(
@@ -211,45 +228,48 @@ def fine_tune(
         text_padding=plan.text_padding,
         verbose=verbose,
     )
-    if not getattr(model, "compiled", False):
-        compile_classifier(model)
-    compiled = model.get_compile_config()  # the user's: each stage gets a fresh copy
-    if label_smoothing is not None:
-        compile_stage(model, label_smoothing=label_smoothing)
+    with restored_on_error(model):  # an error: trainable flags and compiled state back
+        if not getattr(model, "compiled", False):
+            compile_classifier(model)
+        compiled = model.get_compile_config()  # the user's: each stage gets a fresh copy
+        if label_smoothing is not None:
+            compile_stage(model, label_smoothing=label_smoothing)
 
-    with own_sharding():  # several jax processes: each feeds its slice (processes.py)
-        # Stage 1: the head on a frozen backbone, on cached backbone features where exact.
-        freeze_backbone(model)
-        compile_stage(model, optimizer, learning_rate)
-        split = (
-            feature_split(model, plan.cache_features, verbose, feature_store)
-            if head_epochs
-            else None
-        )
-        uncached_head = bool(head_epochs) and split is None and not plan.text
-        finetunes = (
-            finetune_epochs not in (0, "auto") or finetune_epochs == "auto" and val_ds is not None
-        )
-        stages = {"the head stage": uncached_head, "fine-tuning": finetunes}
-        warn_slow_augmentation(model, [name for name, runs in stages.items() if runs], train_ds)
-        head, head_epochs = runner.head_stage(split, head_epochs)
-        histories = {"head": head}
+        with own_sharding():  # several jax processes: each feeds its slice (processes.py)
+            # Stage 1: the head on a frozen backbone, on cached backbone features where exact.
+            freeze_backbone(model)
+            compile_stage(model, optimizer, learning_rate)
+            split = (
+                feature_split(model, plan.cache_features, verbose, feature_store)
+                if head_epochs
+                else None
+            )
+            uncached_head = bool(head_epochs) and split is None and not plan.text
+            finetunes = (
+                finetune_epochs not in (0, "auto")
+                or finetune_epochs == "auto"
+                and val_ds is not None
+            )
+            stages = {"the head stage": uncached_head, "fine-tuning": finetunes}
+            warn_slow_augmentation(model, [name for name, runs in stages.items() if runs], train_ds)
+            head, head_epochs = runner.head_stage(split, head_epochs)
+            histories = {"head": head}
 
-        # Stage 2: fine-tune the top of the backbone (BatchNorm stays frozen).
-        finetune = runner.finetune_stage(
-            plan.finetune_ds,
-            head,
-            head_epochs,
-            finetune_epochs,
-            optimizer=optimizer,
-            learning_rate=finetune_learning_rate,
-            top_n=unfreeze_top_n,
-            train_batchnorm=train_batchnorm,
-        )
-        if finetune is not None:
-            histories["finetune"] = finetune
-    runner.finish()
-    model.compile(**keras.saving.deserialize_keras_object(compiled))  # as it was compiled
+            # Stage 2: fine-tune the top of the backbone (BatchNorm stays frozen).
+            finetune = runner.finetune_stage(
+                plan.finetune_ds,
+                head,
+                head_epochs,
+                finetune_epochs,
+                optimizer=optimizer,
+                learning_rate=finetune_learning_rate,
+                top_n=unfreeze_top_n,
+                train_batchnorm=train_batchnorm,
+            )
+            if finetune is not None:
+                histories["finetune"] = finetune
+        runner.finish()
+        model.compile(**keras.saving.deserialize_keras_object(compiled))  # as it was compiled
     return histories
 
 

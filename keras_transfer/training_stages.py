@@ -1,10 +1,9 @@
-"""The plumbing under `fine_tune`: argument checks, per-stage compiling, checkpoints,
-per-epoch batch orders, text padding, feature caching and the linear probe."""
+"""The plumbing under `fine_tune`: its stages' `fit` calls with checkpoints, per-epoch
+batch orders, text padding, feature caching and the linear probe."""
 
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import warnings
 
@@ -27,90 +26,6 @@ FINETUNE_UNKNOWN_LENGTH_EPOCHS = 10  # "auto" epochs when the data's length is u
 FINETUNE_LR_FACTOR = 0.3  # images: stage 2 at 0.3x the compiled rate (3e-4 for Adam 1e-3)
 AUTO_HEAD_EPOCHS = 20  # head epochs when the head cannot be fitted as a linear probe
 PATIENCE_FRACTION = 0.2  # "auto" stages stop after a fifth of their epochs (at least 2)
-
-
-def _epochs_ok(value):
-    return value == "auto" or (
-        not isinstance(value, bool) and isinstance(value, int) and value >= 0
-    )
-
-
-def check_fine_tune_arguments(
-    train_ds,
-    val_ds,
-    *,
-    head_epochs,
-    finetune_epochs,
-    unfreeze_top_n,
-    optimizer,
-    text_padding,
-    cache_features,
-    feature_store=None,
-    learning_rate=None,
-    finetune_rate=None,
-):
-    """Raise ValueError (NotADirectoryError for a `feature_store` that is a file) for the
-    arguments `fine_tune` refuses (see its docstring)."""
-    for name, value in (("head_epochs", head_epochs), ("finetune_epochs", finetune_epochs)):
-        if not _epochs_ok(value):
-            raise ValueError(f"`{name}` must be 'auto' or an int >= 0, got {value!r}.")
-    if unfreeze_top_n is not None and (
-        isinstance(unfreeze_top_n, bool)
-        or not isinstance(unfreeze_top_n, int)
-        or unfreeze_top_n < 0
-    ):
-        raise ValueError(f"`unfreeze_top_n` must be None or an int >= 0, got {unfreeze_top_n!r}.")
-    if unfreeze_top_n == 0 and finetune_epochs:
-        raise ValueError(
-            "`unfreeze_top_n=0` unfreezes no part of the backbone, so the fine-tuning stage "
-            "would only train the head further; pass unfreeze_top_n >= 1 (None: the whole "
-            "backbone), or finetune_epochs=0."
-        )
-    for name, rate in (("learning_rate", learning_rate), ("finetune_learning_rate", finetune_rate)):
-        if rate is not None and not (
-            isinstance(rate, numbers.Real)
-            and not isinstance(rate, bool)
-            and math.isfinite(rate)
-            and rate > 0
-        ):
-            raise ValueError(f"`{name}` must be None or a positive number, got {rate!r}.")
-    if optimizer is not None and not isinstance(optimizer, str):
-        raise ValueError(
-            "`fine_tune` needs `optimizer` as a name ('sgd', 'adam' or 'adamw') so that each "
-            "stage gets a fresh optimizer; to use an optimizer object, compile the model with "
-            "it (compile_classifier(model, optimizer)) and leave `optimizer` None."
-        )
-    if text_padding not in ("longest", "bucket", None):
-        raise ValueError(
-            f"`text_padding` must be 'longest', 'bucket' or None, got {text_padding!r}."
-        )
-    if cache_features not in ("auto", True, False):
-        raise ValueError(f"`cache_features` must be 'auto', True or False, got {cache_features!r}.")
-    if feature_store is not None and cache_features is False:
-        raise ValueError(
-            "`feature_store` keeps cached backbone features, and cache_features=False caches "
-            "none: pass cache_features='auto' (CLI: --feature-cache auto), or no feature_store."
-        )
-    if feature_store is not None and (
-        not isinstance(feature_store, (str, bytes, os.PathLike))
-        or not os.fsdecode(feature_store).strip()
-    ):
-        raise ValueError(
-            "`feature_store` must be a folder path (str or path-like, not empty; made when "
-            f"missing), or None for no store; got {feature_store!r}."
-        )
-    if feature_store is not None and os.path.isfile(feature_store):
-        raise NotADirectoryError(
-            f"feature_store={os.fsdecode(feature_store)!r} is a file; pass a folder (it is "
-            "made when missing) to keep the cached features in."
-        )
-    for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
-        if isinstance(data, (tuple, list, dict)) or hasattr(data, "__array__"):
-            raise ValueError(
-                f"`{name}` must be a tf.data.Dataset of (inputs, one_hot_labels) batches "
-                f"(e.g. from image_folder_datasets), got a {type(data).__name__}; for NumPy "
-                "arrays pass tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
-            )
 
 
 def patience(epochs):
