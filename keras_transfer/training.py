@@ -235,7 +235,7 @@ def fine_tune(
         if label_smoothing is not None:
             compile_stage(model, label_smoothing=label_smoothing)
 
-        with own_sharding():  # several jax processes: each feeds its slice (processes.py)
+        with own_sharding():  # several processes: each feeds its slice (processes.py)
             # Stage 1: the head on a frozen backbone, on cached backbone features where exact.
             freeze_backbone(model)
             compile_stage(model, optimizer, learning_rate)
