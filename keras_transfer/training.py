@@ -166,8 +166,8 @@ def fine_tune(
             empty one), or, on several devices (`data_parallel`, docs/distributed.md), a
             model built outside the distribution or a batch size that does not divide by
             the number of devices; `cache_features=True` or a `feature_store` in a run of
-            several jax processes (caching is off there: `keras_transfer.processes`), or
-            several tensorflow workers.
+            several processes (jax processes or tensorflow workers: caching is off there,
+            `keras_transfer.processes`).
         NotADirectoryError: `feature_store` is a file.
 
     Example:
