@@ -106,7 +106,10 @@ def data_parallel(devices=None):
         ValueError: on torch (Keras 3.15 has no data parallelism there; the message says
             what works), or `devices` asks for more devices than there are, or is not
             None, a positive int or a list of names, or the list names a device that
-            is not among `local_devices()` or names one twice.
+            is not among `local_devices()` or names one twice; tensorflow workers: a
+            `TF_CONFIG` that is not JSON, or `devices` other than None or their number.
+        RuntimeError: tensorflow workers, and TensorFlow already ran something (the
+            strategy must be made first, before reading data).
     """
     import keras
 
