@@ -46,6 +46,7 @@ _EXPORTS = {
     "LRFinderResult": "lr_finder",
     "lr_find": "lr_finder",
     "tune_image_classifier": "tuning",
+    "tune_text_classifier": "tuning_text",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -118,15 +118,8 @@ def tune_image_classifier(
         ) from error
     import keras
 
-    space = _check(backbones, max_trials, max_time, search_space, head_epochs)
-    if finetune_epochs != "auto" and (
-        isinstance(finetune_epochs, bool)
-        or not isinstance(finetune_epochs, int)
-        or finetune_epochs < 1
-    ):
-        raise ValueError(
-            f"`finetune_epochs` must be 'auto' or an int >= 1, got {finetune_epochs!r}."
-        )
+    space = check_search(backbones, max_trials, max_time, search_space, head_epochs)
+    check_finetune_epochs(finetune_epochs)
     unknown = sorted(set(backbone_kwargs or {}) - set(backbones))
     if unknown:
         raise ValueError(
@@ -136,7 +129,7 @@ def tune_image_classifier(
     started = time.monotonic()
     deadline = None if max_time is None else started + max_time
     keras.utils.set_random_seed(seed)
-    search = _Search(
+    search = Search(
         data,
         list(backbones),
         space,
@@ -155,6 +148,12 @@ def tune_image_classifier(
         deadline,
     )
     search.class_names = list(search._datasets(backbones[0])[2])  # bad data fails here
+    return run_search(keras_tuner, search, max_trials, seed, deadline, started)
+
+
+def run_search(keras_tuner, search, max_trials, seed, deadline, started):
+    """Run KerasTuner's random search over `search`'s trials; return the result dict
+    (`Search.write_leaderboard`)."""
     oracle = _timed_oracle(keras_tuner)(
         objective=keras_tuner.Objective("val_accuracy", "max"),
         max_trials=max_trials,
@@ -162,9 +161,9 @@ def tune_image_classifier(
         deadline=deadline,
     )
     tuner = _tuner(keras_tuner)(
-        search, oracle=oracle, directory=os.fspath(directory), project_name="tuner"
+        search, oracle=oracle, directory=search.directory, project_name="tuner"
     )
-    tuner.search(verbose=verbose > 1)
+    tuner.search(verbose=search.settings["verbose"] > 1)
     if deadline is not None and time.monotonic() >= deadline:
         stopped_by = "max_time"
     elif len(search.rows) >= max_trials:
@@ -174,12 +173,17 @@ def tune_image_classifier(
     return search.write_leaderboard(stopped_by, time.monotonic() - started)
 
 
-def _check(backbones, max_trials, max_time, search_space, head_epochs):
+def check_search(
+    backbones, max_trials, max_time, search_space, head_epochs, defaults=None, image=True
+):
+    """The search space (`defaults`, default `DEFAULT_SEARCH_SPACE`, updated by
+    `search_space`) after checking the arguments of a search; raises ValueError."""
     from keras_transfer.backbones import HUB_PREFIX, get_backbone_spec
 
+    defaults = DEFAULT_SEARCH_SPACE if defaults is None else defaults
     if isinstance(backbones, str) or not backbones:
         raise ValueError(f"`backbones` must be a non-empty list of names, got {backbones!r}.")
-    for name in backbones:
+    for name in backbones if image else ():
         if not str(name).startswith(HUB_PREFIX):
             get_backbone_spec(name)  # raises, naming the closest ones
     if len(set(backbones)) != len(backbones):
@@ -189,12 +193,10 @@ def _check(backbones, max_trials, max_time, search_space, head_epochs):
             raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
     if max_time is not None and not (isinstance(max_time, (int, float)) and max_time > 0):
         raise ValueError(f"`max_time` must be a number of seconds > 0 or None, got {max_time!r}.")
-    space = dict(DEFAULT_SEARCH_SPACE)
+    space = dict(defaults)
     for key, values in (search_space or {}).items():
-        if key not in DEFAULT_SEARCH_SPACE:
-            raise ValueError(
-                f"Unknown search_space entry {key!r}; known: {sorted(DEFAULT_SEARCH_SPACE)}."
-            )
+        if key not in defaults:
+            raise ValueError(f"Unknown search_space entry {key!r}; known: {sorted(defaults)}.")
         if isinstance(values, (str, bytes)) or not values or len(set(values)) != len(values):
             raise ValueError(
                 f"search_space[{key!r}] must be a non-empty list of distinct values, "
@@ -202,6 +204,18 @@ def _check(backbones, max_trials, max_time, search_space, head_epochs):
             )
         space[key] = list(values)
     return space
+
+
+def check_finetune_epochs(finetune_epochs):
+    """Raise ValueError unless `finetune_epochs` is "auto" or an int >= 1."""
+    if finetune_epochs != "auto" and (
+        isinstance(finetune_epochs, bool)
+        or not isinstance(finetune_epochs, int)
+        or finetune_epochs < 1
+    ):
+        raise ValueError(
+            f"`finetune_epochs` must be 'auto' or an int >= 1, got {finetune_epochs!r}."
+        )
 
 
 def _timed_oracle(keras_tuner):
@@ -222,7 +236,7 @@ def _timed_oracle(keras_tuner):
 
 def _tuner(keras_tuner):
     class ClassifierTuner(keras_tuner.engine.base_tuner.BaseTuner):
-        """A KerasTuner tuner whose trials are `_Search.run_trial`."""
+        """A KerasTuner tuner whose trials are `Search.run_trial`."""
 
         def __init__(self, search, **kwargs):
             super().__init__(overwrite=True, **kwargs)
@@ -246,8 +260,10 @@ def _deadline_callback(deadline):
     return Deadline()
 
 
-class _Search:
-    """The trials' state: datasets per image size, models and cached features per backbone."""
+class Search:
+    """The trials' state: datasets per image size, models and cached features per backbone.
+    Subclasses for other kinds of model replace `_datasets`, `_build`, `_set_dropout` and
+    `_before_finetune`."""
 
     def __init__(self, data, backbones, space, settings, directory, deadline):
         self.data, self.backbones, self.space = data, backbones, space
@@ -290,25 +306,34 @@ class _Search:
 
     def _model(self, backbone):
         """The backbone's classifier, its initial weights and cached features (made once)."""
-        import keras_transfer as kt
         from keras_transfer.feature_cache import split_for_caching
 
         if backbone not in self.models:
             train_ds, val_ds, class_names = self._datasets(backbone)
             self.class_names = list(class_names)
-            shape = tuple(train_ds.element_spec[0].shape[1:])
-            model = kt.build_image_classifier(
-                backbone,
-                len(class_names),
-                input_shape=shape,
-                weights=self.settings["weights"],
-                backbone_kwargs=self.settings["backbone_kwargs"].get(backbone),
-                dropout=0.5,  # a Dropout layer to set each trial's rate on
-            )
+            model = self._build(backbone, train_ds, class_names)
             split = split_for_caching(model)
             features = split.cache(train_ds, val_ds)
             self.models[backbone] = (model, model.get_weights(), split, features)
         return self.models[backbone]
+
+    def _build(self, backbone, train_ds, class_names):
+        import keras_transfer as kt
+
+        return kt.build_image_classifier(
+            backbone,
+            len(class_names),
+            input_shape=tuple(train_ds.element_spec[0].shape[1:]),
+            weights=self.settings["weights"],
+            backbone_kwargs=self.settings["backbone_kwargs"].get(backbone),
+            dropout=0.5,  # a Dropout layer to set each trial's rate on
+        )
+
+    def _set_dropout(self, model, rate):
+        model.get_layer("dropout").rate = rate
+
+    def _before_finetune(self, model, values):
+        """Fine-tuning takes the head's compiled rate (0.3x of it, `fine_tune`)."""
 
     def run_trial(self, hp, trial_id):
         import keras
@@ -324,7 +349,7 @@ class _Search:
         train_ds, val_ds, _ = self._datasets(values["backbone"])
         model.set_weights(initial)
         kt.freeze_backbone(model)
-        model.get_layer("dropout").rate = float(values["dropout"])
+        self._set_dropout(model, float(values["dropout"]))
         compile_classifier(
             model, "adam", values["learning_rate"], label_smoothing=values["label_smoothing"]
         )
@@ -343,6 +368,7 @@ class _Search:
         fine_tuning = "none"
         if values["unfreeze_top_n"]:
             weights = model.get_weights()
+            self._before_finetune(model, values)
             kt.fine_tune(
                 model,
                 train_ds,

@@ -1,4 +1,5 @@
-"""`keras-transfer tune image`: the command line of `tuning.tune_image_classifier`."""
+"""`keras-transfer tune image|text`: the command line of `tuning.tune_image_classifier` and
+`tuning_text.tune_text_classifier`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import sys
 
 from keras_transfer.tuning import DEFAULT_SEARCH_SPACE, tune_image_classifier
 from keras_transfer.tuning_leaderboard import leaderboard_markdown
+from keras_transfer.tuning_text import TEXT_SEARCH_SPACE, tune_text_classifier
 
 
 def add_tune_parser(commands):
-    """Add `keras-transfer tune image ...` to the CLI's subcommands."""
+    """Add `keras-transfer tune image|text ...` to the CLI's subcommands."""
     from keras_transfer.cli_examples import EXAMPLES, sub_parser
 
     tune = sub_parser(
@@ -29,20 +31,7 @@ def add_tune_parser(commands):
     image.add_argument(
         "--backbones", required=True, help="comma-separated names, e.g. mobilenet_v2,resnet50"
     )
-    image.add_argument("--max-trials", type=int, default=10, help="trials at most (default 10)")
-    image.add_argument(
-        "--max-time", type=float, default=None, help="seconds; no trial starts after it"
-    )
-    image.add_argument(
-        "--output", required=True, help="folder for leaderboard.json/.md and best_model.keras"
-    )
-    image.add_argument(
-        "--search-space",
-        default=None,
-        help="JSON overriding lists of values, e.g. '{\"unfreeze_top_n\": [0]}' (keys: "
-        + ", ".join(DEFAULT_SEARCH_SPACE)
-        + ")",
-    )
+    _search_options(image, DEFAULT_SEARCH_SPACE, "images")
     image.add_argument(
         "--backbone-kwargs",
         default=None,
@@ -56,21 +45,68 @@ def add_tune_parser(commands):
         help="input side in pixels (default: the backbone's)",
     )
     image.add_argument(
-        "--batch-size", type=int, default=32, help="images per batch (default %(default)s)"
-    )
-    image.add_argument(
         "--validation-split",
         type=float,
         default=None,
         help="fraction of train/ held out when DATA has no val/ folder (default: none)",
     )
-    image.add_argument(
+    text = kinds.add_parser(
+        "text",
+        help="text classifiers on BERT-style presets",
+        description="Search text classifiers on BERT-style KerasHub presets or folders "
+        "(frozen encoder, heads on its cached features; see docs/recipe.md).",
+    )
+    text.add_argument("--data", required=True, help="training file (.csv, .tsv or .jsonl)")
+    text.add_argument("--val-data", default=None, help="validation file in the same form")
+    text.add_argument(
+        "--validation-split",
+        type=float,
+        default=None,
+        help="fraction of --data held out when there is no --val-data (default: none)",
+    )
+    text.add_argument(
+        "--presets", required=True, help="comma-separated KerasHub presets or preset folders"
+    )
+    _search_options(text, TEXT_SEARCH_SPACE, "texts")
+    text.add_argument("--text-column", default="text", help="default %(default)s")
+    text.add_argument("--label-column", default="label", help="default %(default)s")
+    text.add_argument(
+        "--sequence-length", type=int, default=128, help="tokens per text (default %(default)s)"
+    )
+    text.add_argument(
+        "--pooling", choices=["cls", "mean"], default="cls", help="default %(default)s"
+    )
+    text.add_argument(
+        "--max-rows", type=int, default=None, help="use only the first N rows of --data"
+    )
+
+
+def _search_options(parser, space, items):
+    """The options `tune image` and `tune text` share."""
+    parser.add_argument("--max-trials", type=int, default=10, help="trials at most (default 10)")
+    parser.add_argument(
+        "--max-time", type=float, default=None, help="seconds; no trial starts after it"
+    )
+    parser.add_argument(
+        "--output", required=True, help="folder for leaderboard.json/.md and best_model.keras"
+    )
+    parser.add_argument(
+        "--search-space",
+        default=None,
+        help="JSON overriding lists of values, e.g. '{\"unfreeze_top_n\": [0]}' (keys: "
+        + ", ".join(space)
+        + ")",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help=f"{items} per batch (default %(default)s)"
+    )
+    parser.add_argument(
         "--finetune-epochs",
         default="auto",
         help="fine-tuning epochs of trials with an unfreeze depth above 0 (default auto: "
         "fine_tune's step budget with early stopping)",
     )
-    image.add_argument(
+    parser.add_argument(
         "--seed",
         type=int,
         default=1337,
@@ -79,33 +115,54 @@ def add_tune_parser(commands):
 
 
 def run_tune_command(args):
-    """Run `keras-transfer tune image` from parsed arguments; returns the exit status."""
+    """Run `keras-transfer tune image|text` from parsed arguments; returns the exit status."""
     options = {}
-    for name in ("search_space", "backbone_kwargs"):
+    names = ("search_space", "backbone_kwargs") if args.kind == "image" else ("search_space",)
+    for name in names:
         text = getattr(args, name)
         try:
             options[name] = json.loads(text) if text else None
         except json.JSONDecodeError as error:
             raise ValueError(f"--{name.replace('_', '-')} is not valid JSON ({error}).") from None
-    result = tune_image_classifier(
-        args.data,
-        [name.strip() for name in args.backbones.split(",") if name.strip()],
+    common = dict(
         directory=args.output,
         max_trials=args.max_trials,
         max_time=args.max_time,
-        image_size=args.image_size,
         batch_size=args.batch_size,
         validation_split=args.validation_split,
-        weights=None if args.weights.lower() == "none" else args.weights,
         finetune_epochs=_finetune_epochs(args.finetune_epochs),
         seed=args.seed,
         **options,
     )
+    if args.kind == "image":
+        result = tune_image_classifier(
+            args.data,
+            _names(args.backbones),
+            image_size=args.image_size,
+            weights=None if args.weights.lower() == "none" else args.weights,
+            **common,
+        )
+    else:
+        result = tune_text_classifier(
+            args.data,
+            _names(args.presets),
+            val_path=args.val_data,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            sequence_length=args.sequence_length,
+            pooling=args.pooling,
+            max_rows=args.max_rows,
+            **common,
+        )
     print(leaderboard_markdown(result), end="")
     if result["best_model"] is None:  # every trial failed (their errors are printed above)
         print("keras-transfer: error: no trial finished; see the errors above.", file=sys.stderr)
         return 2
     return 0
+
+
+def _names(text):
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _finetune_epochs(text):

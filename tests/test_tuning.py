@@ -77,7 +77,7 @@ def test_time_budget_stops_the_search(tmp_path, monkeypatch):
     # A clock that jumps past the budget once the first trial starts, so the test does not
     # depend on how fast this machine builds a model.
     started = []
-    original = tuning._Search.run_trial
+    original = tuning.Search.run_trial
 
     def run_trial(self, hp, trial_id):
         started.append(trial_id)
@@ -88,7 +88,7 @@ def test_time_budget_stops_the_search(tmp_path, monkeypatch):
         def monotonic():
             return time.monotonic() + (3600.0 if started else 0.0)
 
-    monkeypatch.setattr(tuning._Search, "run_trial", run_trial)
+    monkeypatch.setattr(tuning.Search, "run_trial", run_trial)
     monkeypatch.setattr(tuning, "time", Clock)
     train_ds, val_ds, names = kt.image_folder_datasets(
         _folder(tmp_path), image_size=32, batch_size=4
@@ -189,3 +189,87 @@ def test_fine_tuning_trial_is_kept_or_reverted_and_saved_frozen(tmp_path):
     model, _ = kt.load_classifier(result["best_model"])
     # Saved with the backbone frozen again (fine-tuned weights or not).
     assert not any(w.trainable for w in model.get_layer("backbone").weights)
+
+
+def test_text_trials_reuse_each_presets_features_and_can_fine_tune(tiny_bert_preset, tmp_path):
+    from conftest import SENTIMENT_ROWS, save_tiny_bert, write_text_file
+
+    from keras_transfer.feature_cache import FeatureSplit
+
+    other = tmp_path / "other_bert"
+    save_tiny_bert(str(other), max_sequence_length=64)
+    train = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
+    test = write_text_file(tmp_path / "test.csv", SENTIMENT_ROWS[:4] + SENTIMENT_ROWS[-2:])
+    passes = []
+    original = FeatureSplit.cache
+    FeatureSplit.cache = lambda self, *a: passes.append(1) or original(self, *a)
+    try:
+        result = kt.tune_text_classifier(
+            str(train),
+            [tiny_bert_preset, str(other)],
+            directory=tmp_path / "out",
+            max_trials=4,
+            search_space={  # 2 presets x 2 depths: 4 combinations, all tried
+                "unfreeze_top_n": [0, 1],
+                "learning_rate": [1e-2],
+                "dropout": [0.1],
+                "label_smoothing": [0.0],
+            },
+            sequence_length=16,
+            val_path=str(test),
+            batch_size=4,
+            head_epochs=2,
+            finetune_epochs=1,
+            verbose=0,
+        )
+    finally:
+        FeatureSplit.cache = original
+    board = result["leaderboard"]
+    assert len(board) == 4 and result["class_names"] == ["neg", "pos"]
+    assert len(passes) == 2  # one encoder pass per preset for all its trials
+    assert {(row["backbone"], row["unfreeze_top_n"]) for row in board} == {
+        (preset, depth) for preset in (tiny_bert_preset, str(other)) for depth in (0, 1)
+    }
+    for row in board:
+        expected = ("kept", "reverted") if row["unfreeze_top_n"] else ("none",)
+        assert row["fine_tuning"] in expected and 1 <= row["head_epochs"] <= 2
+    model, names = kt.load_classifier(result["best_model"])
+    assert names == ["neg", "pos"]
+    probabilities = model.predict(np.array(["a great fun movie", "an awful boring film"]))
+    assert probabilities.shape == (2, 2)
+
+
+def test_text_search_refuses_bad_arguments(tiny_bert_preset, tmp_path):
+    from conftest import SENTIMENT_ROWS, write_text_file
+
+    train = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
+    with pytest.raises(ValueError, match="no validation rows"):
+        kt.tune_text_classifier(str(train), [tiny_bert_preset], directory=tmp_path / "o")
+    with pytest.raises(ValueError, match="Unknown search_space entry 'backbone_kwargs'"):
+        kt.tune_text_classifier(
+            str(train),
+            [tiny_bert_preset],
+            directory=tmp_path / "o",
+            search_space={"backbone_kwargs": [1]},
+        )
+    with pytest.raises(ValueError, match="pooling"):
+        kt.tune_text_classifier(
+            str(train), [tiny_bert_preset], directory=tmp_path / "o", pooling="max"
+        )
+
+
+def test_cli_tunes_text_presets(tiny_bert_preset, tmp_path, capsys):
+    from conftest import SENTIMENT_ROWS, write_text_file
+
+    train = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
+    test = write_text_file(tmp_path / "test.csv", SENTIMENT_ROWS[:4] + SENTIMENT_ROWS[-2:])
+    command = ["tune", "text", "--data", str(train), "--val-data", str(test)]
+    command += ["--presets", tiny_bert_preset, "--max-trials", "2", "--output", str(tmp_path / "o")]
+    command += ["--sequence-length", "16", "--batch-size", "4", "--pooling", "mean"]
+    command += ["--search-space", '{"learning_rate": [1e-3, 1e-2], "dropout": [0.1]}']
+    assert main(command) == 0
+    board = json.loads((tmp_path / "o" / "leaderboard.json").read_text())["leaderboard"]
+    assert len(board) == 2 and {row["learning_rate"] for row in board} <= {1e-3, 1e-2}
+    assert "| rank |" in capsys.readouterr().out
+    model, names = kt.load_classifier(str(tmp_path / "o" / "best_model.keras"))
+    assert names == ["neg", "pos"] and type(model).__name__ == "MeanPooledTextClassifier"
