@@ -48,6 +48,15 @@ def _check_inputs(args):
             raise FileNotFoundError(f"{name} {path!r} not found: {hint}.")
 
 
+def _tensorflow_workers():
+    """True when TF_CONFIG names several tensorflow workers (then `--devices` must count
+    them: `processes.join_processes` checks it)."""
+    from keras_transfer.tf_workers import configured_workers
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    return backend == "tensorflow" and configured_workers() > 1
+
+
 def _data_parallel(devices):
     """`--devices N`: `data_parallel(N)` entered (nothing for N = 1)."""
     import contextlib
@@ -82,7 +91,7 @@ def main(argv=None):
             print("\n".join(kt.list_backbones()))
             return 0
         devices = getattr(args, "devices", 1) if args.command == "train" else 1
-        if devices > 1:  # before jax or TensorFlow start; several processes join here
+        if devices > 1 or _tensorflow_workers():  # before jax or TensorFlow start: join
             from keras_transfer.processes import join_processes
 
             join_processes(devices)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
+from keras_transfer.replica_batches import check_batches_divide
+
 # Keras is imported by the functions: `make_virtual_cpu_devices` runs before jax starts.
 TORCH_MESSAGE = (
     "Data-parallel training is not available on the torch backend of Keras {version} "
@@ -330,47 +332,6 @@ def _raise_left_scope(model, where):
     )
 
 
-def _first_batch_size(data):
-    import tensorflow as tf
-
-    if not isinstance(data, tf.data.Dataset):
-        return None
-    first = tf.nest.flatten(data.element_spec)[0].shape
-    if first.rank and first[0] is not None:
-        return int(first[0])
-    for batch in data.take(1):
-        return int(tf.shape(tf.nest.flatten(batch)[0])[0])
-    return None
-
-
-def check_batches_divide(data, replicas, name="train_ds"):
-    """Raise ValueError when the global batches of `data` (a tf.data.Dataset) cannot be
-    split evenly over `replicas` devices: its first batch, and its last one when the
-    number of examples is known (pipelines of `image_folder_datasets`, `text_csv_datasets`).
-    Other data is not checked. Costs one batch of the pipeline."""
-    if replicas <= 1 or data is None:
-        return
-    batch = _first_batch_size(data)
-    if batch is None:
-        return
-    examples = getattr(getattr(data, "_kt_examples", None), "examples", None)
-    last = len(examples) % batch if examples is not None else 0
-    if batch % replicas or last % replicas:
-        which = (
-            f"the global batch size {batch}"
-            if batch % replicas
-            else (f"the last batch ({len(examples)} examples in batches of {batch} leave {last})")
-        )
-        raise ValueError(
-            f"`{name}`: {which} does not divide by the {replicas} devices of data-parallel "
-            f"training; each device must get as many examples. Pick a `batch_size` that is a "
-            f"multiple of {replicas}, and a number of examples whose last batch divides by "
-            f"{replicas} too (e.g. a multiple of the batch size: leave out or add a few "
-            "examples); a tf.data pipeline of your own can drop its short last batch with "
-            "`.batch(batch_size, drop_remainder=True)`."
-        )
-
-
 def check_distributed_fit(model, train_ds, val_ds=None):
     """The checks `fine_tune` runs when `model` trains on several devices (see
     `check_built_in_scope` and `check_batches_divide`); nothing on one device.
@@ -381,8 +342,25 @@ def check_distributed_fit(model, train_ds, val_ds=None):
     """
     check_built_in_scope(model)
     replicas = num_replicas(model)
+    _check_text_on_tensorflow(model, replicas)
     check_batches_divide(train_ds, replicas, "train_ds")
     check_batches_divide(val_ds, replicas, "val_ds")
+
+
+def _check_text_on_tensorflow(model, replicas):
+    """Raise ValueError for a text classifier on several tensorflow replicas: under
+    tf.distribute its caching pass, its string-input `fit` and its evaluation fail in Keras
+    3.15 and KerasHub (shapes, bool tensors, the preprocessor skipped)."""
+    import keras
+
+    from keras_transfer.compiling import is_text_classifier
+
+    if replicas > 1 and keras.backend.backend() == "tensorflow" and is_text_classifier(model):
+        raise ValueError(
+            "Text classifiers do not train on several tensorflow devices or workers yet "
+            f"({replicas} replicas here): train them in one process without a distribution, "
+            "or on jax (docs/distributed.md)."
+        )
 
 
 def predict_on_batch(model, inputs):

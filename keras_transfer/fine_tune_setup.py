@@ -118,7 +118,9 @@ def check_fine_tune_arguments(
 def _check_run_options(verbose, train_batchnorm, checkpoint_settings):
     """`verbose`, `train_batchnorm` and `checkpoint_settings` (ValueError)."""
     if not (
-        (isinstance(verbose, str) and verbose == "auto") or (_is_int(verbose) and 0 <= verbose <= 2)
+        (isinstance(verbose, str) and verbose == "auto")
+        or (_is_int(verbose) and 0 <= verbose <= 2)
+        or isinstance(verbose, (bool, np.bool_))  # Keras' fit takes them (True: 1)
     ):
         raise ValueError(
             f"`verbose` must be 'auto', 0 (silent), 1 (progress bar) or 2 (a line an epoch), "

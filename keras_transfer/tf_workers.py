@@ -32,11 +32,14 @@ def configured_workers():
         ValueError: `TF_CONFIG` is not a JSON object with a "cluster" of lists.
     """
     text = os.environ.get("TF_CONFIG")
-    if not text:
+    if text is None:
         return 0
     try:
         cluster = json.loads(text).get("cluster", {})
-        return sum(len(cluster.get(job, [])) for job in ("chief", "worker"))
+        jobs = [cluster.get(job, []) for job in ("chief", "worker")]
+        if not all(isinstance(tasks, list) for tasks in jobs):
+            raise ValueError("a job's tasks must be a list of 'host:port' strings")
+        return sum(len(tasks) for tasks in jobs)
     except (ValueError, AttributeError, TypeError) as error:
         raise ValueError(
             f"TF_CONFIG is not the JSON tf.distribute expects ({error}): "

@@ -200,6 +200,9 @@ def fine_tune(
         checkpoint_settings=checkpoint_settings,
     )
     train_batchnorm = bool(train_batchnorm)  # checked: Python's or NumPy's bool
+    learning_rate, finetune_learning_rate = (  # checked: ints and NumPy floats as floats
+        None if rate is None else float(rate) for rate in (learning_rate, finetune_learning_rate)
+    )
     settings = None
     if checkpoint_dir is not None:
         settings = run_settings(

@@ -122,7 +122,7 @@ def test_device_names_that_do_not_exist_or_repeat_are_refused():
 
 
 def test_a_last_batch_that_does_not_divide_says_what_the_readers_can_do(tmp_path):
-    from keras_transfer.distribution import check_batches_divide
+    from keras_transfer.replica_batches import check_batches_divide
 
     write_image_folder(tmp_path / "train", per_class=3, size=(32, 32))
     train_ds, _, _ = kt.image_folder_datasets(
@@ -133,6 +133,18 @@ def test_a_last_batch_that_does_not_divide_says_what_the_readers_can_do(tmp_path
     message = str(error.value)
     assert "drop_remainder=True" not in message.split("tf.data pipeline of your own")[0]
     assert "leave out or add a few examples" in message
+
+
+def test_a_short_last_batch_of_a_pipeline_of_your_own_is_caught():
+    import tensorflow as tf
+
+    from keras_transfer.replica_batches import check_batches_divide
+
+    pairs = tf.data.Dataset.from_tensor_slices((np.zeros((9, 2)), np.zeros(9)))
+    with pytest.raises(ValueError, match=r"the last batch \(1 examples\) does not divide"):
+        check_batches_divide(pairs.batch(4).map(lambda x, y: (x, y)).prefetch(1), 2)
+    check_batches_divide(pairs.batch(4, drop_remainder=True), 2)  # 4, 4
+    check_batches_divide(pairs.take(8).batch(4), 2)  # 4, 4
 
 
 # tensorflow only: the jax side of --devices (XLA_FLAGS) is what distributed_script.py uses.
@@ -392,3 +404,36 @@ def test_devices_that_differ_from_the_tensorflow_workers_are_refused(monkeypatch
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
     with pytest.raises(ValueError, match="pass --devices 2"):
         join_processes(4)
+
+
+@pytest.mark.backends("tensorflow")
+def test_a_worker_list_that_is_not_a_list_is_named(monkeypatch):
+    from keras_transfer.tf_workers import configured_workers
+
+    cluster = {"worker": "localhost:2222,localhost:2223"}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
+    with pytest.raises(ValueError, match="must be a list of 'host:port' strings"):
+        configured_workers()
+
+
+@pytest.mark.backends("tensorflow")
+def test_the_cli_in_a_tensorflow_worker_without_devices_is_refused(tmp_path, monkeypatch, capsys):
+    from keras_transfer.cli import main
+
+    write_image_folder(tmp_path / "data" / "train", per_class=2, size=(32, 32))
+    cluster = {"worker": ["localhost:2222", "localhost:2223"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
+    command = ["train", "image", "--data", str(tmp_path / "data"), "--backbone", "mobilenet"]
+    assert main([*command, "--output", str(tmp_path / "run")]) == 2
+    assert "pass --devices 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.backends("tensorflow")
+def test_a_text_model_on_several_tensorflow_replicas_is_refused(tiny_bert_preset):
+    from keras_transfer.distribution import _check_text_on_tensorflow
+
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    with pytest.raises(ValueError, match="Text classifiers do not train on several tensorflow"):
+        _check_text_on_tensorflow(model, 2)
+    _check_text_on_tensorflow(model, 1)  # one replica: trains
