@@ -6,7 +6,7 @@
     keras-transfer predict MODEL_DIR INPUT [INPUT ...] [--top-k K]
     keras-transfer export MODEL_DIR --output EXPORT_DIR [--version N] [--format FORMAT]
     keras-transfer tune image --data DIR --backbones A,B --max-trials N --max-time S --output DIR
-    keras-transfer tune text --data train.csv --val-data test.csv --presets A,B --output DIR
+    keras-transfer tune text --data train.csv --val test.csv --presets A,B --output DIR
     keras-transfer explain MODEL_DIR INPUT [INPUT ...] [--class NAME] [--output DIR]
 
 Training writes to the output folder: `model.keras`, `class_names.json`, `report.json`,

@@ -57,12 +57,12 @@ def add_tune_parser(commands):
         "(frozen encoder, heads on its cached features; see docs/recipe.md).",
     )
     text.add_argument("--data", required=True, help="training file (.csv, .tsv or .jsonl)")
-    text.add_argument("--val-data", default=None, help="validation file in the same form")
+    text.add_argument("--val", default=None, help="validation file in the same form")
     text.add_argument(
         "--validation-split",
         type=float,
         default=None,
-        help="fraction of --data held out when there is no --val-data (default: none)",
+        help="fraction of --data held out when there is no --val (default: none)",
     )
     text.add_argument(
         "--presets", required=True, help="comma-separated KerasHub presets or preset folders"
@@ -146,7 +146,7 @@ def run_tune_command(args):
         result = tune_text_classifier(
             args.data,
             _names(args.presets),
-            val_path=args.val_data,
+            val_path=args.val,
             text_column=args.text_column,
             label_column=args.label_column,
             sequence_length=args.sequence_length,

@@ -35,7 +35,7 @@ def rank_key(row):
 
 def leaderboard_markdown(result):
     """The leaderboard of a `tune_image_classifier` result as a Markdown table."""
-    keys = ["rank", *COLUMNS, "val_accuracy", "val_loss", "fine_tuning", "seconds"]
+    keys = ["rank", *COLUMNS, "val_accuracy", "val_loss", "fine_tuning", "head_epochs", "seconds"]
     lines = [
         "# Tuning leaderboard",
         "",

@@ -263,7 +263,7 @@ def test_cli_tunes_text_presets(tiny_bert_preset, tmp_path, capsys):
 
     train = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
     test = write_text_file(tmp_path / "test.csv", SENTIMENT_ROWS[:4] + SENTIMENT_ROWS[-2:])
-    command = ["tune", "text", "--data", str(train), "--val-data", str(test)]
+    command = ["tune", "text", "--data", str(train), "--val", str(test)]
     command += ["--presets", tiny_bert_preset, "--max-trials", "2", "--output", str(tmp_path / "o")]
     command += ["--sequence-length", "16", "--batch-size", "4", "--pooling", "mean"]
     command += ["--search-space", '{"learning_rate": [1e-3, 1e-2], "dropout": [0.1]}']
