@@ -33,7 +33,10 @@ from keras_transfer.run_folder import check_output
 _INPUTS = {
     "data": ("--data", "pass an existing data folder or file"),
     "val": ("--val", "pass an existing validation file"),
-    "model_dir": ("MODEL_DIR", "pass the --output folder of `keras-transfer train` or an export"),
+    "model_dir": (
+        "MODEL_DIR",
+        "pass the --output folder of `keras-transfer train` or `tune`, a .keras file or an export",
+    ),
     "file": ("--file", "pass an existing text file, one text a line"),
 }
 

@@ -91,7 +91,8 @@ def explain_command(args):
     from keras_transfer.report import explain
 
     model, class_names = load_trained(args.model_dir)
-    output = args.output or os.path.join(args.model_dir, "explain")
+    folder = args.model_dir if os.path.isdir(args.model_dir) else os.path.dirname(args.model_dir)
+    output = args.output or os.path.join(folder, "explain")
     if kt.compiling.is_text_classifier(model):
         explain.explain_texts(model, class_names, args.inputs, output, args.class_name)
         return 0

@@ -18,6 +18,10 @@ from keras_transfer.cli_arguments import (
 )
 from keras_transfer.cli_examples import EXAMPLES, sub_parser
 
+MODEL_DIR_HELP = (
+    "output folder of `keras-transfer train` or `keras-transfer tune`, or a .keras file"
+)
+
 
 def build_parser():
     from keras_transfer import __version__
@@ -168,7 +172,7 @@ def build_parser():
     add_output_arguments(text)
 
     evaluate = sub_parser(commands, "evaluate", "evaluate a trained model on labelled data")
-    evaluate.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    evaluate.add_argument("model_dir", help=MODEL_DIR_HELP)
     evaluate.add_argument(
         "--data", required=True, help="image folder (its val/ part when present) or a text file"
     )
@@ -180,7 +184,7 @@ def build_parser():
     predict = sub_parser(commands, "predict", "top-k classes for images or texts")
     predict.add_argument(
         "model_dir",
-        help="output folder of `keras-transfer train`, or an exported SavedModel "
+        help=MODEL_DIR_HELP + ", or an exported SavedModel "
         "(a version folder, or its base folder: the highest version is used)",
     )
     predict.add_argument("inputs", nargs="*", help="image files, or texts for a text model")
@@ -197,7 +201,7 @@ def build_parser():
     export = sub_parser(
         commands, "export", "export a trained model for TF Serving, ONNX Runtime or LiteRT"
     )
-    export.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    export.add_argument("model_dir", help=MODEL_DIR_HELP)
     export.add_argument("--output", required=True, help="base folder; writes <output>/<version>/")
     export.add_argument(
         "--version",
@@ -224,10 +228,12 @@ def build_parser():
     )
 
     explain = sub_parser(commands, "explain", "Grad-CAM overlays or word scores for inputs")
-    explain.add_argument("model_dir", help="output folder of `keras-transfer train`")
+    explain.add_argument("model_dir", help=MODEL_DIR_HELP)
     explain.add_argument("inputs", nargs="+", help="image files, or texts for a text model")
     explain.add_argument(
-        "--output", default=None, help="folder for the overlays (default: MODEL_DIR/explain)"
+        "--output",
+        default=None,
+        help="folder for the overlays (default: explain/ in MODEL_DIR, or beside its .keras file)",
     )
     explain.add_argument(
         "--class",

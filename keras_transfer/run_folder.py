@@ -34,22 +34,49 @@ def write_outputs(output, model, class_names, report=None, histories=None):
         write_text(os.path.join(output, "history.json"), json.dumps(history, indent=1))
 
 
-def load_trained(model_dir):
-    """Load `model.keras` (with its class names) from a training output folder.
+def trained_model_path(model_dir):
+    """The `.keras` file that `model_dir` names: the file itself, the `model.keras` of a
+    `keras-transfer train` folder, or the `best_model.keras` of a `keras-transfer tune`
+    folder.
 
     Raises:
-        FileNotFoundError: the folder has no `model.keras`.
+        FileNotFoundError: none of these exists.
+    """
+    from keras_transfer.tuning_leaderboard import BEST_MODEL
+
+    if os.path.isfile(model_dir) and str(model_dir).endswith(".keras"):
+        return model_dir
+    for name in (MODEL_FILE, BEST_MODEL):
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"No {MODEL_FILE!r} (or {BEST_MODEL!r}) in {os.fsdecode(model_dir)!r}: pass the "
+        "--output folder of `keras-transfer train` or `keras-transfer tune`, or a .keras file."
+    )
+
+
+def load_trained(model_dir):
+    """Load a trained model and its class names (see `trained_model_path` for what
+    `model_dir` may be); the class names come from the file, else from
+    `class_names.json` beside it.
+
+    Raises:
+        FileNotFoundError: no model there, or a model saved without class names and no
+            `class_names.json` beside it.
     """
     from keras_transfer.saving import load_classifier
 
-    path = os.path.join(model_dir, MODEL_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path!r} not found: pass the --output folder of `keras-transfer train`."
-        )
+    path = trained_model_path(model_dir)
     model, class_names = load_classifier(path)
     if class_names is None:
-        with open(os.path.join(model_dir, CLASS_NAMES_FILE), encoding="utf-8") as handle:
+        names_file = os.path.join(os.path.dirname(path), CLASS_NAMES_FILE)
+        if not os.path.isfile(names_file):
+            raise FileNotFoundError(
+                f"{path!r} was saved without class names and {names_file!r} is missing: "
+                "save it with keras_transfer.save_classifier(model, path, class_names)."
+            )
+        with open(names_file, encoding="utf-8") as handle:
             class_names = json.load(handle)
     return model, class_names
 

@@ -18,6 +18,7 @@ import os
 import time
 
 from keras_transfer.tuning_leaderboard import (
+    BEST_MODEL,
     COLUMNS,
     LEADERBOARD,
     rank_key,
@@ -32,7 +33,6 @@ DEFAULT_SEARCH_SPACE = {
 }
 HEAD_EPOCHS = 50  # at most, on cached features
 HEAD_PATIENCE = 5  # epochs without a lower val_loss before the head stops
-BEST_MODEL = "best_model.keras"
 
 
 def tune_image_classifier(

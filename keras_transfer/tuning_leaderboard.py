@@ -6,6 +6,7 @@ import json
 import os
 
 LEADERBOARD = "leaderboard"  # .json and .md
+BEST_MODEL = "best_model.keras"  # the best trial's model, beside the leaderboard
 COLUMNS = ["backbone", "learning_rate", "dropout", "label_smoothing", "unfreeze_top_n"]
 
 

@@ -165,6 +165,12 @@ def test_cli_tunes_two_backbones(tmp_path, capsys):
     assert sorted(row["backbone"] for row in board) == ["mobilenet", "mobilenet_v2"]
     assert "| rank |" in capsys.readouterr().out
     assert (tmp_path / "out" / "best_model.keras").is_file()
+    # evaluate and predict read the tune folder, and its .keras file by name
+    assert main(["evaluate", str(tmp_path / "out"), "--data", str(data / "val")]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    image = next((data / "val").glob("*/*"))
+    assert main(["predict", str(tmp_path / "out" / "best_model.keras"), str(image)]) == 0
+    assert str(image) in capsys.readouterr().out
 
 
 @pytest.mark.backends("tensorflow")  # compiling the whole model's training step is slow
