@@ -104,7 +104,8 @@ def fine_tune(
         unfreeze_top_n: units unfrozen in stage 2, counted from the top (see
             `unfreeze_backbone`: layers of a CNN backbone, transformer blocks of a text
             encoder), at most as many as the backbone has; None (default) unfreezes the
-            whole backbone.
+            whole backbone; 0 with `finetune_epochs="auto"`: no stage 2 (nothing to
+            unfreeze).
         optimizer: None (default: keep the model's compiled optimizer, a fresh instance
             per stage), or `"sgd"` / `"adam"` / `"adamw"` to use that one instead.
         learning_rate: rate of gradient-trained head epochs; default the compiled one.
@@ -156,7 +157,7 @@ def fine_tune(
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
             "auto" or an int >= 0, learning rates that are not positive numbers,
-            `unfreeze_top_n=0` with fine-tuning epochs or one above the number of the
+            `unfreeze_top_n=0` with an int of fine-tuning epochs or one above the number of the
             backbone's units, `verbose` not "auto", 0, 1 or 2, `train_batchnorm` not a
             bool, `checkpoint_settings` not a dict of JSON values, a `class_weight` key
             that is no class (`check_class_weight`), an optimizer object (use a name, or
@@ -180,6 +181,8 @@ def fine_tune(
     head_epochs, finetune_epochs, unfreeze_top_n, verbose = (
         plain_int(value) for value in (head_epochs, finetune_epochs, unfreeze_top_n, verbose)
     )  # NumPy ints as Python's
+    if unfreeze_top_n == 0 and finetune_epochs == "auto":
+        finetune_epochs = 0  # nothing to unfreeze: stage 2 could not help
     plan = plan_run(
         model,
         train_ds,

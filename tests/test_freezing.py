@@ -138,6 +138,16 @@ def test_top_n_validation():
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
+def test_unfreeze_top_n_zero_with_auto_epochs_trains_the_head_only():
+    model = _tiny()
+    data = tf.data.Dataset.from_tensor_slices(_data()).batch(8)
+    kernel = _first_kernel(model)
+    histories = kt.fine_tune(model, data, data, unfreeze_top_n=0, verbose=0)
+    assert list(histories) == ["head"]  # finetune_epochs="auto": no stage 2
+    assert np.array_equal(kernel, _first_kernel(model))
+    assert not model.get_layer("backbone").trainable
+
+
 def test_fine_tune_refuses_arrays_with_a_clear_error():
     model = _tiny()
     images = np.zeros((4, *model.input_shape[1:]), "float32")
