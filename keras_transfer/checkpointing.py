@@ -53,6 +53,7 @@ def read_checkpoint(directory, settings):
         ) from None
     saved = state["settings"]
     if saved != settings:
+        saved, settings = _flat(saved), _flat(settings)  # nested dicts' keys named
         changed = sorted(
             key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key)
         )
@@ -65,6 +66,17 @@ def read_checkpoint(directory, settings):
             "checkpoint folder to start over."
         )
     return state
+
+
+def _flat(settings, prefix=""):
+    """`{"a": {"b": 1}}` as `{"a.b": 1}`, for naming the settings that changed."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _check_state(state, directory):

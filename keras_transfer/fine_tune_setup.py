@@ -137,13 +137,21 @@ def _check_run_options(verbose, train_batchnorm, checkpoint_settings):
         )
     for key, value in checkpoint_settings.items():
         try:  # state.json holds them; NaN would never equal itself on resuming
-            json.dumps({key: value}, allow_nan=False)
+            json.dumps({key: value}, allow_nan=False, default=_numpy_scalar)
         except (TypeError, ValueError) as error:
             raise ValueError(
                 f"`checkpoint_settings`[{key!r}] = {value!r} cannot be written to the "
                 f"checkpoint's JSON ({error}); pass str keys and values that are str, int, "
-                "finite float, bool, None, or lists and dicts of them (e.g. str(value))."
+                "finite float, bool, None (NumPy's too), or lists and dicts of them (e.g. "
+                "str(value))."
             ) from None
+
+
+def _numpy_scalar(value):
+    """NumPy's ints, floats and bools as Python's, for `json.dumps(default=...)`."""
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def check_unfreeze_top_n(model, unfreeze_top_n):
@@ -225,7 +233,8 @@ def plan_run(model, train_ds, val_ds, *, class_weight, batch_augmentation, verbo
 def run_settings(model, train_ds, val_ds, plan, checkpoint_settings, **arguments):
     """The JSON-able settings a checkpoint of this run records: `arguments` (fine_tune's
     own), the planned caching, the data's lengths, the model's size and
-    `checkpoint_settings`; resuming with others raises."""
+    `checkpoint_settings` (under that key, NumPy scalars as Python's); resuming with
+    others raises."""
     settings = dict(
         arguments,
         cache_features=plan.cache_features,
@@ -234,5 +243,7 @@ def run_settings(model, train_ds, val_ds, plan, checkpoint_settings, **arguments
         # The whole model in both stages (stage 1 may train the cached head model).
         model=f"{model.name}: {len(model.weights)} weights",
     )
-    settings.update(checkpoint_settings or {})
+    if checkpoint_settings:  # the caller's, apart: they cannot replace fine_tune's own
+        text = json.dumps(checkpoint_settings, allow_nan=False, default=_numpy_scalar)
+        settings["checkpoint_settings"] = json.loads(text)
     return settings
