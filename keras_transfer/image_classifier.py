@@ -141,7 +141,7 @@ def build_image_classifier(
         pooling: `"avg"` (default) or `"max"` global pooling of the feature map.
         dropout: dropout rate before the dense layer, in [0, 1); default 0.2.
         augmentation: `"default"` (see `default_augmentation`), `None`, or a list of
-            Keras layers; active only in training.
+            Keras layers that keep the image size; active only in training.
         freeze: `"backbone"` (default: the whole backbone frozen, BatchNorm in inference
             mode) or `None` (everything trainable except BatchNorm statistics, see
             `unfreeze_backbone`).
@@ -160,7 +160,8 @@ def build_image_classifier(
         ValueError: unknown backbone (lists the closest names), `num_classes` < 2, an
             input shape below the backbone's minimum or without 3 channels while using
             pretrained weights, a bad `pooling` / `dropout` / `augmentation` / `freeze` /
-            `mixed_precision`, or a weights file that does not fit the architecture.
+            `mixed_precision`, augmentation that changes the image size, or a weights file
+            that does not fit the architecture.
         FileNotFoundError: `weights` names a missing file.
 
     Example:
@@ -192,6 +193,7 @@ def build_image_classifier(
     block = _augmentation_block(augmentation)
     if block is not None:
         x = block(x)
+        _check_augmented_shape(x.shape[1:], input_shape, block)
     x = preprocessing(x)
     with dtype_policy(policy):
         x = base(x)
@@ -213,6 +215,20 @@ def build_image_classifier(
         unfreeze_backbone(model)
     compile_classifier(model)
     return model
+
+
+def _check_augmented_shape(shape, input_shape, block):
+    """The backbone is built for `input_shape`: augmentation must keep it."""
+    if tuple(shape) == tuple(input_shape):
+        return
+    names = ", ".join(type(layer).__name__ for layer in block.layers)
+    raise ValueError(
+        f"`augmentation` ({names}) turns images of shape {tuple(input_shape)} into "
+        f"{tuple(shape)}, but the backbone takes {tuple(input_shape)}: augmentation must keep "
+        "the image size. For random crops, follow keras.layers.RandomCrop(h, w) with "
+        f"keras.layers.Resizing({input_shape[0]}, {input_shape[1]}), or use "
+        "keras.layers.RandomZoom instead."
+    )
 
 
 def _backbone_and_preprocessing(backbone, input_shape, weights, backbone_kwargs, policy):

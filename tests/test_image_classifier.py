@@ -55,6 +55,10 @@ def test_no_augmentation_and_custom_layers():
     assert len(model.get_layer("augmentation").layers) == 1
     with pytest.raises(ValueError, match="augmentation"):
         _tiny(augmentation="strong")
+    with pytest.raises(ValueError, match=r"RandomCrop\) turns images of shape \(32, 32, 3\) into"):
+        _tiny(augmentation=[keras.layers.RandomCrop(24, 24)])
+    crop = [keras.layers.RandomCrop(24, 24), keras.layers.Resizing(32, 32)]  # as the error says
+    assert _tiny(augmentation=crop).predict(np.zeros((1, 32, 32, 3)), verbose=0).shape == (1, 3)
 
 
 def test_resampling_augmentation_in_the_model_is_said_to_be_slow_on_torch_and_jax(backend):
