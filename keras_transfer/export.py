@@ -2,10 +2,10 @@
 
 Signatures of an exported image classifier:
 - `serving_default`: input `image_bytes`, `tf.string` `(batch,)`, encoded JPEG / PNG / GIF
-  (first frame) / BMP. Each image is decoded to RGB (grayscale and RGBA converted) and resized
-  (squashed, bilinear) to the model's input size, exactly as `image_folder_datasets` does in
-  training, then run through the model. The `_bytes` suffix lets the TF Serving REST API take
-  `{"b64": "..."}` values.
+  (first frame) / BMP. Each image is decoded to RGB (grayscale and RGBA converted),
+  centre-cropped to the aspect ratio of the model's input and resized (bilinear) to it,
+  exactly as `image_folder_datasets` does in training, then run through the model. The
+  `_bytes` suffix lets the TF Serving REST API take `{"b64": "..."}` values.
 - `serving_pixels`: input `pixels`, float32 `(batch, height, width, 3)` in [0, 255].
 
 Signature of an exported text classifier:

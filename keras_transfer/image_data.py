@@ -125,9 +125,10 @@ def image_folder_datasets(
     file whose start and end are whole but whose inside is damaged then stops the epoch
     that reaches it with TensorFlow's decoding error (`tf.errors.InvalidArgumentError`).
     Images are decoded to RGB (grayscale, palette and 16-bit PNGs and CMYK JPEGs are
-    converted; RGBA loses its alpha; a GIF gives its first frame), resized (squashed,
-    bilinear) to `image_size` with the ops of `keras.utils.image_dataset_from_directory`
-    (`decode_and_resize`, which the exported serving signature uses too) and rounded to
+    converted; RGBA loses its alpha; a GIF gives its first frame), centre-cropped to the
+    aspect ratio of `image_size` and resized (bilinear) to it, as
+    `keras.utils.image_dataset_from_directory(crop_to_aspect_ratio=True)` does
+    (`decode_and_resize`, which the exported serving signature uses too), and rounded to
     whole grey levels: kept in memory or streamed, the same pixels, batches and
     reshuffling for the same seed. Datasets feed `model.fit` on tensorflow, jax and torch.
     Each dataset remembers the images it was made from, so that `fine_tune`'s feature

@@ -13,12 +13,15 @@ _THREADS = 8
 
 
 def decode_and_resize(encoded, image_size):
-    """Decode one encoded image and resize it as the training pipeline does.
+    """Decode one encoded image, crop it to the aspect ratio of `image_size` and resize it,
+    as the training pipeline does.
 
-    The same TF ops as `keras.utils.image_dataset_from_directory`: `tf.io.decode_image` with
-    3 channels (grayscale and RGBA become RGB; a GIF gives its first frame), then bilinear
-    `tf.image.resize` without cropping. Used by the exported serving signature and the CLI's
-    `predict`; the training pipelines round its pixels to whole grey levels
+    `tf.io.decode_image` with 3 channels (grayscale and RGBA become RGB; a GIF gives its
+    first frame), then the largest centred box with the aspect ratio of `image_size` (the
+    crop of Keras' `smart_resize` and `image_dataset_from_directory(crop_to_aspect_ratio=
+    True)`; ImageNet models are evaluated on undistorted centre crops), then bilinear
+    `tf.image.resize`. Used by the training pipelines, the exported serving signature and
+    the CLI's `predict`; the training pipelines round its pixels to whole grey levels
     (`load_image`), at most 0.5 away.
 
     Args:
@@ -31,9 +34,22 @@ def decode_and_resize(encoded, image_size):
     import tensorflow as tf
 
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image = tf.image.resize(image, image_size, method="bilinear")
+    image = tf.image.resize(center_crop(image, image_size), image_size, method="bilinear")
     image.set_shape((*image_size, 3))
     return image
+
+
+def center_crop(image, image_size):
+    """The largest centred box of `image` (`(h, w, channels)`) with the aspect ratio of
+    `image_size`, in whole pixels as Keras' `smart_resize` computes it."""
+    import tensorflow as tf
+
+    target_height, target_width = image_size
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    crop_height = tf.maximum(tf.minimum(height, width * target_height // target_width), 1)
+    crop_width = tf.maximum(tf.minimum(width, height * target_width // target_height), 1)
+    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    return image[top : top + crop_height, left : left + crop_width]
 
 
 def load_image(path, image_size):

@@ -33,8 +33,9 @@ import numpy as np
 def decode_like_training(image_file, image_size):
     """Decode and resize one image file as training did (`image_data.decode_and_resize`),
     with Pillow and numpy only: RGB (grayscale and RGBA converted, alpha dropped; a GIF gives
-    its first frame), then bilinear resizing with half-pixel centres and no antialiasing, as
-    `tf.image.resize(..., "bilinear")` does, without cropping (the aspect ratio is not kept).
+    its first frame), the largest centred box with the aspect ratio of `image_size`, then
+    bilinear resizing with half-pixel centres and no antialiasing, as
+    `tf.image.resize(..., "bilinear")` does.
 
     Pixels equal TensorFlow's to float rounding for lossless files (PNG, BMP, GIF); JPEG
     decoders may differ by a grey level or so between libjpeg builds.
@@ -51,6 +52,11 @@ def decode_like_training(image_file, image_size):
     with Image.open(image_file) as image:
         image.seek(0)
         pixels = np.asarray(image.convert("RGB"), dtype="float32")
+    (height, width), (target_height, target_width) = pixels.shape[:2], image_size
+    crop_height = max(min(height, width * target_height // target_width), 1)  # smart_resize's
+    crop_width = max(min(width, height * target_width // target_height), 1)
+    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    pixels = pixels[top : top + crop_height, left : left + crop_width]
     (y0, y1, dy), (x0, x1, dx) = (
         _bilinear_axis(out, size) for out, size in zip(image_size, pixels.shape[:2], strict=True)
     )

@@ -170,6 +170,11 @@ def decode_like_training(paths, image_size):
     images = []
     for path in paths:
         image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+        height, width = image.shape[:2]  # the centred crop of keras' smart_resize
+        crop_height = max(min(height, width * image_size[0] // image_size[1]), 1)
+        crop_width = max(min(width, height * image_size[1] // image_size[0]), 1)
+        top, left = (height - crop_height) // 2, (width - crop_width) // 2
+        image = image[top : top + crop_height, left : left + crop_width]
         images.append(tf.image.resize(image, image_size, method="bilinear").numpy())
     return np.stack(images).astype("float32")  # written out, not via keras_transfer, on purpose
 

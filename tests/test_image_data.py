@@ -353,3 +353,22 @@ def tf_errors():
     import tensorflow as tf
 
     return tf.errors
+
+
+def test_images_are_centre_cropped_to_the_aspect_ratio_not_squashed(tmp_path):
+    # A wide image: a white square between two black bands, each half the square's width.
+    pixels = np.zeros((40, 80, 3), dtype="uint8")
+    pixels[:, 20:60] = 255
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            PIL.Image.fromarray(pixels).save(tmp_path / split / name / "wide.png")
+    dataset, _, _ = kt.image_folder_datasets(tmp_path, image_size=20)
+    images = np.concatenate([x for x, _ in dataset.as_numpy_iterator()])
+    assert images.shape == (2, 20, 20, 3)
+    np.testing.assert_array_equal(images, 255)  # the bands are cropped off
+    wide, _, _ = kt.image_folder_datasets(tmp_path, image_size=(10, 40))
+    image = next(wide.as_numpy_iterator())[0][
+        0
+    ]  # wider than the image: all its width, its middle rows
+    assert image[:, :8].max() == 0 and image[:, 12:28].min() == 255 and image[:, -8:].max() == 0
