@@ -58,7 +58,10 @@ def litert_options(quantization, calibration_file):
     calibration = np.load(calibration_file)
 
     def representative_dataset():
-        for image in calibration:
+        for index, image in enumerate(calibration):
+            if index == 0:  # one pixel at 0 and one at 255: the input's range is [0, 255],
+                image = image.copy()  # so its uint8 values are the pixels themselves
+                image[0, 0], image[0, -1] = 0.0, 255.0
             yield [image[None]]
 
     return {
