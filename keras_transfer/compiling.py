@@ -100,3 +100,25 @@ def compile_classifier(
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
     return model
+
+
+def compile_arguments(model):
+    """The keyword arguments `model` was compiled with, for compiling it (or its head) again.
+
+    Fresh objects rebuilt from `model.get_compile_config()` (a fresh optimizer, loss and
+    metrics); where Keras cannot rebuild one (a loss or metric that is a plain function or
+    class not registered with `keras.saving.register_keras_serializable`), the objects the
+    model was compiled with instead.
+
+    Raises:
+        TypeError, ValueError: the config cannot be rebuilt and the model does not hold the
+            objects it was compiled with.
+    """
+    config = model.get_compile_config()
+    try:
+        return keras.saving.deserialize_keras_object(config)
+    except (TypeError, ValueError):
+        compiled = getattr(getattr(model, "_compile_config", None), "config", None)
+        if not isinstance(compiled, dict):
+            raise
+        return dict(compiled)

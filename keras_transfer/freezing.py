@@ -83,8 +83,9 @@ def _recompile(model):
     """
     if not getattr(model, "compiled", False):
         return
-    config = keras.saving.deserialize_keras_object(model.get_compile_config())
-    model.compile(**config)
+    from keras_transfer.compiling import compile_arguments
+
+    model.compile(**compile_arguments(model))
 
 
 def freeze_backbone(model):

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from keras_transfer.compiling import compile_arguments
+
 SMOOTHING = 0.9  # EMA factor of the plotted loss (fastai: 0.98 for its 100-step default)
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x its minimum (fastai's)
 METHODS = ("steepest", "minimum/10", "valley")
@@ -150,7 +152,6 @@ def lr_find(
     kt.compile_classifier(model, "adam", learning_rate=result.suggested_lr)
     ```
     """
-    import keras
 
     from keras_transfer.compiling import compile_classifier
 
@@ -168,10 +169,10 @@ def lr_find(
     weights = model.get_weights()
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
     optimizer = model.optimizer
-    compiled = model.get_compile_config()
+    compiled = compile_arguments(model)
     trained, data, trained_name, restore_inputs = _what_to_train(model, train_ds, cache_features)
     try:
-        config = keras.saving.deserialize_keras_object(compiled)
+        config = dict(compiled)
         inner = getattr(optimizer, "inner_optimizer", None) or optimizer  # mixed_float16
         opt_config = inner.get_config()
         opt_config["learning_rate"] = float(rates[0])
@@ -186,7 +187,7 @@ def lr_find(
             if layer.trainable != flag:
                 layer.trainable = flag
         model.set_weights(weights)
-        config = keras.saving.deserialize_keras_object(compiled)
+        config = dict(compiled)
         config["optimizer"] = optimizer  # the same object: its state is kept
         model.compile(**config)
     rates = [float(r) for r in rates[: len(raw)]]

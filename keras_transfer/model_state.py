@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 
-import keras
-
 
 def trainable_flags(model):
     """`(layers, weights)`: every layer's `trainable` flag (each layer before its sublayers)
@@ -36,10 +34,12 @@ def restore_trainable_flags(flags):
 
 
 def compiled_state(model):
-    """`(compile config, optimizer)` of a compiled `model`, or `(None, None)`."""
+    """`(compile arguments, optimizer)` of a compiled `model`, or `(None, None)`."""
+    from keras_transfer.compiling import compile_arguments
+
     if not getattr(model, "compiled", False):
         return None, None
-    return model.get_compile_config(), model.optimizer
+    return compile_arguments(model), model.optimizer
 
 
 def restore_compiled_state(model, state):
@@ -50,8 +50,7 @@ def restore_compiled_state(model, state):
         model.compiled = False  # as before the call: `fit` asks for `compile` again
         model.optimizer = None
         return
-    config = keras.saving.deserialize_keras_object(config)
-    config["optimizer"] = optimizer
+    config = dict(config, optimizer=optimizer)
     model.compile(**config)
 
 

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import keras
 
-from keras_transfer.compiling import compile_classifier, is_text_classifier, make_optimizer
+from keras_transfer.compiling import (
+    compile_arguments,
+    compile_classifier,
+    is_text_classifier,
+    make_optimizer,
+)
 from keras_transfer.schedules import WarmupDecay
 
 NO_DECAY = ["bias", "gamma", "beta"]  # AdamW: biases and normalisation scales not decayed
@@ -43,7 +48,7 @@ def compile_stage(
     """
     if optimizer is None and not getattr(model, "compiled", False):
         compile_classifier(model)
-    config = keras.saving.deserialize_keras_object(model.get_compile_config())
+    config = compile_arguments(model)
     if optimizer is not None:
         fresh = make_optimizer(optimizer, learning_rate, text=is_text_classifier(model))
     else:

@@ -13,9 +13,7 @@ and caching in `training_stages`, augmentation in `tf.data` on torch and jax in
 
 from __future__ import annotations
 
-import keras
-
-from keras_transfer.compiling import compile_classifier
+from keras_transfer.compiling import compile_arguments, compile_classifier
 from keras_transfer.fine_tune_setup import plain_int, plan_run, run_settings
 from keras_transfer.freezing import freeze_backbone
 from keras_transfer.model_state import restored_on_error
@@ -237,7 +235,7 @@ def fine_tune(
     with restored_on_error(model):  # an error: trainable flags and compiled state back
         if not getattr(model, "compiled", False):
             compile_classifier(model)
-        compiled = model.get_compile_config()  # the user's: each stage gets a fresh copy
+        compiled = compile_arguments(model)  # the user's: each stage gets a fresh copy
         if label_smoothing is not None:
             compile_stage(model, label_smoothing=label_smoothing)
 
@@ -275,7 +273,7 @@ def fine_tune(
             if finetune is not None:
                 histories["finetune"] = finetune
         runner.finish()
-        model.compile(**keras.saving.deserialize_keras_object(compiled))  # as it was compiled
+        model.compile(**compiled)  # as it was compiled
     return histories
 
 

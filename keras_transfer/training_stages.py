@@ -10,7 +10,7 @@ import warnings
 import keras
 
 from keras_transfer.checkpointing import clear_checkpoint, resumable_fit
-from keras_transfer.compiling import is_text_classifier
+from keras_transfer.compiling import compile_arguments, is_text_classifier
 from keras_transfer.epoch_passes import fit_one_pass_per_epoch
 from keras_transfer.feature_cache import split_for_caching
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
@@ -156,7 +156,7 @@ class StageRunner:
 
     def _cached_features(self, split):
         """Compile `split.head` as the model is compiled; the feature datasets of the data."""
-        split.head.compile(**keras.saving.deserialize_keras_object(self.model.get_compile_config()))
+        split.head.compile(**compile_arguments(self.model))
         features = split.cache(self.train_ds, self.val_ds, progress=self.verbose not in (0, 2))
         if split.store_hit:
             self.say(f"Backbone features read from the feature store {split.store}.")

@@ -17,6 +17,7 @@ import math
 import os
 import time
 
+from keras_transfer.compiling import compile_arguments
 from keras_transfer.tuning_leaderboard import (
     BEST_MODEL,
     COLUMNS,
@@ -353,7 +354,7 @@ class Search:
         compile_classifier(
             model, "adam", values["learning_rate"], label_smoothing=values["label_smoothing"]
         )
-        split.head.compile(**keras.saving.deserialize_keras_object(model.get_compile_config()))
+        split.head.compile(**compile_arguments(model))
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=HEAD_PATIENCE, restore_best_weights=True
         )

@@ -165,3 +165,19 @@ def test_checkpoint_settings_are_kept_apart_from_fine_tunes_own(tmp_path):
     assert settings["checkpoint_settings"] == {"finetune_epochs": 99, "n": 3}
     with pytest.raises(ValueError, match="checkpoint_settings.n: 3 then, 4 now"):
         read_checkpoint(ckpt, {**settings, "checkpoint_settings": {**mine, "n": 4}})
+
+
+def test_an_unregistered_loss_function_is_kept_through_every_recompile():
+    calls = []
+
+    def my_loss(y_true, y_pred):  # a plain function: Keras cannot rebuild it from its config
+        calls.append(1)
+        return keras.losses.categorical_crossentropy(y_true, y_pred)
+
+    model, data = _tiny_classifier(), _dataset(8)
+    model.compile(optimizer="adam", loss=my_loss, metrics=["accuracy"])
+    histories = kt.fine_tune(model, data, data, finetune_epochs=1, verbose=0)  # the probe head
+    assert list(histories) == ["head", "finetune"] and calls
+    assert model.loss is my_loss  # compiled as the user compiled it
+    result = kt.lr_find(model, data, num_steps=5)
+    assert 1 <= len(result.learning_rates) <= 5 and model.loss is my_loss  # may diverge early
