@@ -163,6 +163,16 @@ def serve(export_dir, signature, request, tmp_path):
     return response
 
 
+def centre_crop(image, image_size):
+    """The largest centred box of `image` (h, w, c) with the aspect ratio of `image_size`,
+    as keras' `smart_resize` crops (written out here, not via keras_transfer, on purpose)."""
+    height, width = image.shape[:2]
+    crop_height = max(min(height, width * image_size[0] // image_size[1]), 1)
+    crop_width = max(min(width, height * image_size[1] // image_size[0]), 1)
+    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    return image[top : top + crop_height, left : left + crop_width]
+
+
 def decode_like_training(paths, image_size):
     """Decode and resize image files with the ops of the training pipeline (float32 pixels)."""
     import tensorflow as tf
@@ -170,11 +180,7 @@ def decode_like_training(paths, image_size):
     images = []
     for path in paths:
         image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
-        height, width = image.shape[:2]  # the centred crop of keras' smart_resize
-        crop_height = max(min(height, width * image_size[0] // image_size[1]), 1)
-        crop_width = max(min(width, height * image_size[1] // image_size[0]), 1)
-        top, left = (height - crop_height) // 2, (width - crop_width) // 2
-        image = image[top : top + crop_height, left : left + crop_width]
+        image = centre_crop(image.numpy(), image_size)
         images.append(tf.image.resize(image, image_size, method="bilinear").numpy())
     return np.stack(images).astype("float32")  # written out, not via keras_transfer, on purpose
 
