@@ -264,3 +264,65 @@ def test_training_step_is_traced_once(tmp_path, monkeypatch, way, labels):
     assert history.history.keys() == expected.keys()
     for key, values in expected.items():
         np.testing.assert_allclose(history.history[key], values, rtol=1e-5, err_msg=key)
+
+
+class _Scripted(keras.callbacks.Callback):
+    """Logs `score` = SCORES[epoch] (for EarlyStopping to watch); raises `KeyboardInterrupt`
+    at the start of epoch `crash_at` or, with `crash_at="end"`, once `fit` is over."""
+
+    SCORES = [5.0, 3.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+
+    def __init__(self, crash_at=None):
+        super().__init__()
+        self.crash_at, self.epochs = crash_at, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.crash_at:
+            raise KeyboardInterrupt
+        self.epochs.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["score"] = self.SCORES[epoch]
+
+    def on_train_end(self, logs=None):
+        if self.crash_at == "end":
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("crash_at", [3, "end"], ids=["mid_patience", "after_stopping"])
+def test_early_stopping_resumes_with_its_patience_and_best_weights(tmp_path, crash_at):
+    import tensorflow as tf
+
+    from keras_transfer.checkpointing import resumable_fit
+
+    rng = np.random.default_rng(0)
+    data = tf.data.Dataset.from_tensor_slices(
+        (rng.normal(size=(16, 4)).astype("float32"), np.eye(2)[rng.integers(0, 2, 16)])
+    ).batch(4)
+
+    def run(checkpoint_dir, scripted):
+        keras.utils.set_random_seed(1)
+        layers = [keras.Input((4,)), keras.layers.Dense(2, activation="softmax")]
+        model = keras.Sequential(layers, name="scripted")
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
+        stop = keras.callbacks.EarlyStopping(
+            "score", patience=2, mode="min", restore_best_weights=True
+        )
+        history = resumable_fit(
+            model, data, epochs=8, checkpoint_dir=checkpoint_dir, verbose=0,
+            callbacks=[scripted, stop],
+        )  # fmt: skip
+        return model, history
+
+    uninterrupted, history = run(tmp_path / "a", _Scripted())
+    assert history.epoch == [0, 1, 2, 3]  # best at epoch 1; stopped after 2 without a lower score
+    checkpoint = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        run(checkpoint, _Scripted(crash_at))
+    assert (checkpoint / "fit-best.weights.h5").exists()  # epoch 1's, kept for resuming
+    resumed_script = _Scripted()
+    resumed, history = run(checkpoint, resumed_script)
+    assert history.epoch == [0, 1, 2, 3]
+    assert resumed_script.epochs == ([3] if crash_at == 3 else [])
+    for a, b in zip(uninterrupted.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # epoch 1's weights, both
