@@ -4,10 +4,9 @@ A checkpoint folder holds `state.json` (the run's settings, the epochs done per 
 their history) and one `<stage>-epoch<N>.weights.h5` file (model weights and optimizer
 state, from `model.save_weights`). Each epoch writes the new weights file under a temporary
 name, renames it into place, then replaces `state.json` the same way, then deletes the old
-weights file: a kill at any moment leaves a complete earlier or later checkpoint. With an
-`EarlyStopping(restore_best_weights=True)` among the callbacks, the best epoch's weights
-are kept too (`<stage>-best.weights.h5`), so a resumed stage stops and restores as an
-uninterrupted one would.
+weights file: a kill at any moment leaves a complete earlier or later checkpoint.
+`EarlyStopping` callbacks resume as well (`resumed_stopping`: the best epoch's weights are
+kept in `<stage>-best.weights.h5`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,13 @@ from keras_transfer.epoch_passes import (
     dataset_fit_kwargs,
     one_pass_per_epoch,
     skip_epochs,
+)
+from keras_transfer.resumed_stopping import (
+    early_stoppers,
+    finished_stage,
+    read_best_weights,
+    resumed_stopping,
+    save_best_weights,
 )
 
 STATE_FILE = "state.json"
@@ -122,7 +128,7 @@ def clear_checkpoint(directory):
     """Delete the files `resumable_fit` wrote in `directory` (and the folder if left empty)."""
     if not os.path.isdir(directory):
         return
-    ours = re.compile(r"(partial-)?.+-(epoch\d{4}|best)\.weights\.h5|state\.json(\.tmp)?")
+    ours = re.compile(r"(partial-)?.+-(epoch\d{4}|best\d*)\.weights\.h5|state\.json(\.tmp)?")
     for name in os.listdir(directory):  # only the names this module writes
         if ours.fullmatch(name) or name == ".write-test.tmp":
             os.remove(os.path.join(directory, name))
@@ -175,52 +181,21 @@ def _torch_random_state_at_first_batch(value):
     return RestoreTorchRandomState()
 
 
-def _best_file(directory, stage):
-    return os.path.join(directory, f"{stage}-best.weights.h5")
+def _save_weights(model, path):
+    """`model.save_weights(path)`, written under a temporary name then renamed."""
+    from keras_transfer.processes import local_scope
+
+    tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")
+    with local_scope():  # the chief saves alone (processes.local_scope)
+        model.save_weights(tmp)
+    os.replace(tmp, path)
 
 
-def _early_stopping(callbacks):
-    """The `EarlyStopping` among `callbacks` that restores its best weights, or None."""
-    import keras
-
-    for callback in callbacks or []:
-        if isinstance(callback, keras.callbacks.EarlyStopping) and callback.restore_best_weights:
-            return callback
-    return None
-
-
-def _replay_early_stopping(model, stopper, record, best_weights):
-    """Put `stopper` where it was after the recorded epochs: its best value and epoch and
-    its wait, by replaying their logged values through its own `on_epoch_end`; its best
-    weights are `best_weights`. Returns a callback that puts this state back after `fit`'s
-    `on_train_begin` has reset it, and whether the stage had already stopped early."""
-    import keras
-
-    values = record["history"].get(stopper.monitor) or []
-    stopper.set_model(model)
-    stopper.on_train_begin()
-    verbose, stopper.verbose = stopper.verbose, 0
-    first = record["epochs_done"] - len(values)
-    for index, value in enumerate(values):
-        stopper.on_epoch_end(first + index, {stopper.monitor: value})
-    stopper.verbose = verbose
-    stopped, model.stop_training = bool(model.stop_training), False
-    stopper.best_weights = best_weights
-    saved = {k: getattr(stopper, k) for k in ("wait", "best", "best_epoch", "best_weights")}
-
-    class ResumedEarlyStopping(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            for key, value in saved.items():
-                setattr(stopper, key, value)
-
-    return ResumedEarlyStopping(), stopped
-
-
-def _make_callback(directory, stage, state, stopper=None):
+def _make_callback(directory, stage, state, stoppers=()):
     import keras
     import numpy as np
 
-    from keras_transfer.processes import barrier, is_chief, local_scope
+    from keras_transfer.processes import barrier, is_chief
 
     class EpochCheckpoint(keras.callbacks.Callback):
         """Write the weights, optimizer state and history at the end of every epoch (in a
@@ -234,10 +209,7 @@ def _make_callback(directory, stage, state, stopper=None):
             name = f"{stage}-epoch{epoch + 1:04d}.weights.h5"
             if is_chief():
                 os.makedirs(directory, exist_ok=True)
-                tmp = os.path.join(directory, f"partial-{name}")
-                with local_scope():  # the chief saves alone (processes.local_scope)
-                    self.model.save_weights(tmp)
-                os.replace(tmp, os.path.join(directory, name))
+                _save_weights(self.model, os.path.join(directory, name))
             record = state["stages"].setdefault(stage, {"epochs_done": 0, "history": {}})
             for key, value in (logs or {}).items():  # per-class metrics (F1Score) as lists
                 record["history"].setdefault(key, []).append(np.asarray(value).tolist())
@@ -249,11 +221,7 @@ def _make_callback(directory, stage, state, stopper=None):
             previous, state["weights"] = state.get("weights"), name
             if not is_chief():
                 return
-            if stopper is not None and stopper.best_epoch == epoch:  # for resuming it
-                tmp = os.path.join(directory, f"partial-{stage}-best.weights.h5")
-                with local_scope():
-                    self.model.save_weights(tmp)
-                os.replace(tmp, _best_file(directory, stage))
+            save_best_weights(self.model, directory, stage, stoppers, epoch, _save_weights)
             _write_json(os.path.join(directory, STATE_FILE), state)
             if previous and previous != name:
                 os.remove(os.path.join(directory, previous))
@@ -308,10 +276,10 @@ def resumable_fit(
             checkpoint written with other settings raises instead of resuming.
         stage: str, a name for this call within the folder; default `"fit"`.
         initial_epoch: int, the epoch to start at when nothing is saved (as in `fit`).
-        callbacks: list of Keras callbacks for `fit`. A `keras.callbacks.EarlyStopping`
-            with `restore_best_weights=True` resumes with its wait, best value and best
-            weights (replayed from the recorded history); one that had already stopped
-            ends the stage with its best weights.
+        callbacks: list of Keras callbacks for `fit`. `keras.callbacks.EarlyStopping`
+            callbacks resume with their wait, best value and best weights (replayed from
+            the recorded history; `resumed_stopping`); one that had already stopped ends
+            the stage with its best weights.
         **fit_kwargs: other `fit` arguments (`validation_data`, `class_weight`, `verbose`);
             `class_weight` is checked first (`class_weighting.check_class_weight`: class
             ids or names of the model's classes, weights > 0; missing classes get 1.0).
@@ -341,16 +309,13 @@ def resumable_fit(
     state = read_checkpoint(directory, settings) or {"settings": settings, "stages": {}}
     record = state["stages"].get(stage)
     resumed_random_state = None
-    stopper, resumed_stopper = _early_stopping(callbacks), None
+    stoppers, resumed = early_stoppers(callbacks), []
     if record is not None and state.get("weights", "").startswith(f"{stage}-"):
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         weights = os.path.join(directory, state["weights"])
         try:
-            best_weights = None
-            if stopper is not None and os.path.isfile(_best_file(directory, stage)):
-                model.load_weights(_best_file(directory, stage))
-                best_weights = model.get_weights()
+            best_weights = read_best_weights(model, directory, stage, stoppers)
             model.load_weights(weights)
             for variable, value in zip(_seed_states(model), state["seed_states"], strict=True):
                 variable.assign(value)
@@ -362,20 +327,17 @@ def resumable_fit(
         resumed_random_state = state.get("torch_random_state")
         skip_epochs(train_ds, record["epochs_done"])
         print(f"Resuming {stage!r} from {directory} after epoch {record['epochs_done']}.")
-        if stopper is not None:  # its patience and best weights go on
-            resumed_stopper, stopped = _replay_early_stopping(
-                model, stopper, record, best_weights or model.get_weights()
-            )
-            if stopped:  # it had stopped: the stage is over, with its best weights
-                model.set_weights(stopper.best_weights)
+        if stoppers:  # their patience and best weights go on
+            if finished_stage(model, stoppers, record, epochs, best_weights):
                 return _history(model, record, initial_epoch, None)
-    elif record is not None and record["epochs_done"] >= epochs:
-        return _history(model, record, initial_epoch, None)  # a later stage holds the weights
+            resumed = [resumed_stopping(stoppers, record, best_weights)]
     start = initial_epoch if record is None else record["epochs_done"]
     fitted = None
     if start < epochs:
-        callback = _make_callback(directory, stage, state, stopper)
-        resumed = [resumed_stopper] if resumed_stopper is not None else []
+        callback = _make_callback(directory, stage, state, stoppers)
+        callbacks = list(callbacks or [])
+        first = min((callbacks.index(s) for s in stoppers), default=len(callbacks))
+        callbacks[first:first] = resumed  # before the stoppers: replayed, then this epoch
         data, steps_per_epoch = one_pass_per_epoch(train_ds, start, epochs)
         data, fit_kwargs = shard_for_process(data), shard_fit_kwargs(fit_kwargs)
         restore = _torch_random_state_at_first_batch(resumed_random_state)
@@ -385,7 +347,7 @@ def resumable_fit(
             steps_per_epoch=steps_per_epoch,
             initial_epoch=start,
             epochs=epochs,
-            callbacks=[restore, *(callbacks or []), *resumed, callback],
+            callbacks=[restore, *callbacks, callback],
             **dataset_fit_kwargs(data, fit_kwargs),
         )
     else:  # this stage is done; the next one starts from its random state

@@ -116,7 +116,8 @@ def fine_tune(
             epoch of either stage is checkpointed there (`resumable_fit`), and calling
             `fine_tune` again with the same arguments after a crash or a kill resumes from
             the last completed epoch (a linear probe is fitted again: it is deterministic;
-            early stopping's patience starts over). The checkpoint files are deleted when
+            early stopping goes on with its patience and best weights). The checkpoint
+            files are deleted when
             training completes.
         checkpoint_settings: dict of JSON values (str, int, finite float, bool, None, lists
             and dicts of them), default None: more settings of the run recorded with the

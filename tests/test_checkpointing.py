@@ -289,8 +289,20 @@ class _Scripted(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("crash_at", [3, "end"], ids=["mid_patience", "after_stopping"])
-def test_early_stopping_resumes_with_its_patience_and_best_weights(tmp_path, crash_at):
+@pytest.mark.parametrize(
+    "crash_at, patience, monitor, epochs_run",
+    [
+        (3, 2, "score", [3]),  # mid-patience: it stops after one more epoch
+        ("end", 2, "score", []),  # after it stopped: nothing more to train
+        ("end", 10, "score", []),  # the whole budget run: the best epoch still restored
+        (3, 2, "absent", [3, 4, 5, 6, 7]),  # a monitor never logged: it never acts
+        (3, 2, "accuracy", None),  # a metric's direction, known once metrics are built
+    ],
+    ids=["mid_patience", "after_stopping", "full_budget", "absent_monitor", "accuracy"],
+)
+def test_early_stopping_resumes_with_its_patience_and_best_weights(
+    tmp_path, crash_at, patience, monitor, epochs_run
+):
     import tensorflow as tf
 
     from keras_transfer.checkpointing import resumable_fit
@@ -304,25 +316,32 @@ def test_early_stopping_resumes_with_its_patience_and_best_weights(tmp_path, cra
         keras.utils.set_random_seed(1)
         layers = [keras.Input((4,)), keras.layers.Dense(2, activation="softmax")]
         model = keras.Sequential(layers, name="scripted")
-        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
-        stop = keras.callbacks.EarlyStopping(
-            "score", patience=2, mode="min", restore_best_weights=True
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
         )
+        mode = "auto" if monitor == "accuracy" else "min"
+        stops = [
+            keras.callbacks.EarlyStopping(
+                monitor, patience=patience, mode=mode, restore_best_weights=True
+            ),
+            keras.callbacks.EarlyStopping("loss", patience=50, restore_best_weights=True),
+        ]
         history = resumable_fit(
             model, data, epochs=8, checkpoint_dir=checkpoint_dir, verbose=0,
-            callbacks=[scripted, stop],
+            callbacks=[scripted, *stops],
         )  # fmt: skip
         return model, history
 
-    uninterrupted, history = run(tmp_path / "a", _Scripted())
-    assert history.epoch == [0, 1, 2, 3]  # best at epoch 1; stopped after 2 without a lower score
+    uninterrupted, expected = run(tmp_path / "a", _Scripted())
     checkpoint = tmp_path / "b"
     with pytest.raises(KeyboardInterrupt):
         run(checkpoint, _Scripted(crash_at))
-    assert (checkpoint / "fit-best.weights.h5").exists()  # epoch 1's, kept for resuming
     resumed_script = _Scripted()
     resumed, history = run(checkpoint, resumed_script)
-    assert history.epoch == [0, 1, 2, 3]
-    assert resumed_script.epochs == ([3] if crash_at == 3 else [])
+    assert history.epoch == expected.epoch
+    if epochs_run is not None:
+        assert resumed_script.epochs == epochs_run
     for a, b in zip(uninterrupted.get_weights(), resumed.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)  # epoch 1's weights, both
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
