@@ -114,10 +114,9 @@ def compile_arguments(model):
         TypeError, ValueError: the config cannot be rebuilt and the model does not hold the
             objects it was compiled with.
     """
-    config = model.get_compile_config()
     try:
-        return keras.saving.deserialize_keras_object(config)
-    except (TypeError, ValueError):
+        return keras.saving.deserialize_keras_object(model.get_compile_config())
+    except (TypeError, ValueError):  # e.g. a functools.partial cannot even be serialised
         compiled = getattr(getattr(model, "_compile_config", None), "config", None)
         if not isinstance(compiled, dict):
             raise

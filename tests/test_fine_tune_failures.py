@@ -2,6 +2,7 @@
 an error in either stage, and arguments refused before anything trains."""
 
 import datetime
+import functools
 import json
 
 import keras
@@ -181,3 +182,7 @@ def test_an_unregistered_loss_function_is_kept_through_every_recompile():
     assert model.loss is my_loss  # compiled as the user compiled it
     result = kt.lr_find(model, data, num_steps=5)
     assert 1 <= len(result.learning_rates) <= 5 and model.loss is my_loss  # may diverge early
+    smoothed = functools.partial(keras.losses.categorical_crossentropy, label_smoothing=0.1)
+    model.compile(optimizer="adam", loss=smoothed)  # Keras cannot even serialise it
+    kt.fine_tune(model, data, data, finetune_epochs=1, verbose=0)
+    assert model.loss is smoothed
