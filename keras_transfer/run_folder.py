@@ -64,6 +64,7 @@ def load_trained(model_dir):
     Raises:
         FileNotFoundError: no model there, or a model saved without class names and no
             `class_names.json` beside it.
+        ValueError: a `class_names.json` that is not one name per output of the model.
     """
     from keras_transfer.saving import load_classifier
 
@@ -76,9 +77,27 @@ def load_trained(model_dir):
                 f"{path!r} was saved without class names and {names_file!r} is missing: "
                 "save it with keras_transfer.save_classifier(model, path, class_names)."
             )
-        with open(names_file, encoding="utf-8") as handle:
-            class_names = json.load(handle)
+        class_names = _read_class_names(names_file, model)
     return model, class_names
+
+
+def _read_class_names(path, model):
+    """`class_names.json`: a list of str, one per output of `model` (ValueError naming
+    the file otherwise)."""
+    from keras_transfer.class_names import attach_class_names
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            names = json.load(handle)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("it must be a JSON list of class names (strings)")
+        attach_class_names(model, names)  # one name per output, none twice
+    except ValueError as error:  # JSON errors included
+        raise ValueError(
+            f"{path!r} does not give the model's class names: {error}. Write the list the "
+            "data functions return, one name per output."
+        ) from None
+    return names
 
 
 def check_output(output, args=None):

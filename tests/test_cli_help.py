@@ -108,3 +108,27 @@ def test_the_backend_line_is_printed_once(tmp_path, capsys, backend):
     err = capsys.readouterr().err
     assert code == 2 and "model.keras" in err
     assert err.count(f"{backend} backend") == 1, err
+
+
+def test_a_bad_class_names_file_beside_a_keras_file_is_named(tmp_path, capsys):
+    import keras_transfer as kt
+    from keras_transfer.cli import main
+
+    model = kt.build_image_classifier(
+        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25}
+    )
+    model.save(tmp_path / "plain.keras")  # no class names inside
+    image = tmp_path / "x.png"
+    import PIL.Image
+
+    PIL.Image.new("RGB", (40, 30)).save(image)
+    assert main(["predict", str(tmp_path / "plain.keras"), str(image)]) == 2
+    assert "saved without class names" in capsys.readouterr().err
+    for bad, said in ((["ants"], "1 class names"), ({"0": "ants"}, "JSON list"), ("[", "")):
+        (tmp_path / "class_names.json").write_text(json.dumps(bad) if bad != "[" else bad)
+        assert main(["predict", str(tmp_path / "plain.keras"), str(image)]) == 2
+        err = capsys.readouterr().err
+        assert "class_names.json' does not give the model's class names" in err and said in err
+    (tmp_path / "class_names.json").write_text('["ants", "bees"]')
+    assert main(["predict", str(tmp_path / "plain.keras"), str(image)]) == 0
+    assert "ants" in capsys.readouterr().out
