@@ -127,11 +127,12 @@ def build_parser():
     )
     text.add_argument(
         "--pooling",
-        choices=["cls", "mean"],
+        choices=["auto", "cls", "mean"],
         default="cls",
-        help="what the head reads: BERT's pooled [CLS] output (cls) or the mean of the token "
-        "outputs over the text, as sentence-transformers pools (mean: better for sentence "
-        "encoders such as MiniLM); default %(default)s; --init-from keeps the model's own",
+        help="what the head reads: BERT's pooled [CLS] output (cls, the default) or the mean "
+        "of the token outputs over the text, as sentence-transformers pools (mean); auto: the "
+        "checkpoint's own (mean for sentence-transformers folders such as MiniLM that ask for "
+        "it, else cls); --init-from keeps the model's own",
     )
     text.add_argument(
         "--freeze",

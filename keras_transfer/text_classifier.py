@@ -10,7 +10,7 @@ from keras_transfer.compiling import compile_classifier
 from keras_transfer.freezing import backbone_units, freeze_backbone, unfreeze_backbone
 from keras_transfer.precision import mixed_precision_policy
 
-POOLINGS = ("cls", "mean")  # what the head reads; see keras_transfer.text_pooling
+POOLINGS = ("auto", "cls", "mean")  # what the head reads; see keras_transfer.text_pooling
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 HF_VOCAB_FILES = (
     "vocab.txt",
@@ -19,6 +19,46 @@ HF_VOCAB_FILES = (
     "spm.model",
     "vocab.json",
 )
+
+
+def checkpoint_pooling(preset):
+    """The pooling a checkpoint was trained with: `"mean"` for a sentence-transformers
+    folder whose Pooling module (`modules.json`, else `1_Pooling/config.json`) asks for
+    the mean of the tokens (`"pooling_mode_mean_tokens": true`), else `"cls"` (BERT's
+    pooled `[CLS]` output, KerasHub's classifier). `pooling="auto"` uses it; files that
+    cannot be read or make no sense count as absent."""
+    preset = os.path.expanduser(str(preset))
+    if not os.path.isdir(preset):
+        return "cls"  # a KerasHub preset name or handle: BERT-style checkpoints
+    folder = "1_Pooling"
+    modules = _read_json(os.path.join(preset, "modules.json"))
+    for module in modules if isinstance(modules, list) else []:
+        if not isinstance(module, dict):
+            continue
+        path = module.get("path")
+        if str(module.get("type", "")).endswith(".Pooling") and _inside(path):
+            folder = path
+            break
+    config = _read_json(os.path.join(preset, folder, "config.json"))
+    mean = isinstance(config, dict) and config.get("pooling_mode_mean_tokens") is True
+    return "mean" if mean else "cls"
+
+
+def _inside(path):
+    """A relative path that stays inside the folder it is relative to."""
+    return (
+        isinstance(path, str)
+        and not os.path.isabs(path)
+        and ".." not in path.replace("\\", "/").split("/")
+    )
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 def _looks_like_path(preset):
@@ -146,12 +186,16 @@ def build_text_classifier(
             see `keras_transfer.precision`). KerasHub's head then outputs probabilities in
             that 16-bit type.
         pooling: what the head reads. `"cls"` (default): the encoder's `pooled_output`
-            (BERT's pooler on the `[CLS]` token; KerasHub's own classifier). `"mean"`: the
-            mean of the encoder's token outputs over the non-padding tokens, as
+            (BERT's pooler on the `[CLS]` token; KerasHub's own classifier). `"mean"`: the mean of
+            the encoder's token outputs over the non-padding tokens, as
             sentence-transformers pools (a `MeanPooledTextClassifier`,
-            `keras_transfer.text_pooling`): the better frozen feature for checkpoints trained
-            as sentence encoders, such as MiniLM (all-MiniLM-L6-v2), whose `[CLS]` pooler was
-            not trained with them.
+            `keras_transfer.text_pooling`): the better feature for checkpoints trained as
+            sentence encoders, such as MiniLM (all-MiniLM-L6-v2), whose `[CLS]` pooler was
+            not trained with them. `"auto"`: the checkpoint's own (`checkpoint_pooling`):
+            `"mean"` for a sentence-transformers folder that asks for it in
+            `1_Pooling/config.json`, else `"cls"`. The better choice for a frozen encoder;
+            fine-tuned by `fine_tune`'s defaults, MiniLM did as well or better with `"cls"`
+            (docs/recipe.md).
 
     Returns:
         A `keras_hub.models.TextClassifier`: input a string or `(batch,)` strings, output
@@ -190,6 +234,8 @@ def build_text_classifier(
         raise ValueError(f"`pooling` must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
     policy = mixed_precision_policy(mixed_precision)
     preset = resolve_text_preset(preset)
+    if pooling == "auto":
+        pooling = checkpoint_pooling(preset)
     try:
         preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
             preset, sequence_length=sequence_length

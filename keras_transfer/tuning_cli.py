@@ -74,7 +74,10 @@ def add_tune_parser(commands):
         "--sequence-length", type=int, default=128, help="tokens per text (default %(default)s)"
     )
     text.add_argument(
-        "--pooling", choices=["cls", "mean"], default="cls", help="default %(default)s"
+        "--pooling",
+        choices=["auto", "cls", "mean"],
+        default="cls",
+        help="cls (default), mean, or auto: each preset's own (as train text --pooling)",
     )
     text.add_argument(
         "--max-rows", type=int, default=None, help="use only the first N rows of --data"

@@ -68,7 +68,8 @@ def tune_text_classifier(
             (default only 0, the frozen encoder; e.g. `[0, 2]` also fine-tunes the top 2
             units, which costs encoder passes on every epoch).
         sequence_length: int, tokens per text, default 128 (`build_text_classifier`'s).
-        pooling: `"cls"` (default) or `"mean"`, for every preset (`build_text_classifier`).
+        pooling: `"cls"` (default), `"mean"` or `"auto"` (each preset's own), for every
+            preset (`build_text_classifier`).
         text_column, label_column, val_path, validation_split, batch_size, max_rows: as in
             `text_csv_datasets`, for a file `data` (batch size default 32).
         head_epochs: int >= 1, epochs of the head at most (early stopping after 5 without a
@@ -109,8 +110,8 @@ def tune_text_classifier(
         presets, max_trials, max_time, search_space, head_epochs, TEXT_SEARCH_SPACE, image=False
     )
     check_finetune_epochs(finetune_epochs)
-    if pooling not in ("cls", "mean"):
-        raise ValueError(f"`pooling` must be 'cls' or 'mean', got {pooling!r}.")
+    if pooling not in ("auto", "cls", "mean"):
+        raise ValueError(f"`pooling` must be 'auto', 'cls' or 'mean', got {pooling!r}.")
     started = time.monotonic()
     deadline = None if max_time is None else started + max_time
     keras.utils.set_random_seed(seed)

@@ -42,8 +42,41 @@ def test_mean_pooling_is_the_masked_mean_of_the_token_outputs(tiny_bert_preset):
     # Padding does not count: the same text alone, padded to the full length, pools the same.
     alone = {k: v[-1:] for k, v in inputs.items()}
     np.testing.assert_allclose(_numpy(model(alone)), softmax[-1:], atol=1e-5)
-    with pytest.raises(ValueError, match="`pooling` must be one of cls, mean"):
+    with pytest.raises(ValueError, match="`pooling` must be one of auto, cls, mean"):
         kt.build_text_classifier(tiny_bert_preset, 2, pooling="max")
+
+
+def test_auto_pooling_is_the_checkpoints_own(tiny_bert_preset, tmp_path):
+    import shutil
+
+    from keras_transfer.text_classifier import checkpoint_pooling
+
+    default = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    assert not isinstance(default, MeanPooledTextClassifier)
+    folder = tmp_path / "sentence_encoder"  # the preset with sentence-transformers' files
+    shutil.copytree(tiny_bert_preset, folder)
+    modules = [
+        {"idx": 1, "name": "1", "path": "pool", "type": "sentence_transformers.models.Pooling"}
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "pool").mkdir()
+    (folder / "pool" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    model = kt.build_text_classifier(folder, 2, sequence_length=16, pooling="auto")
+    assert isinstance(model, MeanPooledTextClassifier)
+    cls = kt.build_text_classifier(folder, 2, sequence_length=16, pooling="cls")
+    assert not isinstance(cls, MeanPooledTextClassifier)
+    (folder / "pool" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert checkpoint_pooling(folder) == "cls"
+    (folder / "pool" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": "no"}))
+    assert checkpoint_pooling(folder) == "cls"  # only true means the mean
+    for odd in ({"a": 1}, ["1_Pooling"], [1, 2], "abc", [{**modules[0], "path": None}]):
+        (folder / "modules.json").write_text(json.dumps(odd))  # malformed: 1_Pooling/
+        assert checkpoint_pooling(folder) == "cls"
+    (folder / "modules.json").write_text(json.dumps([{**modules[0], "path": "../outside"}]))
+    assert checkpoint_pooling(folder) == "cls"  # never read outside the folder
+    (folder / "modules.json").unlink()  # no modules list: 1_Pooling/, here missing
+    assert checkpoint_pooling(folder) == "cls"
+    assert checkpoint_pooling("bert_tiny_en_uncased") == "cls"  # a KerasHub name
 
 
 def test_cached_features_are_the_pooled_means(tiny_bert_preset):
@@ -96,7 +129,8 @@ def test_cli_pooling_option(tiny_bert_preset, tmp_path, capsys):
     wrong = _cli_in_process(capsys, *args[:-1], tmp_path / "other", "--pooling", "max")
     assert wrong.returncode == 2 and "invalid choice: 'max'" in wrong.stderr
     help_text = _cli_in_process(capsys, "train", "text", "--help").stdout
-    assert "--pooling {cls,mean}" in help_text and "default cls" in help_text
+    assert "--pooling {auto,cls,mean}" in help_text
+    assert "(cls, the default)" in " ".join(help_text.split())
 
 
 def test_integrated_gradients_of_a_mean_pooled_model(tiny_bert_preset):
