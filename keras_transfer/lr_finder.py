@@ -16,8 +16,6 @@ import math
 
 import numpy as np
 
-from keras_transfer.compiling import compile_arguments
-
 SMOOTHING = 0.9  # EMA factor of the plotted loss (fastai: 0.98 for its 100-step default)
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x its minimum (fastai's)
 METHODS = ("steepest", "minimum/10", "valley")
@@ -153,7 +151,7 @@ def lr_find(
     ```
     """
 
-    from keras_transfer.compiling import compile_classifier
+    from keras_transfer.compiling import compile_arguments, compile_classifier
 
     _check_arguments(
         train_ds, start_lr, end_lr, num_steps, smoothing, diverge_factor, method, cache_features

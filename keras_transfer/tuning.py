@@ -17,7 +17,6 @@ import math
 import os
 import time
 
-from keras_transfer.compiling import compile_arguments
 from keras_transfer.tuning_leaderboard import (
     BEST_MODEL,
     COLUMNS,
@@ -340,7 +339,7 @@ class Search:
         import keras
 
         import keras_transfer as kt
-        from keras_transfer.compiling import compile_classifier
+        from keras_transfer.compiling import compile_arguments, compile_classifier
 
         start = time.monotonic()
         values = {"backbone": hp.Choice("backbone", self.backbones)}
