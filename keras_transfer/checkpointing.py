@@ -24,9 +24,9 @@ from keras_transfer.epoch_passes import (
 from keras_transfer.resumed_stopping import (
     early_stoppers,
     finished_stage,
+    keep_best_weights,
     read_best_weights,
     resumed_stopping,
-    save_best_weights,
 )
 
 STATE_FILE = "state.json"
@@ -181,21 +181,11 @@ def _torch_random_state_at_first_batch(value):
     return RestoreTorchRandomState()
 
 
-def _save_weights(model, path):
-    """`model.save_weights(path)`, written under a temporary name then renamed."""
-    from keras_transfer.processes import local_scope
-
-    tmp = os.path.join(os.path.dirname(path), f"partial-{os.path.basename(path)}")
-    with local_scope():  # the chief saves alone (processes.local_scope)
-        model.save_weights(tmp)
-    os.replace(tmp, path)
-
-
 def _make_callback(directory, stage, state, stoppers=()):
     import keras
     import numpy as np
 
-    from keras_transfer.processes import barrier, is_chief
+    from keras_transfer.processes import barrier, is_chief, local_scope
 
     class EpochCheckpoint(keras.callbacks.Callback):
         """Write the weights, optimizer state and history at the end of every epoch (in a
@@ -209,7 +199,10 @@ def _make_callback(directory, stage, state, stoppers=()):
             name = f"{stage}-epoch{epoch + 1:04d}.weights.h5"
             if is_chief():
                 os.makedirs(directory, exist_ok=True)
-                _save_weights(self.model, os.path.join(directory, name))
+                tmp = os.path.join(directory, f"partial-{name}")
+                with local_scope():  # the chief saves alone (processes.local_scope)
+                    self.model.save_weights(tmp)
+                os.replace(tmp, os.path.join(directory, name))
             record = state["stages"].setdefault(stage, {"epochs_done": 0, "history": {}})
             for key, value in (logs or {}).items():  # per-class metrics (F1Score) as lists
                 record["history"].setdefault(key, []).append(np.asarray(value).tolist())
@@ -221,7 +214,7 @@ def _make_callback(directory, stage, state, stoppers=()):
             previous, state["weights"] = state.get("weights"), name
             if not is_chief():
                 return
-            save_best_weights(self.model, directory, stage, stoppers, epoch, _save_weights)
+            keep_best_weights(os.path.join(directory, name), stage, stoppers, epoch)
             _write_json(os.path.join(directory, STATE_FILE), state)
             if previous and previous != name:
                 os.remove(os.path.join(directory, previous))

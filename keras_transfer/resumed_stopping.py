@@ -26,11 +26,22 @@ def best_file(directory, stage, index):
     return os.path.join(directory, f"{stage}-best{suffix}.weights.h5")
 
 
-def save_best_weights(model, directory, stage, stoppers, epoch, save):
-    """`save(model, path)` the weights of each stopper whose best epoch is `epoch`."""
+def keep_best_weights(weights_file, stage, stoppers, epoch):
+    """Keep the epoch's checkpoint `weights_file` as the best weights of each stopper whose
+    best epoch is `epoch` (a hard link where the file system has them, else a copy)."""
+    import shutil
+
+    directory = os.path.dirname(weights_file)
     for index, stopper in enumerate(stoppers):
         if stopper.restore_best_weights and stopper.best_epoch == epoch:
-            save(model, best_file(directory, stage, index))
+            tmp = os.path.join(directory, f"partial-{stage}-best{index}.weights.h5")
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            try:
+                os.link(weights_file, tmp)
+            except OSError:
+                shutil.copyfile(weights_file, tmp)
+            os.replace(tmp, best_file(directory, stage, index))
 
 
 def read_best_weights(model, directory, stage, stoppers):
