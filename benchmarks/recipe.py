@@ -23,14 +23,14 @@ SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
 JOBS = ("mobilenet", "lite0", "sms_spam", "ag_news")
 
 
-def _data(job, seed):
+def _data(job, seed, max_rows=1024):
     import keras_transfer as kt
 
     if job in ("mobilenet", "lite0"):
         return kt.image_folder_datasets(f"{SHARED}/data/hymenoptera", image_size=224, seed=seed)
     folder = f"{SHARED}/data/{'sms_spam' if job == 'sms_spam' else 'ag_news_mini'}"
     return kt.text_csv_datasets(
-        f"{folder}/train.csv", val_path=f"{folder}/test.csv", max_rows=1024, seed=seed
+        f"{folder}/train.csv", val_path=f"{folder}/test.csv", max_rows=max_rows, seed=seed
     )
 
 
@@ -73,14 +73,14 @@ def _reference_probe(model, train_ds, val_ds):
     return float((probe.predict(scaler.transform(xv)) == yv).mean())
 
 
-def run_one(job, seed, pooling="cls", head_only=False):
+def run_one(job, seed, pooling="cls", head_only=False, max_rows=1024):
     import keras
 
     import keras_transfer as kt
 
     started = time.perf_counter()
     keras.utils.set_random_seed(seed)
-    train_ds, val_ds, names = _data(job, seed)
+    train_ds, val_ds, names = _data(job, seed, max_rows)
     reference = _reference_probe(_model(job, len(names), pooling), train_ds, val_ds)
     keras.utils.set_random_seed(seed)
     model = _model(job, len(names), pooling)
@@ -96,6 +96,7 @@ def run_one(job, seed, pooling="cls", head_only=False):
         backend=keras.backend.backend(),
         seed=seed,
         pooling=pooling if job in ("sms_spam", "ag_news") else None,
+        max_rows=max_rows if job in ("sms_spam", "ag_news") else None,
         accuracy=report.accuracy,
         f1={name: values["f1"] for name, values in report.to_dict()["per_class"].items()},
         head_val_accuracy=head.get("val_accuracy", [None])[-1],
@@ -117,11 +118,15 @@ def main():
     parser.add_argument(
         "--head-only", action="store_true", help="frozen backbone: no fine-tuning stage"
     )
+    parser.add_argument(
+        "--max-rows", type=int, default=1024, help="text jobs: training rows read (default 1024)"
+    )
     parser.add_argument("--one", nargs=2, metavar=("JOB", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        return run_one(args.one[0], int(args.one[1]), args.pooling, args.head_only)
-    options = ["--pooling", args.pooling] + (["--head-only"] if args.head_only else [])
+        return run_one(args.one[0], int(args.one[1]), args.pooling, args.head_only, args.max_rows)
+    options = ["--pooling", args.pooling, "--max-rows", str(args.max_rows)]
+    options += ["--head-only"] if args.head_only else []
     print(
         "| job | backend | seed | accuracy | head alone | tuned linear probe | "
         "fine-tuning epochs | seconds |"

@@ -305,6 +305,11 @@ def test_client_decoding_matches_the_training_pipeline(tmp_path):
     }
     for name, image in files.items():
         image.save(tmp_path / name)
+    for name, channels in (("gray16.png", 1), ("graya16.png", 2), ("rgba16.png", 4)):
+        pixels = rng.integers(0, 65536, (25, 41, channels), dtype="uint16")
+        tf.io.write_file(str(tmp_path / name), tf.io.encode_png(pixels))
+        files[name] = None
+    for name in files:
         for size in ((32, 32), (48, 24)):
             expected = decode_and_resize(tf.io.read_file(str(tmp_path / name)), size).numpy()
             got = runtimes.decode_like_training(tmp_path / name, size)
