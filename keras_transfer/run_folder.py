@@ -41,15 +41,24 @@ def trained_model_path(model_dir):
 
     Raises:
         FileNotFoundError: none of these exists.
+        ValueError: the folder holds both, so which one is meant is not clear.
     """
     from keras_transfer.tuning_leaderboard import BEST_MODEL
 
     if os.path.isfile(model_dir) and str(model_dir).endswith(".keras"):
         return model_dir
-    for name in (MODEL_FILE, BEST_MODEL):
-        path = os.path.join(model_dir, name)
-        if os.path.isfile(path):
-            return path
+    found = [
+        os.path.join(model_dir, name)
+        for name in (MODEL_FILE, BEST_MODEL)
+        if os.path.isfile(os.path.join(model_dir, name))
+    ]
+    if len(found) == 2:
+        raise ValueError(
+            f"{os.fsdecode(model_dir)!r} holds both {MODEL_FILE!r} (keras-transfer train) and "
+            f"{BEST_MODEL!r} (keras-transfer tune): pass the .keras file you mean."
+        )
+    if found:
+        return found[0]
     raise FileNotFoundError(
         f"No {MODEL_FILE!r} (or {BEST_MODEL!r}) in {os.fsdecode(model_dir)!r}: pass the "
         "--output folder of `keras-transfer train` or `keras-transfer tune`, or a .keras file."

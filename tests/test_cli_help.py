@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -132,3 +133,9 @@ def test_a_bad_class_names_file_beside_a_keras_file_is_named(tmp_path, capsys):
     (tmp_path / "class_names.json").write_text('["ants", "bees"]')
     assert main(["predict", str(tmp_path / "plain.keras"), str(image)]) == 0
     assert "ants" in capsys.readouterr().out
+    # A folder with a train run's and a tune run's model: which one is not guessed.
+    shutil.copy(tmp_path / "plain.keras", tmp_path / "best_model.keras")
+    assert main(["predict", str(tmp_path), str(image)]) == 0  # the tune folder's model
+    shutil.copy(tmp_path / "plain.keras", tmp_path / "model.keras")
+    assert main(["predict", str(tmp_path), str(image)]) == 2
+    assert "holds both 'model.keras'" in capsys.readouterr().err
