@@ -67,7 +67,7 @@ def read_checkpoint(directory, settings):
             key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key)
         )
         details = ", ".join(
-            f"{key}: {saved.get(key)!r} then, {settings.get(key)!r} now" for key in changed
+            f"{_name(key)}: {saved.get(key)!r} then, {settings.get(key)!r} now" for key in changed
         )
         raise ValueError(
             f"The checkpoint in {directory!r} is from a run with other settings ({details}). "
@@ -77,15 +77,22 @@ def read_checkpoint(directory, settings):
     return state
 
 
-def _flat(settings, prefix=""):
-    """`{"a": {"b": 1}}` as `{"a.b": 1}`, for naming the settings that changed."""
+def _flat(settings, prefix=()):
+    """`{"a": {"b": 1}}` as `{("a", "b"): 1}`, for naming the settings that changed."""
     flat = {}
     for key, value in settings.items():
         if isinstance(value, dict) and value:
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(_flat(value, (*prefix, str(key))))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[(*prefix, str(key))] = value
     return flat
+
+
+def _name(path):
+    """`a.b` for the key path `("a", "b")`; `['a.b']` where a key holds a dot."""
+    if any("." in key for key in path):
+        return "".join(f"[{key!r}]" for key in path)
+    return ".".join(path)
 
 
 def _check_state(state, directory):

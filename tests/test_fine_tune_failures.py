@@ -166,6 +166,13 @@ def test_checkpoint_settings_are_kept_apart_from_fine_tunes_own(tmp_path):
     assert settings["checkpoint_settings"] == {"finetune_epochs": 99, "n": 3}
     with pytest.raises(ValueError, match="checkpoint_settings.n: 3 then, 4 now"):
         read_checkpoint(ckpt, {**settings, "checkpoint_settings": {**mine, "n": 4}})
+    # A dotted key is not taken for a nested one.
+    state = json.loads((ckpt / "state.json").read_text())
+    state["settings"]["checkpoint_settings"] = {"n": {"x": 3}}
+    (ckpt / "state.json").write_text(json.dumps(state))
+    dotted = {**settings, "checkpoint_settings": {"n.x": 3}}
+    with pytest.raises(ValueError, match=r"checkpoint_settings.n.x: 3 then, None now, \["):
+        read_checkpoint(ckpt, dotted)
 
 
 def test_an_unregistered_loss_function_is_kept_through_every_recompile():
