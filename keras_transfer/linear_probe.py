@@ -121,7 +121,9 @@ def fit_linear_head(head, train_features, class_weight=None, seed=0):
                 max_iter=MAX_ITER,
             )
             model.fit(standardised, y, sample_weight=weights)
-            coef, intercept, c_value = model.coef_, model.intercept_, float(model.C_[0])
+            # C_ is one C per class up to scikit-learn 1.9, one float from 1.10 on.
+            coef, intercept = model.coef_, model.intercept_
+            c_value = float(np.ravel(model.C_)[0])
     if len(present) == 2:  # sklearn's one row w: p(second) = sigmoid(w.x + b)
         coef = np.concatenate([-coef / 2, coef / 2])
         intercept = np.concatenate([-intercept / 2, intercept / 2])
