@@ -22,6 +22,7 @@ from keras_transfer.epoch_passes import (
     skip_epochs,
 )
 from keras_transfer.resumed_stopping import (
+    directions,
     early_stoppers,
     finished_stage,
     keep_best_weights,
@@ -214,6 +215,8 @@ def _make_callback(directory, stage, state, stoppers=()):
             for key, value in (logs or {}).items():  # per-class metrics (F1Score) as lists
                 record["history"].setdefault(key, []).append(np.asarray(value).tolist())
             record["epochs_done"] = epoch + 1
+            if stoppers:
+                record["directions"] = directions(stoppers)
             state["seed_states"] = [
                 keras.ops.convert_to_numpy(v).tolist() for v in _seed_states(self.model)
             ]

@@ -6,7 +6,9 @@ epochs without a better value of their monitor, with the best epoch's weights pu
 keeps the best epoch's weights of each such callback (`<stage>-best.weights.h5`, then
 `-best1`, ... for a second and later one), and on resuming, each callback's recorded
 monitor values are replayed through its own `on_epoch_end` (its wait and best value come
-back), with the kept weights as its best weights.
+back), with the kept weights as its best weights. The direction each one resolved for
+`mode="auto"` is recorded too (`directions`), as a metric's direction is known only once
+the model's metrics are built.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ def early_stoppers(callbacks):
 def best_file(directory, stage, index):
     suffix = "" if index == 0 else str(index)
     return os.path.join(directory, f"{stage}-best{suffix}.weights.h5")
+
+
+def directions(stoppers):
+    """`"max"`, `"min"` or None (not resolved yet) for each stopper, as the record keeps."""
+    import keras
+
+    return [
+        None if s.monitor_op is None else "max" if s.monitor_op is keras.ops.greater else "min"
+        for s in stoppers
+    ]
 
 
 def keep_best_weights(weights_file, stage, stoppers, epoch):
@@ -83,11 +95,14 @@ def finished_stage(model, stoppers, record, epochs, best_weights):
     (the last restoring stopper's best, as `on_train_end` leaves them)."""
     stopped = record["epochs_done"] >= epochs
     if not stopped:
+        recorded = record.get("directions") or [None] * len(stoppers)
         try:  # the direction of a metric other than a loss is known once metrics are built
-            for stopper in stoppers:
+            for stopper, direction in zip(stoppers, recorded, strict=False):
                 stopper.set_model(model)
                 stopper.on_train_begin()
                 if stopper.monitor_op is None:
+                    if stopper.mode == "auto" and direction in ("max", "min"):
+                        stopper.mode = direction  # what "auto" resolved to in the run
                     stopper._set_monitor_op()
         except ValueError:
             return False  # replayed in `fit` instead (ResumedStopping)

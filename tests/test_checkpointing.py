@@ -297,8 +297,16 @@ class _Scripted(keras.callbacks.Callback):
         ("end", 10, "score", []),  # the whole budget run: the best epoch still restored
         (3, 2, "absent", [3, 4, 5, 6, 7]),  # a monitor never logged: it never acts
         (3, 2, "accuracy", None),  # a metric's direction, known once metrics are built
+        ("end", 1, "accuracy", []),  # ... and recorded: a stopped run trains no more
     ],
-    ids=["mid_patience", "after_stopping", "full_budget", "absent_monitor", "accuracy"],
+    ids=[
+        "mid_patience",
+        "after_stopping",
+        "full_budget",
+        "absent_monitor",
+        "accuracy",
+        "accuracy_after_stopping",
+    ],  # fmt: skip
 )
 def test_early_stopping_resumes_with_its_patience_and_best_weights(
     tmp_path, crash_at, patience, monitor, epochs_run
@@ -335,6 +343,8 @@ def test_early_stopping_resumes_with_its_patience_and_best_weights(
         return model, history
 
     uninterrupted, expected = run(tmp_path / "a", _Scripted())
+    if patience == 1:
+        assert len(expected.epoch) < 8  # it stopped early
     checkpoint = tmp_path / "b"
     with pytest.raises(KeyboardInterrupt):
         run(checkpoint, _Scripted(crash_at))
