@@ -85,7 +85,7 @@ def train_text(args):
     import keras_transfer as kt
     from keras_transfer.class_weighting import command_line_class_weight
     from keras_transfer.run_continuation import continue_run
-    from keras_transfer.text_classifier import count_truncated
+    from keras_transfer.text_classifier import truncation_message
 
     check_output(args.output, args)
     keras.utils.set_random_seed(args.seed)
@@ -125,16 +125,9 @@ def train_text(args):
         mixed_precision=args.mixed_precision,
         pooling=args.pooling,
     )
-    truncated, total = count_truncated(model, train_ds)
-    if truncated:
-        limit = getattr(model.backbone, "max_sequence_length", "?")
-        print(
-            f"keras-transfer: warning: {truncated} of {total} training texts are longer than "
-            f"--sequence-length {args.sequence_length} allows; only their first "
-            f"{args.sequence_length - 2} word pieces are used. Raise --sequence-length (up to "
-            f"{limit} for this encoder) to use more of them.",
-            file=sys.stderr,
-        )
+    message = truncation_message(model, train_ds, "--sequence-length")
+    if message:
+        print(f"keras-transfer: warning: {message}", file=sys.stderr)
     class_weight = command_line_class_weight(args, train_ds, class_names)
     unfreeze_top_n = None
     if isinstance(freeze, int):  # the embeddings and the bottom `freeze` blocks stay frozen

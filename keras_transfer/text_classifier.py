@@ -308,3 +308,19 @@ def count_truncated(model, dataset):
     lengths = dataset.map(lambda texts, labels: tokenizer(texts).row_lengths())
     lengths = np.concatenate([np.asarray(batch) for batch in lengths.as_numpy_iterator()])
     return int((lengths > limit).sum()), int(lengths.size)
+
+
+def truncation_message(model, dataset, option="sequence_length"):
+    """A warning's text when some texts of `dataset` are longer than the model's
+    `sequence_length` allows (`count_truncated`), else None. `option` names the setting
+    to raise in the message, e.g. `"--sequence-length"` for the command line."""
+    truncated, total = count_truncated(model, dataset)
+    if not truncated:
+        return None
+    length = model.preprocessor.sequence_length
+    limit = getattr(model.backbone, "max_sequence_length", "?")
+    return (
+        f"{truncated} of {total} training texts are longer than {option} {length} allows; "
+        f"only their first {length - 2} word pieces are used. Raise {option} (up to {limit} "
+        "for this encoder) to use more of them."
+    )

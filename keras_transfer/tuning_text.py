@@ -11,6 +11,7 @@ fine-tunes that many top units of the encoder with `fine_tune`'s stage 2 at BERT
 from __future__ import annotations
 
 import time
+import warnings
 
 from keras_transfer.tuning import (
     HEAD_EPOCHS,
@@ -159,14 +160,19 @@ class TextSearch(Search):
 
     def _build(self, backbone, train_ds, class_names):
         import keras_transfer as kt
+        from keras_transfer.text_classifier import truncation_message
 
-        return kt.build_text_classifier(
+        model = kt.build_text_classifier(
             backbone,
             len(class_names),
             sequence_length=self.settings["sequence_length"],
             pooling=self.settings["pooling"],
             freeze="backbone",
         )
+        message = truncation_message(model, train_ds, "sequence_length (CLI: --sequence-length)")
+        if message:
+            warnings.warn(f"{backbone}: {message}", stacklevel=2)
+        return model
 
     def _set_dropout(self, model, rate):
         model.output_dropout.rate = rate

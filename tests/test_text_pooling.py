@@ -116,13 +116,15 @@ def test_save_load_and_saved_model_export_keep_the_mean_pooling(tiny_bert_preset
 def test_cli_pooling_option(tiny_bert_preset, tmp_path, capsys):
     from test_cli import _cli_in_process
 
-    data = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
+    data = write_text_file(tmp_path / "train.csv", [*SENTIMENT_ROWS, ("great " * 20, "pos")])
+    val = write_text_file(tmp_path / "val.csv", SENTIMENT_ROWS[:2] + SENTIMENT_ROWS[-2:])
     out = tmp_path / "out"
-    args = ["train", "text", "--data", data, "--validation-split", "0.25"]
+    args = ["train", "text", "--data", data, "--val", val]
     args += ["--preset", tiny_bert_preset, "--sequence-length", "16", "--pooling", "mean"]
     args += ["--freeze", "backbone", "--epochs", "1", "--batch-size", "4", "--output", out]
     result = _cli_in_process(capsys, *args)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning: 1 of 9 training texts are longer than --sequence-length 16" in result.stderr
     model, _ = kt.load_classifier(out / "model.keras")
     assert isinstance(model, MeanPooledTextClassifier)
     assert json.loads((out / "history.json").read_text())["head"]["loss"]

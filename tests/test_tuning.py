@@ -267,13 +267,14 @@ def test_text_search_refuses_bad_arguments(tiny_bert_preset, tmp_path):
 def test_cli_tunes_text_presets(tiny_bert_preset, tmp_path, capsys):
     from conftest import SENTIMENT_ROWS, write_text_file
 
-    train = write_text_file(tmp_path / "train.csv", SENTIMENT_ROWS)
+    train = write_text_file(tmp_path / "train.csv", [*SENTIMENT_ROWS, ("great " * 20, "pos")])
     test = write_text_file(tmp_path / "test.csv", SENTIMENT_ROWS[:4] + SENTIMENT_ROWS[-2:])
     command = ["tune", "text", "--data", str(train), "--val", str(test)]
     command += ["--presets", tiny_bert_preset, "--max-trials", "2", "--output", str(tmp_path / "o")]
     command += ["--sequence-length", "16", "--batch-size", "4", "--pooling", "mean"]
     command += ["--search-space", '{"learning_rate": [1e-3, 1e-2], "dropout": [0.1]}']
-    assert main(command) == 0
+    with pytest.warns(UserWarning, match="1 of 9 training texts are longer than sequence_len"):
+        assert main(command) == 0
     board = json.loads((tmp_path / "o" / "leaderboard.json").read_text())["leaderboard"]
     assert len(board) == 2 and {row["learning_rate"] for row in board} <= {1e-3, 1e-2}
     assert "| rank |" in capsys.readouterr().out
