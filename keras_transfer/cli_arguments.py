@@ -74,6 +74,22 @@ def epochs_argument(text):
     return "auto" if text == "auto" else count(text)
 
 
+def positive_epochs(text):
+    """argparse type: 'auto' or an int >= 1."""
+    return "auto" if text == "auto" else positive(text)
+
+
+def seconds(text):
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def add_tfds_arguments(parser):
     parser.add_argument(
         "--tfds-data-dir",

@@ -7,6 +7,13 @@ import argparse
 import json
 import sys
 
+from keras_transfer.cli_arguments import (
+    fraction,
+    positive,
+    positive_epochs,
+    seconds,
+    weights_argument,
+)
 from keras_transfer.tuning import DEFAULT_SEARCH_SPACE, tune_image_classifier
 from keras_transfer.tuning_leaderboard import leaderboard_markdown
 from keras_transfer.tuning_text import TEXT_SEARCH_SPACE, tune_text_classifier
@@ -37,16 +44,18 @@ def add_tune_parser(commands):
         default=None,
         help='JSON {backbone: kwargs}, e.g. \'{"mobilenet": {"alpha": 0.25}}\'',
     )
-    image.add_argument("--weights", default="imagenet", help="imagenet (default) or none")
+    image.add_argument(
+        "--weights", type=weights_argument, default="imagenet", help="imagenet (default) or none"
+    )
     image.add_argument(
         "--image-size",
-        type=int,
+        type=positive,
         default=None,
         help="input side in pixels (default: the backbone's)",
     )
     image.add_argument(
         "--validation-split",
-        type=float,
+        type=fraction,
         default=None,
         help="fraction of train/ held out when DATA has no val/ folder (default: none)",
     )
@@ -60,7 +69,7 @@ def add_tune_parser(commands):
     text.add_argument("--val", default=None, help="validation file in the same form")
     text.add_argument(
         "--validation-split",
-        type=float,
+        type=fraction,
         default=None,
         help="fraction of --data held out when there is no --val (default: none)",
     )
@@ -71,7 +80,10 @@ def add_tune_parser(commands):
     text.add_argument("--text-column", default="text", help="default %(default)s")
     text.add_argument("--label-column", default="label", help="default %(default)s")
     text.add_argument(
-        "--sequence-length", type=int, default=128, help="tokens per text (default %(default)s)"
+        "--sequence-length",
+        type=positive,
+        default=128,
+        help="tokens per text (default %(default)s)",
     )
     text.add_argument(
         "--pooling",
@@ -80,15 +92,17 @@ def add_tune_parser(commands):
         help="cls (default), mean, or auto: each preset's own (as train text --pooling)",
     )
     text.add_argument(
-        "--max-rows", type=int, default=None, help="use only the first N rows of --data"
+        "--max-rows", type=positive, default=None, help="use only the first N rows of --data"
     )
 
 
 def _search_options(parser, space, items):
     """The options `tune image` and `tune text` share."""
-    parser.add_argument("--max-trials", type=int, default=10, help="trials at most (default 10)")
     parser.add_argument(
-        "--max-time", type=float, default=None, help="seconds; no trial starts after it"
+        "--max-trials", type=positive, default=10, help="trials at most (default 10)"
+    )
+    parser.add_argument(
+        "--max-time", type=seconds, default=None, help="seconds; no trial starts after it"
     )
     parser.add_argument(
         "--output", required=True, help="folder for leaderboard.json/.md and best_model.keras"
@@ -101,10 +115,11 @@ def _search_options(parser, space, items):
         + ")",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, help=f"{items} per batch (default %(default)s)"
+        "--batch-size", type=positive, default=32, help=f"{items} per batch (default %(default)s)"
     )
     parser.add_argument(
         "--finetune-epochs",
+        type=positive_epochs,
         default="auto",
         help="fine-tuning epochs of trials with an unfreeze depth above 0 (default auto: "
         "fine_tune's step budget with early stopping)",
@@ -133,7 +148,7 @@ def run_tune_command(args):
         max_time=args.max_time,
         batch_size=args.batch_size,
         validation_split=args.validation_split,
-        finetune_epochs=_finetune_epochs(args.finetune_epochs),
+        finetune_epochs=args.finetune_epochs,
         seed=args.seed,
         **options,
     )
@@ -142,7 +157,7 @@ def run_tune_command(args):
             args.data,
             _names(args.backbones),
             image_size=args.image_size,
-            weights=None if args.weights.lower() == "none" else args.weights,
+            weights=args.weights,
             **common,
         )
     else:
@@ -166,14 +181,3 @@ def run_tune_command(args):
 
 def _names(text):
     return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _finetune_epochs(text):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(
-            f"--finetune-epochs must be 'auto' or an int >= 1, got {text!r}."
-        ) from None

@@ -36,6 +36,12 @@ for name, argv in {
                 "--output", "o"],
     "freeze": ["train", "text", "--data", "a.csv", "--preset", "p", "--output", "o",
                "--freeze", "top"],
+    "tune_batch": ["tune", "text", "--data", "a.csv", "--presets", "p", "--output", "o",
+                   "--batch-size", "0"],
+    "tune_epochs": ["tune", "image", "--data", "d", "--backbones", "mobilenet", "--output",
+                    "o", "--finetune-epochs", "0"],
+    "tune_time": ["tune", "image", "--data", "d", "--backbones", "mobilenet", "--output",
+                  "o", "--max-time", "-5"],
 }.items():
     text, errors = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(text), contextlib.redirect_stderr(errors):
@@ -65,7 +71,7 @@ def test_help_version_and_usage_errors_import_no_framework():
     out = _run_script()
     assert out["heavy"] == []
     for screen, text in out["help"].items():
-        if screen in ("version", "top_k", "split", "freeze", "missing"):
+        if screen in ("version", "top_k", "split", "freeze", "missing") or "_" in screen:
             continue
         assert out["codes"][screen] == 0, screen
         assert "usage: keras-transfer" in text and "example" in text, screen
@@ -73,6 +79,12 @@ def test_help_version_and_usage_errors_import_no_framework():
     assert out["codes"]["top_k"] == 2 and "--top-k: must be an int >= 1" in out["help"]["top_k"]
     assert out["codes"]["split"] == 2 and "between 0 and 1" in out["help"]["split"]
     assert out["codes"]["freeze"] == 2 and "--freeze" in out["help"]["freeze"]
+    for name, said in (
+        ("tune_batch", "--batch-size: must be an int >= 1, got '0'"),
+        ("tune_epochs", "--finetune-epochs: must be an int >= 1, got '0'"),
+        ("tune_time", "--max-time: must be a number of seconds > 0, got '-5'"),
+    ):
+        assert out["codes"][name] == 2 and said in out["help"][name], out["help"][name]
     assert out["codes"]["missing"] == 2
     assert "--data 'no/such/folder' not found" in out["help"]["missing"]
 
