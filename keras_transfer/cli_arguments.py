@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+SEQUENCE_LENGTH = 128  # train text --sequence-length, without --init-from
+POOLING = "cls"  # train text --pooling, without --init-from
+
 
 def json_object(text):
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from keras_transfer.cli_arguments import (
+    SEQUENCE_LENGTH,
     add_output_arguments,
     add_tfds_arguments,
     add_training_arguments,
@@ -114,9 +115,9 @@ def build_parser():
     text.add_argument(
         "--sequence-length",
         type=positive,
-        default=128,
+        default=None,
         help="longest input in word pieces, [CLS] and [SEP] included; longer texts are cut "
-        "(default %(default)s)",
+        f"(default {SEQUENCE_LENGTH}; --init-from: the run's)",
     )
     text.add_argument(
         "--padding",
@@ -128,11 +129,11 @@ def build_parser():
     text.add_argument(
         "--pooling",
         choices=["auto", "cls", "mean"],
-        default="cls",
+        default=None,
         help="what the head reads: BERT's pooled [CLS] output (cls, the default) or the mean "
         "of the token outputs over the text, as sentence-transformers pools (mean); auto: the "
         "checkpoint's own (mean for sentence-transformers folders such as MiniLM that ask for "
-        "it, else cls); --init-from keeps the model's own",
+        "it, else cls); --init-from keeps the run's",
     )
     text.add_argument(
         "--freeze",

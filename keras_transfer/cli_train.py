@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from keras_transfer.cli_arguments import POOLING, SEQUENCE_LENGTH
 from keras_transfer.run_folder import CLASS_NAMES_FILE, MODEL_FILE, check_output, write_outputs
 
 CACHE_FEATURES = {"auto": "auto", "on": True, "off": False}
@@ -120,10 +121,10 @@ def train_text(args):
     model = kt.build_text_classifier(
         args.preset,
         len(class_names),
-        sequence_length=args.sequence_length,
+        sequence_length=args.sequence_length or SEQUENCE_LENGTH,
         freeze=freeze,
         mixed_precision=args.mixed_precision,
-        pooling=args.pooling,
+        pooling=args.pooling or POOLING,
     )
     message = truncation_message(model, train_ds, "--sequence-length")
     if message:

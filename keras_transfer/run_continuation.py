@@ -98,6 +98,34 @@ def _checkpoint_dir(args):
     return args.checkpoint or os.path.join(args.output, "checkpoint")
 
 
+def _check_text_options(args, model):
+    """Refuse `train text` options that would change the model `--init-from` continues.
+
+    Raises:
+        ValueError: `--freeze`, or a `--pooling` / `--sequence-length` other than the run's.
+    """
+    from keras_transfer.text_pooling import MeanPooledTextClassifier
+
+    run = f"--init-from {args.init_from!r}"
+    if args.freeze is not None:
+        raise ValueError(
+            f"{run} trains the run's model on with its own frozen and trainable layers; "
+            f"drop --freeze {args.freeze} (or train a new run without --init-from)."
+        )
+    pooling = "mean" if isinstance(model, MeanPooledTextClassifier) else "cls"
+    if args.pooling not in (None, "auto", pooling):
+        raise ValueError(
+            f"{run} was trained with --pooling {pooling}, and a continued run keeps it; "
+            f"drop --pooling {args.pooling}."
+        )
+    length = model.preprocessor.sequence_length
+    if args.sequence_length not in (None, length):
+        raise ValueError(
+            f"{run} was trained with --sequence-length {length}, and a continued run keeps "
+            f"it; drop --sequence-length {args.sequence_length}."
+        )
+
+
 def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
     """Train the model of `args.init_from` on for more epochs, in the stage it ended in.
 
@@ -114,8 +142,9 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
 
     Raises:
         ValueError: a run that reached fine-tuning continued without `--finetune-epochs`,
-            the run's classes differ from the data's, or (images) its input size from
-            `--image-size`.
+            the run's classes differ from the data's, (images) its input size from
+            `--image-size`, or (text) `--freeze`, `--pooling` or `--sequence-length` would
+            change its model.
     """
     from keras_transfer.checkpointing import clear_checkpoint
     from keras_transfer.compiling import compile_classifier
@@ -131,6 +160,8 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
                 f"--init-from {args.init_from!r} takes {size[0]}x{size[1]} images, but the data "
                 f"is read at {data_size[0]}x{data_size[1]}; pass --image-size {size[0]}."
             )
+    else:
+        _check_text_options(args, model)
     done = sum(_epochs(history, stage) for stage in history)
     optimizer = getattr(args, "optimizer", None)
     finetune_epochs = getattr(args, "finetune_epochs", 0)

@@ -48,6 +48,15 @@ def test_a_finished_text_run_is_kept_or_continued(tiny_bert_preset, tmp_path, ca
     wrong = ("train", "text", "--data", other, "--preset", tiny_bert_preset)
     result = _cli_in_process(capsys, *wrong, "--init-from", out, "--output", tmp_path / "w")
     assert result.returncode == 2 and "was trained on the classes ['neg', 'pos']" in result.stderr
+    # Options that would change the continued model are refused, not ignored.
+    for option, said in (
+        (("--pooling", "mean"), "was trained with --pooling cls"),
+        (("--sequence-length", 32), "was trained with --sequence-length 16"),
+        (("--freeze", "backbone"), "drop --freeze backbone"),
+    ):
+        continued = ("train", "text", "--data", data, "--preset", tiny_bert_preset, *option)
+        result = _cli_in_process(capsys, *continued, "--init-from", out, "--output", tmp_path / "c")
+        assert result.returncode == 2 and said in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.backends("tensorflow")
