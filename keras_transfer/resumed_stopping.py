@@ -29,13 +29,15 @@ def best_file(directory, stage, index):
 
 
 def directions(stoppers):
-    """`"max"`, `"min"` or None (not resolved yet) for each stopper, as the record keeps."""
+    """`{monitor: "max" or "min"}` for the stoppers whose direction is resolved, as the
+    record keeps it."""
     import keras
 
-    return [
-        None if s.monitor_op is None else "max" if s.monitor_op is keras.ops.greater else "min"
+    return {
+        s.monitor: "max" if s.monitor_op is keras.ops.greater else "min"
         for s in stoppers
-    ]
+        if s.monitor_op is not None
+    }
 
 
 def keep_best_weights(weights_file, stage, stoppers, epoch):
@@ -95,15 +97,14 @@ def finished_stage(model, stoppers, record, epochs, best_weights):
     (the last restoring stopper's best, as `on_train_end` leaves them)."""
     stopped = record["epochs_done"] >= epochs
     if not stopped:
-        recorded = record.get("directions") or [None] * len(stoppers)
+        recorded = record.get("directions")
+        recorded = recorded if isinstance(recorded, dict) else {}
         try:  # the direction of a metric other than a loss is known once metrics are built
-            for stopper, direction in zip(stoppers, recorded, strict=False):
+            for stopper in stoppers:
                 stopper.set_model(model)
                 stopper.on_train_begin()
                 if stopper.monitor_op is None:
-                    if stopper.mode == "auto" and direction in ("max", "min"):
-                        stopper.mode = direction  # what "auto" resolved to in the run
-                    stopper._set_monitor_op()
+                    _set_direction(stopper, recorded.get(stopper.monitor))
         except ValueError:
             return False  # replayed in `fit` instead (ResumedStopping)
         stopped = any(
@@ -115,6 +116,18 @@ def finished_stage(model, stoppers, record, epochs, best_weights):
             if stopper.restore_best_weights and best is not None:
                 model.set_weights(best)
     return stopped
+
+
+def _set_direction(stopper, recorded):
+    """Resolve `stopper`'s direction: for `mode="auto"`, the `recorded` one ("max" or
+    "min") when there is one; else as Keras does (ValueError until metrics are built)."""
+    mode = stopper.mode
+    if mode == "auto" and recorded in ("max", "min"):
+        stopper.mode = recorded  # what "auto" resolved to in the run
+    try:
+        stopper._set_monitor_op()
+    finally:
+        stopper.mode = mode
 
 
 def resumed_stopping(stoppers, record, best_weights):

@@ -355,3 +355,40 @@ def test_early_stopping_resumes_with_its_patience_and_best_weights(
         assert resumed_script.epochs == epochs_run
     for a, b in zip(uninterrupted.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_resumed_stoppers_are_matched_by_monitor_not_position(tmp_path):
+    import tensorflow as tf
+
+    from keras_transfer.checkpointing import resumable_fit
+
+    rng = np.random.default_rng(0)
+    data = tf.data.Dataset.from_tensor_slices(
+        (rng.normal(size=(16, 4)).astype("float32"), np.eye(2)[rng.integers(0, 2, 16)])
+    ).batch(4)
+
+    def run(stops, scripted):
+        layers = [keras.Input((4,)), keras.layers.Dense(2, activation="softmax")]
+        model = keras.Sequential(layers, name="resumed")
+        model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
+        callbacks = [scripted, *stops]
+        return resumable_fit(
+            model, data, epochs=4, checkpoint_dir=tmp_path, verbose=0, callbacks=callbacks
+        )
+
+    def stopper(monitor):
+        return keras.callbacks.EarlyStopping(monitor, patience=10, restore_best_weights=True)
+
+    with pytest.raises(KeyboardInterrupt):
+        run([stopper("loss"), stopper("accuracy")], _Scripted(crash_at=2))
+    swapped = [stopper("accuracy"), stopper("loss")]
+    assert run(swapped, _Scripted()).epoch == [0, 1, 2, 3]
+    assert swapped[0].monitor_op is keras.ops.greater and swapped[1].monitor_op is keras.ops.less
+    assert [s.mode for s in swapped] == ["auto", "auto"]  # the callbacks keep their mode
+    # A stopper the first run did not have resumes too.
+    import shutil
+
+    shutil.rmtree(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run([stopper("loss")], _Scripted(crash_at=2))
+    assert run([stopper("loss"), stopper("accuracy")], _Scripted()).epoch == [0, 1, 2, 3]
