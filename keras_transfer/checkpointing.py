@@ -48,7 +48,10 @@ def read_checkpoint(directory, settings):
     Raises:
         ValueError: the checkpoint was written by a run with other `settings` (another
             model, epochs or learning rate), or `state.json` is unreadable.
+        TypeError: `settings` is not a dict.
     """
+    if not isinstance(settings, dict):
+        raise TypeError(f"`settings` must be a dict, got {type(settings).__name__}.")
     path = os.path.join(directory, STATE_FILE)
     if not os.path.isfile(path):
         return None
@@ -61,14 +64,16 @@ def read_checkpoint(directory, settings):
             f"Cannot read the checkpoint {path!r} ({error}); delete the folder "
             f"{directory!r} to start training from the beginning."
         ) from None
-    saved = state["settings"]
-    if saved != settings:
-        saved, settings = _flat(saved), _flat(settings)  # nested dicts' keys named
-        changed = sorted(
-            key for key in set(saved) | set(settings) if saved.get(key) != settings.get(key)
-        )
+    saved, settings = _flat(state["settings"]), _flat(settings)  # nested dicts' keys named
+    changed = sorted(
+        key
+        for key in set(saved) | set(settings)
+        if (key in saved) != (key in settings) or saved.get(key) != settings.get(key)
+    )
+    if changed:
         details = ", ".join(
-            f"{_name(key)}: {saved.get(key)!r} then, {settings.get(key)!r} now" for key in changed
+            f"{_name(key)}: {_shown(saved, key)} then, {_shown(settings, key)} now"
+            for key in changed
         )
         raise ValueError(
             f"The checkpoint in {directory!r} is from a run with other settings ({details}). "
@@ -87,6 +92,10 @@ def _flat(settings, prefix=()):
         else:
             flat[(*prefix, str(key))] = value
     return flat
+
+
+def _shown(settings, key):
+    return repr(settings[key]) if key in settings else "unset"
 
 
 def _name(path):
@@ -295,6 +304,7 @@ def resumable_fit(
         ValueError: the checkpoint has other `settings`, is unreadable or incomplete, the
             folder is not writable, or `class_weight` names no class of the model (checked
             before training).
+        TypeError: `settings` is neither None nor a dict.
     """
     from keras_transfer.class_weighting import check_model_class_weight
     from keras_transfer.fit_inputs import check_resumable_data
@@ -307,6 +317,8 @@ def resumable_fit(
     if is_chief():
         _check_writable(directory)
     barrier("checkpoint folder")
+    if settings is not None and not isinstance(settings, dict):
+        raise TypeError(f"`settings` must be a dict, got {type(settings).__name__}.")
     settings = json.loads(json.dumps(settings or {}, default=str))  # as state.json holds it
     settings.setdefault("model", f"{model.name}: {len(model.weights)} weights")
     state = read_checkpoint(directory, settings) or {"settings": settings, "stages": {}}

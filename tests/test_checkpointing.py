@@ -95,6 +95,13 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         kt.resumable_fit(
             model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings={"lr": 0.2}, verbose=0
         )
+    settings = {"lr": 0.1, "tag": None}  # a None is not taken for an unset setting
+    with pytest.raises(ValueError, match="other settings.*tag: unset then, None now"):
+        kt.resumable_fit(
+            model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings=settings, verbose=0
+        )
+    with pytest.raises(TypeError, match="`settings` must be a dict, got list"):
+        kt.resumable_fit(model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings=[1])
     # Same settings: the two epochs done are kept, one more is trained.
     history = kt.resumable_fit(
         model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings={"lr": 0.1}, verbose=0

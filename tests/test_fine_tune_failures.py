@@ -171,7 +171,7 @@ def test_checkpoint_settings_are_kept_apart_from_fine_tunes_own(tmp_path):
     state["settings"]["checkpoint_settings"] = {"n": {"x": 3}}
     (ckpt / "state.json").write_text(json.dumps(state))
     dotted = {**settings, "checkpoint_settings": {"n.x": 3}}
-    with pytest.raises(ValueError, match=r"checkpoint_settings.n.x: 3 then, None now, \["):
+    with pytest.raises(ValueError, match=r"checkpoint_settings.n.x: 3 then, unset now, \["):
         read_checkpoint(ckpt, dotted)
 
 
