@@ -295,8 +295,8 @@ def count_truncated(model, dataset):
 
     Args:
         model: a classifier from `build_text_classifier`.
-        dataset: a `tf.data.Dataset` of `(texts, labels)` batches, texts a `tf.string`
-            tensor of shape `(batch,)` (as from `text_csv_datasets`).
+        dataset: a `tf.data.Dataset` of `(texts, labels[, sample_weights])` batches,
+            texts a `tf.string` tensor of shape `(batch,)` (as from `text_csv_datasets`).
 
     Returns:
         `(truncated, total)`: ints.
@@ -305,15 +305,16 @@ def count_truncated(model, dataset):
 
     tokenizer = model.preprocessor.tokenizer
     limit = model.preprocessor.sequence_length - 2
-    lengths = dataset.map(lambda texts, labels: tokenizer(texts).row_lengths())
+    lengths = dataset.map(lambda texts, *labels: tokenizer(texts).row_lengths())
     lengths = np.concatenate([np.asarray(batch) for batch in lengths.as_numpy_iterator()])
     return int((lengths > limit).sum()), int(lengths.size)
 
 
-def truncation_message(model, dataset, option="sequence_length"):
+def truncation_message(model, dataset, option="sequence_length", hint=""):
     """A warning's text when some texts of `dataset` are longer than the model's
     `sequence_length` allows (`count_truncated`), else None. `option` names the setting
-    to raise in the message, e.g. `"--sequence-length"` for the command line."""
+    to raise in the message, e.g. `"--sequence-length"` for the command line; `hint` is
+    added at the end."""
     truncated, total = count_truncated(model, dataset)
     if not truncated:
         return None
@@ -322,5 +323,5 @@ def truncation_message(model, dataset, option="sequence_length"):
     return (
         f"{truncated} of {total} training texts are longer than {option} {length} allows; "
         f"only their first {length - 2} word pieces are used. Raise {option} (up to {limit} "
-        "for this encoder) to use more of them."
+        f"for this encoder) to use more of them{hint}."
     )

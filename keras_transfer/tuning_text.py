@@ -169,7 +169,9 @@ class TextSearch(Search):
             pooling=self.settings["pooling"],
             freeze="backbone",
         )
-        message = truncation_message(model, train_ds, "sequence_length (CLI: --sequence-length)")
+        message = truncation_message(
+            model, train_ds, "sequence_length", " (command line: --sequence-length)"
+        )
         if message:
             warnings.warn(f"{backbone}: {message}", stacklevel=2)
         return model

@@ -209,6 +209,10 @@ def test_more_text_argument_errors(tiny_bert_preset, tmp_path):
     model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
     train_ds, _, _ = kt.text_csv_datasets(long_row, batch_size=1)
     assert count_truncated(model, train_ds) == (1, 2)
+    import tensorflow as tf
+
+    weighted = train_ds.map(lambda texts, labels: (texts, labels, tf.ones_like(labels[:, 0])))
+    assert count_truncated(model, weighted) == (1, 2)
     (tmp_path / "x.keras").write_text("not a zip")
     with pytest.raises(ValueError, match="not a .keras file"):
         kt.load_classifier(tmp_path / "x.keras")
