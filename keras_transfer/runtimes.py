@@ -33,13 +33,14 @@ import numpy as np
 def decode_like_training(image_file, image_size):
     """Decode and resize one image file as training did (`image_data.decode_and_resize`),
     with Pillow and numpy only: RGB (grayscale and RGBA converted, alpha dropped, 16-bit
-    samples cut to their high byte; a GIF gives its first frame), the largest centred box
-    with the aspect ratio of `image_size`, then bilinear resizing with half-pixel centres
-    and no antialiasing, as `tf.image.resize(..., "bilinear")` does.
+    samples cut to their high byte; a GIF gives its first frame, transparent pixels black),
+    the largest centred box with the aspect ratio of `image_size`, then bilinear resizing
+    with half-pixel centres and no antialiasing, as `tf.image.resize(..., "bilinear")` does.
 
-    Pixels equal TensorFlow's to float rounding for lossless files (PNG, BMP, GIF); JPEG
-    decoders differ between libjpeg builds, by up to a few grey levels (3 measured on
-    hymenoptera photos, Pillow against TensorFlow).
+    Pixels equal TensorFlow's to float rounding for lossless files (PNG, BMP, GIF), except
+    8-bit palette BMPs (TensorFlow ignores their palette) and GIFs whose first frame is
+    smaller than the image. JPEG decoders differ between libjpeg builds, by up to a few
+    grey levels (3 measured on hymenoptera photos, Pillow against TensorFlow).
 
     Args:
         image_file: a path or a binary file object.
@@ -55,6 +56,9 @@ def decode_like_training(image_file, image_size):
         if image.mode.startswith("I"):  # 16-bit grayscale: TensorFlow keeps the high byte
             gray = np.right_shift(np.asarray(image).astype("int64").clip(0, 65535), 8)
             pixels = np.repeat(gray[..., None], 3, axis=-1).astype("float32")
+        elif image.format == "GIF":  # TensorFlow leaves transparent pixels black
+            rgba = np.asarray(image.convert("RGBA"), dtype="float32")
+            pixels = rgba[..., :3] * (rgba[..., 3:] > 0)
         else:
             pixels = np.asarray(image.convert("RGB"), dtype="float32")
     (height, width), (target_height, target_width) = pixels.shape[:2], image_size

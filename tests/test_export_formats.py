@@ -309,6 +309,11 @@ def test_client_decoding_matches_the_training_pipeline(tmp_path):
         pixels = rng.integers(0, 65536, (25, 41, channels), dtype="uint16")
         tf.io.write_file(str(tmp_path / name), tf.io.encode_png(pixels))
         files[name] = None
+    palette = Image.fromarray(rng.integers(0, 255, (31, 17, 3), dtype="uint8")).quantize(8)
+    palette.save(tmp_path / "clear.gif", transparency=3)  # index 3: transparent
+    frames = [palette, palette.rotate(90)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], transparency=0)
+    files.update({"clear.gif": None, "anim.gif": None})
     for name in files:
         for size in ((32, 32), (48, 24)):
             expected = decode_and_resize(tf.io.read_file(str(tmp_path / name)), size).numpy()
