@@ -5,7 +5,7 @@ accepts them base64-encoded as {"b64": ...}. Text models take raw strings.
 
     # print the request bodies
     python examples/tf_serving_rest_client.py image photo1.jpg photo2.png
-    python examples/tf_serving_rest_client.py text "WIN a FREE prize" "see you at lunch"
+    python examples/tf_serving_rest_client.py text "Text WIN to 80086 for a FREE prize" "hi"
     # serve an export (keras-transfer export ... --output /models/bees) with TF Serving:
     #   docker run -p 8501:8501 -v /models/bees:/models/bees -e MODEL_NAME=bees tensorflow/serving
     python examples/tf_serving_rest_client.py image photo.jpg \

@@ -27,14 +27,14 @@ to --output.""",
   keras-transfer evaluate runs/bees --data DIR --output runs/bees/val-report""",
     "predict": """examples:
   keras-transfer predict runs/bees photo1.jpg photo2.jpg --top-k 2
-  keras-transfer predict runs/spam "WIN a FREE prize, call now!" --json
+  keras-transfer predict runs/spam "Text WIN to 80086 for a FREE prize" --json
   keras-transfer predict runs/bees-serving photo1.jpg      # an exported SavedModel""",
     "export": """example:
   keras-transfer export runs/bees --output runs/bees-serving   # writes runs/bees-serving/1
   keras-transfer export runs/bees --output runs/bees-onnx --format onnx""",
     "explain": """examples:
   keras-transfer explain runs/bees photo1.jpg photo2.jpg     # Grad-CAM overlays
-  keras-transfer explain runs/spam "WIN a FREE prize, call now!"   # word scores""",
+  keras-transfer explain runs/spam "Text WIN to 80086 for a FREE prize"   # word scores""",
     "tune": """example:
   keras-transfer tune image --data DIR --backbones mobilenet_v2,efficientnet_b0 \\
       --max-trials 20 --max-time 900 --output runs/tune""",
