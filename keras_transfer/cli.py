@@ -27,7 +27,7 @@ from keras_transfer.cli_commands import (
     predict_command,
 )
 from keras_transfer.cli_parser import build_parser
-from keras_transfer.cli_train import train_image, train_text
+from keras_transfer.cli_train import check_model_options, train_image, train_text
 from keras_transfer.run_folder import check_output
 
 _INPUTS = {
@@ -88,6 +88,7 @@ def main(argv=None):
         _check_inputs(args)  # before the heavy imports
         if args.command == "train":
             check_output(args.output)
+            check_model_options(args)
         if args.command == "backbones":
             import keras_transfer as kt
 

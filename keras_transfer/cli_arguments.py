@@ -7,6 +7,7 @@ import json
 
 SEQUENCE_LENGTH = 128  # train text --sequence-length, without --init-from
 POOLING = "cls"  # train text --pooling, without --init-from
+WEIGHTS = "imagenet"  # train image --weights, without --init-from
 
 
 def json_object(text):
@@ -22,6 +23,7 @@ def json_object(text):
 
 
 def weights_argument(text):
+    """A --weights value as `build_image_classifier`'s `weights`: None for "none"."""
     return None if text.lower() == "none" else text
 
 

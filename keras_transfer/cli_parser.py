@@ -6,6 +6,7 @@ import argparse
 
 from keras_transfer.cli_arguments import (
     SEQUENCE_LENGTH,
+    WEIGHTS,
     add_output_arguments,
     add_tfds_arguments,
     add_training_arguments,
@@ -15,7 +16,6 @@ from keras_transfer.cli_arguments import (
     freeze_argument,
     json_object,
     positive,
-    weights_argument,
 )
 from keras_transfer.cli_examples import EXAMPLES, sub_parser
 
@@ -49,14 +49,14 @@ def build_parser():
     add_tfds_arguments(image)
     image.add_argument(
         "--backbone",
-        required=True,
-        help="registry name (see `keras-transfer backbones`) or hub:<preset>",
+        default=None,
+        help="registry name (see `keras-transfer backbones`) or hub:<preset>; required "
+        "without --init-from",
     )
     image.add_argument(
         "--weights",
-        default="imagenet",
-        type=weights_argument,
-        help="imagenet (default), none, or a file",
+        default=None,
+        help=f"{WEIGHTS} (default), none, or a file",
     )
     image.add_argument(
         "--backbone-kwargs",
@@ -103,8 +103,9 @@ def build_parser():
     )
     text.add_argument(
         "--preset",
-        required=True,
-        help="KerasHub preset name, preset folder or Hugging Face BERT folder",
+        default=None,
+        help="KerasHub preset name, preset folder or Hugging Face BERT folder; required "
+        "without --init-from",
     )
     text.add_argument(
         "--text-column", default="text", help="column with the texts (default %(default)s)"

@@ -5,13 +5,49 @@ from __future__ import annotations
 import os
 import sys
 
-from keras_transfer.cli_arguments import POOLING, SEQUENCE_LENGTH
+from keras_transfer.cli_arguments import POOLING, SEQUENCE_LENGTH, WEIGHTS, weights_argument
 from keras_transfer.run_folder import CLASS_NAMES_FILE, MODEL_FILE, check_output, write_outputs
 
 CACHE_FEATURES = {"auto": "auto", "on": True, "off": False}
 
 
 TEXT_PADDING = {"longest": "longest", "bucket": "bucket", "fixed": None}
+
+# The options that build a new model, which `--init-from RUN` takes from RUN instead.
+MODEL_OPTIONS = {
+    "backbone": "--backbone",
+    "preset": "--preset",
+    "weights": "--weights",
+    "backbone_kwargs": "--backbone-kwargs",
+    "no_augmentation": "--no-augmentation",
+    "mixed_precision": "--mixed-precision",
+}
+
+
+def check_model_options(args):
+    """`train image` needs `--backbone`, `train text` `--preset`, unless `--init-from RUN`,
+    whose model is trained on as it was saved: then the options that would build another
+    model are refused rather than ignored (`--image-size`, `--pooling`, `--sequence-length`
+    and `--freeze` are checked against the run's model when it is loaded).
+
+    Raises:
+        ValueError: a missing `--backbone` / `--preset`, or one of `MODEL_OPTIONS` given
+            with `--init-from`.
+    """
+    needed = "backbone" if args.kind == "image" else "preset"
+    if args.init_from is None:
+        if getattr(args, needed) is None:
+            raise ValueError(
+                f"train {args.kind} needs {MODEL_OPTIONS[needed]} (the model to train), or "
+                "--init-from RUN to train a finished run's model on."
+            )
+        return
+    given = [flag for dest, flag in MODEL_OPTIONS.items() if getattr(args, dest, None)]
+    if given:
+        raise ValueError(
+            f"--init-from {args.init_from!r} trains that run's model on as it was saved (its "
+            f"backbone, weights, augmentation and precision); drop {', '.join(given)}."
+        )
 
 
 def _tfds_data(args, image_size=None):
@@ -50,8 +86,14 @@ def train_image(args):
 
     check_output(args.output, args)
     keras.utils.set_random_seed(args.seed)
-    # An unknown name or an unloadable preset fails here, before the data is read.
-    image_size = kt.default_image_size(args.backbone)
+    run = None
+    if args.init_from is not None:  # the data is read at the run's input size
+        from keras_transfer.run_folder import load_trained
+
+        run = load_trained(args.init_from)
+        image_size = tuple(run[0].input_shape[1:3])
+    else:  # an unknown name or an unloadable preset fails here, before the data is read
+        image_size = kt.default_image_size(args.backbone)
     if args.image_size is not None:
         image_size = (args.image_size, args.image_size)
     if args.data.startswith("tfds:"):
@@ -66,13 +108,13 @@ def train_image(args):
         )
     if args.init_from is not None:  # train a finished run's model on
         weights = command_line_class_weight(args, train_ds, class_names)
-        model, histories = continue_run(args, train_ds, val_ds, class_names, weights)
+        model, histories = continue_run(args, train_ds, val_ds, class_names, weights, run)
         return _evaluate_and_write(args, model, val_ds, class_names, histories)
     model = kt.build_image_classifier(
         args.backbone,
         len(class_names),
         input_shape=(*image_size, 3),
-        weights=args.weights,
+        weights=weights_argument(args.weights or WEIGHTS),
         backbone_kwargs=args.backbone_kwargs,
         augmentation=None if args.no_augmentation else "default",
         mixed_precision=args.mixed_precision,

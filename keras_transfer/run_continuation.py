@@ -38,8 +38,9 @@ def check_not_finished(args):
         )
 
 
-def previous_run(run_dir, class_names):
-    """`(model, history)` of a finished run folder, checked against the data's classes.
+def previous_run(run_dir, class_names, loaded=None):
+    """`(model, history)` of a finished run folder, checked against the data's classes
+    (`loaded`: `load_trained(run_dir)` when already called).
 
     Raises:
         FileNotFoundError: no `model.keras` in `run_dir`.
@@ -47,7 +48,7 @@ def previous_run(run_dir, class_names):
     """
     from keras_transfer.run_folder import load_trained
 
-    model, run_names = load_trained(run_dir)
+    model, run_names = loaded or load_trained(run_dir)
     if list(run_names) != list(class_names):
         raise ValueError(
             f"--init-from {run_dir!r} was trained on the classes {run_names}, but the data has "
@@ -126,7 +127,7 @@ def _check_text_options(args, model):
         )
 
 
-def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
+def continue_run(args, train_ds, val_ds, class_names, class_weight=None, loaded=None):
     """Train the model of `args.init_from` on for more epochs, in the stage it ended in.
 
     Image runs that ended in the head stage train the head for `--epochs` more epochs (none
@@ -134,7 +135,8 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
     backbone unfrozen as `fine_tune` does it, at `FINETUNE_LR_FACTOR` times the learning
     rate; "auto": `fine_tune`'s step budget); runs that reached fine-tuning go on
     fine-tuning for `--finetune-epochs`. Text runs train for `--epochs` more epochs ("auto":
-    the step budget) with the loaded trainable flags.
+    the step budget) with the loaded trainable flags. `loaded`: `load_trained(RUN)` when
+    the caller has already read the run (else it is read here).
 
     Returns:
         `(model, histories)`: `histories` maps each stage to an object with `.history`,
@@ -152,7 +154,7 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None):
     from keras_transfer.stage_compiling import learning_rate_value
     from keras_transfer.training_stages import FINETUNE_LR_FACTOR, finetune_budget
 
-    model, history = previous_run(args.init_from, class_names)
+    model, history = previous_run(args.init_from, class_names, loaded)
     if args.kind == "image":
         size, data_size = tuple(model.input_shape[1:3]), tuple(train_ds.element_spec[0].shape[1:3])
         if size != data_size:

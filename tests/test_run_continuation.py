@@ -29,8 +29,13 @@ def test_a_finished_text_run_is_kept_or_continued(tiny_bert_preset, tmp_path, ca
     assert result.returncode == 2 and "key 'hornets' is not a class" in result.stderr
     assert "0 'neg', 1 'pos'" in result.stderr
     weight = ("--class-weight", '{"pos": 2.0}')  # 'neg' gets 1.0
+    # The run's model comes from the run: a --preset beside --init-from is refused.
+    result = _cli_in_process(capsys, *train, "--init-from", out, "--output", more)
+    assert result.returncode == 2 and "drop --preset" in result.stderr, result.stderr[-2000:]
+    assert not more.exists()
+    go_on = ("train", "text", "--data", data, "--validation-split", "0.25", "--batch-size", 4)
     result = _cli_in_process(
-        capsys, *train, *weight, "--epochs", 1, "--init-from", out, "--output", more
+        capsys, *go_on, *weight, "--epochs", 1, "--init-from", out, "--output", more
     )
     assert result.returncode == 0, result.stderr
     history = json.loads((more / "history.json").read_text())
@@ -45,7 +50,7 @@ def test_a_finished_text_run_is_kept_or_continued(tiny_bert_preset, tmp_path, ca
     check_not_finished(Namespace(output=str(out), overwrite=True, init_from=None))
     check_not_finished(Namespace(output=str(out), overwrite=False, init_from=str(out)))
     other = write_text_file(tmp_path / "other.csv", [(t, "x" + y) for t, y in SENTIMENT_ROWS])
-    wrong = ("train", "text", "--data", other, "--preset", tiny_bert_preset)
+    wrong = ("train", "text", "--data", other)
     result = _cli_in_process(capsys, *wrong, "--init-from", out, "--output", tmp_path / "w")
     assert result.returncode == 2 and "was trained on the classes ['neg', 'pos']" in result.stderr
     # Options that would change the continued model are refused, not ignored.
@@ -54,7 +59,7 @@ def test_a_finished_text_run_is_kept_or_continued(tiny_bert_preset, tmp_path, ca
         (("--sequence-length", 32), "was trained with --sequence-length 16"),
         (("--freeze", "backbone"), "drop --freeze backbone"),
     ):
-        continued = ("train", "text", "--data", data, "--preset", tiny_bert_preset, *option)
+        continued = ("train", "text", "--data", data, *option)
         result = _cli_in_process(capsys, *continued, "--init-from", out, "--output", tmp_path / "c")
         assert result.returncode == 2 and said in result.stderr, result.stderr[-2000:]
 
@@ -70,6 +75,18 @@ def test_an_image_run_goes_on_in_its_stage(tmp_path, capsys):
         capsys, *train, "--epochs", 1, "--finetune-epochs", 0, "--output", first
     )
     assert result.returncode == 0, result.stderr
+    # The options that build a model are refused beside --init-from, each one named.
+    result = _cli_in_process(capsys, *train, "--init-from", first, "--output", second)
+    assert result.returncode == 2 and not second.exists()
+    for flag in ("--backbone, --weights, --backbone-kwargs, --no-augmentation",):
+        assert f"drop {flag}." in result.stderr, result.stderr[-2000:]
+    result = _cli_in_process(
+        capsys, "train", "image", "--data", tmp_path / "data", "--output", second
+    )
+    assert result.returncode == 2 and "needs --backbone" in result.stderr
+    # The data is read at the run's input size (32, not MobileNet's 224).
+    train = ("train", "image", "--data", tmp_path / "data", "--validation-split", 0.25)
+    train += ("--batch-size", 4)
     result = _cli_in_process(
         capsys,
         *train,
@@ -86,7 +103,7 @@ def test_an_image_run_goes_on_in_its_stage(tmp_path, capsys):
     history = json.loads((second / "history.json").read_text())
     assert len(history["head"]["loss"]) == 1 and len(history["finetune"]["loss"]) == 1
     assert "Epoch 2/2" in result.stdout
-    resized = tuple(48 if part == 32 else part for part in train)  # --image-size 48
+    resized = (*train, "--image-size", 48)
     result = _cli_in_process(capsys, *resized, "--init-from", first, "--output", tmp_path / "r")
     assert result.returncode == 2 and "takes 32x32 images" in result.stderr
     # A run that reached fine-tuning goes on fine-tuning, and says so.
