@@ -111,6 +111,21 @@ class FeatureSplit:
             cached = self._cache_by_fingerprint(datasets)
         return cached[0], (cached[1] if val_ds is not None else None)
 
+    def features_of(self, inputs, progress=False):
+        """The feature arrays of `inputs`, an iterable of model-input batches (NumPy), in
+        their order: each batch preprocessed as the model does (text), then the frozen
+        part in inference mode (`cache`'s pass, for data that is not a tf.data pipeline)."""
+        import tensorflow as tf
+
+        preprocess = self._preprocess
+        if preprocess is not None:  # KerasHub preprocessors run inside tf.data
+            inputs = (
+                next(tf.data.Dataset.from_tensors(x).map(preprocess).as_numpy_iterator())
+                for x in inputs
+            )
+        self._progress = progress
+        return self._features(inputs)
+
     def _budget(self):
         return feature_store.memory_budget() if self.memory_budget is None else self.memory_budget
 

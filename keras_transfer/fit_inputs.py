@@ -3,10 +3,10 @@ torch `DataLoader`s and grain datasets (`grain.MapDataset`, `grain.IterDataset`,
 `grain.DataLoader`), as `model.fit` takes them.
 
 `fine_tune`, `resumable_fit` and `evaluate_classifier` pass such data to Keras as it is.
-What needs a `tf.data` pipeline is left out for it, with one line that says so: feature
-caching (the backbone's outputs are looked up per example inside `tf.data`) and, for text
-models, padding each batch to its longest row (done by the preprocessor inside `tf.data`;
-the model then preprocesses each batch itself). Checkpoints need data that can be read
+Feature caching reads data that can be read again once (`feature_passes`); a one-shot
+generator or iterator is trained on without it. Padding each text batch to its longest row
+(done by the preprocessor inside `tf.data`) is left out, with one line that says so: the
+model then preprocesses each batch itself. Checkpoints need data that can be read
 again in every epoch: a `PyDataset` or a `DataLoader` (their order after a resume is the
 one they give, not the uninterrupted run's), not a one-shot generator or iterator.
 """
@@ -60,26 +60,30 @@ def fit_shuffles(data):
 
 def plan_for_inputs(model, cache_features, text_padding, train_ds, val_ds, verbose="auto"):
     """`(cache_features, text_padding)` for `fine_tune`: unchanged when `train_ds` and
-    `val_ds` are `tf.data` datasets (or `val_ds` None); for other data, no feature caching
-    (False) and no per-batch text padding (None), with one line saying so when it leaves
+    `val_ds` are `tf.data` datasets (or `val_ds` None). For other data, no per-batch text
+    padding (None), and feature caching only for data that can be read again (a
+    `PyDataset`, a torch `DataLoader`, grain: `feature_passes` reads it once for the
+    cache; not a one-shot generator or iterator), with one line saying so when it leaves
     out something the model would have used."""
     from keras_transfer.compiling import is_text_classifier
 
     others = [data for data in (train_ds, val_ds) if data is not None and not is_tf_dataset(data)]
     if not others:
         return cache_features, text_padding
+    one_shot = [data for data in others if isinstance(data, collections.abc.Iterator)]
     uses = (
-        ("feature caching", cache_features is not False),
+        ("feature caching", bool(one_shot) and cache_features is not False),
         ("per-batch text padding", bool(text_padding) and is_text_classifier(model)),
     )
     left_out = [what for what, used in uses if used]
     if left_out and verbose != 0:
+        shown = one_shot[0] if one_shot else others[0]
         print(
-            f"Training without {' and '.join(left_out)}: the data is a {kind_of(others[0])}, "
+            f"Training without {' and '.join(left_out)}: the data is a {kind_of(shown)}, "
             "not a tf.data.Dataset (for them, pass a tf.data pipeline, e.g. "
             "tf.data.Dataset.from_generator, or image_folder_datasets / text_csv_datasets)."
         )
-    return False, None
+    return (False if one_shot else cache_features), None
 
 
 def check_resumable_data(data):

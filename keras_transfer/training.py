@@ -129,6 +129,8 @@ def fine_tune(
             `"auto"` and True cache whenever the model can be cut into backbone and head;
             False never caches (the head then sees augmented images, at the cost of a
             backbone pass per epoch). While cached, stage-1 callbacks see the head model.
+            A `PyDataset`, torch `DataLoader` or grain dataset is read once for the cache
+            (`keras_transfer.feature_passes`); a one-shot generator is not cached.
         feature_store: None (default), or a folder (str or path-like; made when missing)
             that keeps the cached backbone features on disk, keyed by everything they
             depend on (backbone and its weights, preprocessing, input size, the files with

@@ -232,7 +232,7 @@ def test_fine_tune_takes_torch_dataloaders(tmp_path, capsys):
     history = kt.fine_tune(
         model, loader, loader, head_epochs=2, finetune_epochs=0, checkpoint_dir=tmp_path / "c"
     )
-    assert "the data is a torch DataLoader" in capsys.readouterr().out
+    assert "Training without" not in capsys.readouterr().out  # its features are cached
     assert len(history["head"].history["val_loss"]) == 2
     report = kt.evaluate_classifier(model, loader, ["a", "b", "c"])
     assert report.num_examples == 12
@@ -244,8 +244,64 @@ def test_fine_tune_takes_grain_datasets(capsys):
     data = grain.MapDataset.source(list(zip(images, labels, strict=True))).batch(4)
     model = _tiny_classifier(3)
     history = kt.fine_tune(model, data, data, head_epochs=2, finetune_epochs=1)
-    assert "the data is a grain MapDataset" in capsys.readouterr().out
+    assert "Training without" not in capsys.readouterr().out  # its features are cached
     assert len(history["head"].history["val_loss"]) == 2
     assert len(history["finetune"].history["val_loss"]) == 1
     report = kt.evaluate_classifier(model, data, ["a", "b", "c"])
     assert report.num_examples == 12 and sum(report.support) == 12
+
+
+def test_the_auto_head_is_the_linear_probe_on_data_read_again(capsys):
+    """A PyDataset (and a DataLoader, grain) is read once for the feature cache, so the
+    default head is the cross-validated linear probe there too, with its labels and sample
+    weights; a one-shot generator falls back to fitting the head by gradient."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(24) % 3
+    images = rng.uniform(0, 40, (24, 8, 8, 3)).astype("float32") + 100 * labels[:, None, None, None]
+    one_hot = np.eye(3, dtype="float32")[labels]
+    keras.utils.set_random_seed(2)
+    model = _tiny_classifier(3)
+    validation = _Batches(images[:9], one_hot[:9])
+    history = kt.fine_tune(model, _Batches(images, one_hot), validation, finetune_epochs=0)
+    out = capsys.readouterr().out
+    assert "Head fitted as a linear probe" in out and "Training without" not in out
+    head = history["head"].history
+    assert len(head["loss"]) == 1 and head["accuracy"][0] == 1.0 and "val_loss" in head
+    report = kt.evaluate_classifier(model, _Batches(images, one_hot), ["a", "b", "c"])
+    assert report.accuracy == 1.0
+
+    class Weighted(_Batches):  # sample weight 0 for class 2: the probe never sees it
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            return x, y, (y.argmax(-1) != 2).astype("float32")
+
+    model = _tiny_classifier(3)
+    kt.fine_tune(model, Weighted(images, one_hot), finetune_epochs=0, verbose=0)
+    predicted = model.predict(images, verbose=0).argmax(-1)
+    assert not (predicted == 2).any() and (predicted[labels != 2] == labels[labels != 2]).all()
+
+    def batches():
+        for start in range(0, len(images), 4):
+            yield images[start : start + 4], one_hot[start : start + 4]
+
+    kt.fine_tune(_tiny_classifier(3), batches(), finetune_epochs=0)
+    out = capsys.readouterr().out
+    assert "without feature caching: the data is a Python generator" in out
+    assert "cannot be fitted as a linear probe here" in out
+
+
+def test_text_features_of_a_pydataset_are_the_models(tiny_bert_preset, capsys):
+    from conftest import SENTIMENT_ROWS
+
+    from keras_transfer.feature_cache import split_for_caching
+
+    texts = np.array([text for text, _ in SENTIMENT_ROWS])
+    one_hot = np.array([[label == "neg", label == "pos"] for _, label in SENTIMENT_ROWS], "float32")
+    model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    kt.fine_tune(model, _Batches(texts, one_hot), finetune_epochs=0)
+    assert "Head fitted as a linear probe" in capsys.readouterr().out
+    split = split_for_caching(model)  # the cut the cache used: encoder, then the head
+    features = np.concatenate(list(split.features_of([texts[:5], texts[5:]])))
+    np.testing.assert_allclose(
+        split.head.predict(features, verbose=0), model.predict(texts, verbose=0), atol=1e-5
+    )
