@@ -11,10 +11,13 @@ state) are restored after the sweep.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 
 import numpy as np
+
+from keras_transfer.fit_inputs import is_tf_dataset, iter_batches
 
 SMOOTHING = 0.9  # EMA factor of the plotted loss (fastai: 0.98 for its 100-step default)
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x its minimum (fastai's)
@@ -117,8 +120,10 @@ def lr_find(
         model: a compiled classifier (from `build_image_classifier` /
             `build_text_classifier`, or any `keras.Model` compiled with a loss); uncompiled
             models get `compile_classifier`'s defaults for the sweep.
-        train_ds: `tf.data.Dataset` of `(inputs, one_hot_labels[, sample_weights])` batches;
-            passed over again when it has fewer than `num_steps` batches.
+        train_ds: `tf.data.Dataset` of `(inputs, one_hot_labels[, sample_weights])` batches
+            (or a `keras.utils.PyDataset`, torch `DataLoader` or grain dataset of them; read
+            once for the cached features); passed over again when it has fewer than
+            `num_steps` batches.
         start_lr: float > 0, the first rate; default 1e-7 (fastai's).
         end_lr: float > `start_lr`, the rate of step `num_steps - 1`; default 10 (fastai's).
         num_steps: int >= 2, steps of the full sweep; default 100 (fastai's).
@@ -287,13 +292,16 @@ def _what_to_train(model, train_ds, cache_features):
     trainable weight is in it, else the whole model (text: preprocessed in tf.data)."""
     from keras_transfer.compiling import is_text_classifier
     from keras_transfer.feature_cache import split_for_caching
+    from keras_transfer.feature_passes import one_pass_feature_datasets
 
+    tf_data = is_tf_dataset(train_ds)
     if cache_features == "auto":
         split = split_for_caching(model)
         if split is not None and len(split.head.trainable_weights) == len(model.trainable_weights):
-            features, _ = split.cache(train_ds)
+            cache = split.cache if tf_data else functools.partial(one_pass_feature_datasets, split)
+            features, _ = cache(train_ds)
             return split.head, features, "head on cached features", lambda: None
-    if is_text_classifier(model) and model.preprocessor is not None:
+    if tf_data and is_text_classifier(model) and model.preprocessor is not None:
         from keras_transfer.text_padding import pad_to_longest
 
         data = pad_to_longest(model, train_ds)
@@ -311,7 +319,7 @@ def _batches(data):
     """Batches of `data` as numpy, over and over (each pass a new iterator)."""
     for _ in itertools.count():
         empty = True
-        for batch in data.as_numpy_iterator():
+        for batch in data.as_numpy_iterator() if is_tf_dataset(data) else iter_batches(data):
             empty = False
             yield batch
         if empty:

@@ -52,6 +52,30 @@ def test_sweep_is_exponential_diverges_and_suggests_a_sensible_rate():
     assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
 
 
+class _Batches(keras.utils.PyDataset):
+    """The batches of a tf.data dataset, as a PyDataset."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.batches = list(dataset.as_numpy_iterator())
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+def test_a_pydataset_sweeps_as_its_tf_data_batches():
+    data, runs = _separable(), []
+    for source in (data, _Batches(data)):
+        keras.utils.set_random_seed(0)  # the same initial weights
+        runs.append(kt.lr_find(_softmax_regression(), source, end_lr=1e2, num_steps=40))
+    assert runs[1].trained == "whole model"  # no backbone: the model trains on the batches
+    np.testing.assert_allclose(runs[1].raw_losses, runs[0].raw_losses, rtol=1e-5)
+    assert runs[1].suggested_lr == runs[0].suggested_lr
+
+
 def test_suggestions_from_a_curve():
     rates = np.logspace(-5, 0, 51)
     losses = 1.0 / (1.0 + np.exp(4 * (np.log10(rates) + 2.5)))  # falls fastest at 10^-2.5
@@ -104,6 +128,10 @@ def test_image_classifier_head_on_cached_features(tmp_path):
 
     for old, new in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
+    # A PyDataset of the same batches: its features cached in one pass, the head swept.
+    from_pydataset = kt.lr_find(model, _Batches(train_ds), num_steps=30, end_lr=1.0)
+    assert from_pydataset.trained == "head on cached features"
+    assert len(from_pydataset.raw_losses) == len(head.raw_losses)
 
 
 @pytest.mark.backends("tensorflow")
