@@ -38,6 +38,7 @@ _INPUTS = {
         "pass the --output folder of `keras-transfer train` or `tune`, a .keras file or an export",
     ),
     "file": ("--file", "pass an existing text file, one text a line"),
+    "init_from": ("--init-from", "pass the --output folder of a finished run, or its .keras file"),
 }
 
 

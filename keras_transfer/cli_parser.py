@@ -56,19 +56,19 @@ def build_parser():
     image.add_argument(
         "--weights",
         default=None,
-        help=f"{WEIGHTS} (default), none, or a file",
+        help=f"{WEIGHTS} (default), none, or a file; not with --init-from",
     )
     image.add_argument(
         "--backbone-kwargs",
         type=json_object,
         default=None,
-        help="JSON for the Keras constructor, e.g. '{\"alpha\": 0.25}'",
+        help="JSON for the Keras constructor, e.g. '{\"alpha\": 0.25}'; not with --init-from",
     )
     image.add_argument(
         "--image-size",
         type=int,
         default=None,
-        help="input side in pixels (default: the backbone's)",
+        help="input side in pixels (default: the backbone's; --init-from: the run's)",
     )
     image.add_argument(
         "--batch-size", type=positive, default=32, help="images per batch (default %(default)s)"

@@ -13,6 +13,7 @@ CACHE_FEATURES = {"auto": "auto", "on": True, "off": False}
 
 TEXT_PADDING = {"longest": "longest", "bucket": "bucket", "fixed": None}
 
+UNSET = (None, False)  # the values of options left out (an empty one counts as given)
 # The options that build a new model, which `--init-from RUN` takes from RUN instead.
 MODEL_OPTIONS = {
     "backbone": "--backbone",
@@ -42,11 +43,12 @@ def check_model_options(args):
                 "--init-from RUN to train a finished run's model on."
             )
         return
-    given = [flag for dest, flag in MODEL_OPTIONS.items() if getattr(args, dest, None)]
+    given = [flag for dest, flag in MODEL_OPTIONS.items() if getattr(args, dest, None) not in UNSET]
     if given:
+        parts = "backbone, weights, augmentation" if args.kind == "image" else "preset"
         raise ValueError(
             f"--init-from {args.init_from!r} trains that run's model on as it was saved (its "
-            f"backbone, weights, augmentation and precision); drop {', '.join(given)}."
+            f"{parts} and precision); drop {', '.join(given)}."
         )
 
 
@@ -88,9 +90,11 @@ def train_image(args):
     keras.utils.set_random_seed(args.seed)
     run = None
     if args.init_from is not None:  # the data is read at the run's input size
+        from keras_transfer.run_continuation import check_run_kind
         from keras_transfer.run_folder import load_trained
 
         run = load_trained(args.init_from)
+        check_run_kind(args.init_from, run[0], "image")
         image_size = tuple(run[0].input_shape[1:3])
     else:  # an unknown name or an unloadable preset fails here, before the data is read
         image_size = kt.default_image_size(args.backbone)

@@ -38,24 +38,46 @@ def check_not_finished(args):
         )
 
 
-def previous_run(run_dir, class_names, loaded=None):
+def check_run_kind(run_dir, model, kind):
+    """Refuse to continue a text run with `train image` or an image run with `train text`.
+
+    Raises:
+        ValueError: `model` is not of `kind` ("image" or "text").
+    """
+    from keras_transfer.compiling import is_text_classifier
+
+    run_kind = "text" if is_text_classifier(model) else "image"
+    if run_kind != kind:
+        raise ValueError(
+            f"--init-from {run_dir!r} holds {'an' if run_kind == 'image' else 'a'} {run_kind} "
+            f"classifier; continue it with "
+            f"`keras-transfer train {run_kind}` (and {run_kind} data)."
+        )
+
+
+def previous_run(run_dir, class_names, loaded=None, kind=None):
     """`(model, history)` of a finished run folder, checked against the data's classes
-    (`loaded`: `load_trained(run_dir)` when already called).
+    and against `kind` ("image" or "text"; None: not checked) (`loaded`:
+    `load_trained(run_dir)` when already called).
 
     Raises:
         FileNotFoundError: no `model.keras` in `run_dir`.
-        ValueError: the run's classes differ from `class_names`.
+        ValueError: the run's classes differ from `class_names`, or its model is not of
+            `kind`.
     """
     from keras_transfer.run_folder import load_trained
 
     model, run_names = loaded or load_trained(run_dir)
+    if kind is not None:
+        check_run_kind(run_dir, model, kind)
     if list(run_names) != list(class_names):
         raise ValueError(
             f"--init-from {run_dir!r} was trained on the classes {run_names}, but the data has "
             f"{list(class_names)}; continue it on data with the same classes."
         )
     history = {}
-    path = os.path.join(run_dir, HISTORY_FILE)
+    folder = os.path.dirname(run_dir) if os.path.isfile(run_dir) else run_dir  # RUN/model.keras
+    path = os.path.join(folder, HISTORY_FILE)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             history = json.load(handle)
@@ -154,13 +176,14 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None, loaded=
     from keras_transfer.stage_compiling import learning_rate_value
     from keras_transfer.training_stages import FINETUNE_LR_FACTOR, finetune_budget
 
-    model, history = previous_run(args.init_from, class_names, loaded)
+    model, history = previous_run(args.init_from, class_names, loaded, args.kind)
     if args.kind == "image":
         size, data_size = tuple(model.input_shape[1:3]), tuple(train_ds.element_spec[0].shape[1:3])
         if size != data_size:
             raise ValueError(
                 f"--init-from {args.init_from!r} takes {size[0]}x{size[1]} images, but the data "
-                f"is read at {data_size[0]}x{data_size[1]}; pass --image-size {size[0]}."
+                f"is read at {data_size[0]}x{data_size[1]}; drop --image-size (the run's size "
+                "is the default)."
             )
     else:
         _check_text_options(args, model)

@@ -110,10 +110,23 @@ def _read_class_names(path, model):
 
 
 def check_output(output, args=None):
-    """Refuse an --output that cannot become the output folder before any training."""
+    """Refuse an --output that cannot become the output folder before any training: a
+    file, a `keras-transfer tune` folder, or (with `args`) a finished run that neither
+    `--overwrite` nor `--init-from` allows replacing.
+
+    Raises:
+        FileExistsError: any of these.
+    """
+    from keras_transfer.tuning_leaderboard import BEST_MODEL
+
     if os.path.exists(output) and not os.path.isdir(output):
         raise FileExistsError(
             f"--output {output!r} is a file; pass a folder (it is made if missing)."
+        )
+    if os.path.isfile(os.path.join(output, BEST_MODEL)):  # its MODEL_FILE would sit beside
+        raise FileExistsError(
+            f"--output {output!r} is a `keras-transfer tune` folder (it holds {BEST_MODEL}); "
+            "pass another --output (--init-from it trains its best model on)."
         )
     if args is not None:  # a finished run there: --overwrite or --init-from
         from keras_transfer.run_continuation import check_not_finished

@@ -43,6 +43,24 @@ def test_a_finished_text_run_is_kept_or_continued(tiny_bert_preset, tmp_path, ca
     assert len(history["head"]["loss"]) == 1 and len(history["finetune"]["loss"]) == 2
     assert "Epoch 3/3" in result.stdout and "Epoch 2/" not in result.stdout
     assert not (more / "checkpoint").exists()
+    # RUN/model.keras continues as RUN does: its history.json beside it numbers the epochs.
+    result = _cli_in_process(
+        capsys,
+        *go_on,
+        "--epochs",
+        1,
+        "--init-from",
+        more / "model.keras",
+        "--output",
+        tmp_path / "f",
+    )
+    assert result.returncode == 0 and "Epoch 4/4" in result.stdout, result.stderr[-2000:]
+    images = write_image_folder(tmp_path / "images", classes=("neg", "pos"), per_class=2)
+    result = _cli_in_process(
+        capsys, "train", "image", "--data", images, "--init-from", out, "--output", tmp_path / "i"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "holds a text classifier; continue it with `keras-transfer train text`" in result.stderr
     from argparse import Namespace
 
     from keras_transfer.run_continuation import check_not_finished
@@ -119,3 +137,25 @@ def test_an_image_run_goes_on_in_its_stage(tmp_path, capsys):
     history = json.loads((second / "history.json").read_text())
     assert len(history["head"]["loss"]) == 1 and len(history["finetune"]["loss"]) == 2
     assert "Epoch 3/3" in result.stdout
+    # An image run is not continued as text, and a tune folder is no --output of train.
+    texts = write_text_file(tmp_path / "t.csv", [("a b", "class_0"), ("b c", "class_1")] * 4)
+    result = _cli_in_process(
+        capsys, "train", "text", "--data", texts, "--init-from", first, "--output", tmp_path / "t"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "holds an image classifier; continue it with `keras-transfer train image`" in (
+        result.stderr
+    )
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "best_model.keras").write_bytes((first / "model.keras").read_bytes())
+    result = _cli_in_process(
+        capsys,
+        *train,
+        "--epochs",
+        0,
+        "--init-from",
+        tmp_path / "tune",
+        "--output",
+        tmp_path / "tune",
+    )
+    assert result.returncode == 2 and "is a `keras-transfer tune` folder" in result.stderr
