@@ -76,7 +76,7 @@ def split_at_feature_map(model):
         layers and weights, and the name of the layer split after.
     """
     layer, tensor = find_feature_layer(model)
-    features = keras.Model(model.inputs, tensor, name=f"{model.name}_features")
+    features = keras.Model(model.input, tensor, name=f"{model.name}_features")  # its structure
     head = keras.Model(tensor, model.outputs[0], name=f"{model.name}_head")
     return features, head, layer.name
 
