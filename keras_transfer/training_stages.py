@@ -274,8 +274,14 @@ class StageRunner:
     def keep_if_better(self, snapshot, finetune_history, refreeze):
         """Put stage 1's weights back when stage 2 never had a lower `val_loss`."""
         weights, baseline = snapshot
-        best = min(finetune_history.history.get("val_loss") or [math.inf])
+        losses = finetune_history.history.get("val_loss") or [math.inf]
+        best = min(losses)
         if best < baseline:
+            epoch = finetune_history.epoch[losses.index(best)] + 1  # as Keras numbers it
+            self.say(
+                f"Fine-tuning lowered the validation loss to {best:.4f} ({baseline:.4f} after "
+                f"the head): kept the weights of its best epoch, {epoch}."
+            )
             return True
         self.model.set_weights(weights)
         refreeze(self.model)

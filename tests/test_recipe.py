@@ -96,12 +96,14 @@ class _StageOptimizer(keras.callbacks.Callback):
 
 
 @pytest.mark.backends("tensorflow", "torch")  # jax: minutes of CPU; test_recipe_edge_cases
-def test_default_fine_tune_probes_the_head_then_fine_tunes_with_validation_deciding(tmp_path):
+def test_default_fine_tune_probes_the_head_then_fine_tunes_with_validation_deciding(
+    tmp_path, capsys
+):
     train_ds, val_ds, _ = _images(tmp_path)
     model = _model()  # default augmentation: the head is probed on inference-mode features
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     stage_2 = _StageOptimizer()
-    histories = kt.fine_tune(model, train_ds, val_ds, callbacks=[stage_2], verbose=0)
+    histories = kt.fine_tune(model, train_ds, val_ds, callbacks=[stage_2], verbose=2)
     head = histories["head"].history
     assert histories["head"].epoch == [0] and set(head) >= {"loss", "val_loss", "val_accuracy"}
     finetune = histories["finetune"]
@@ -119,6 +121,12 @@ def test_default_fine_tune_probes_the_head_then_fine_tunes_with_validation_decid
     assert model.evaluate(val_ds, verbose=0, return_dict=True)["loss"] == pytest.approx(
         best, rel=1e-4, abs=1e-5
     )
+    out, losses = capsys.readouterr().out, finetune.history["val_loss"]
+    if min(losses) < head["val_loss"][0]:  # and the outcome is said, either way
+        epoch = finetune.epoch[losses.index(min(losses))] + 1
+        assert f"kept the weights of its best epoch, {epoch}." in out
+    else:
+        assert "kept the model with the frozen backbone" in out
     assert kt.fine_tune(_model(), train_ds, verbose=0).keys() == {"head"}  # no val: no stage 2
 
 
