@@ -143,9 +143,9 @@ def lr_find(
         An `LRFinderResult`; `result.plot("lr.png")` draws and saves the curve.
 
     Raises:
-        ValueError: a non-dataset `train_ds`, a bad range, `num_steps`, `smoothing`,
+        ValueError: arrays as `train_ds`, a bad range, `num_steps`, `smoothing`,
             `diverge_factor`, `method` or `cache_features`, a model with nothing trainable,
-            or a dataset without a single batch.
+            a dataset without a single batch, or class-id labels for a one-hot loss.
 
     Example:
     ```python
@@ -263,7 +263,8 @@ def _check_arguments(
 ):
     if isinstance(train_ds, (tuple, list, dict)) or hasattr(train_ds, "__array__"):
         raise ValueError(
-            "`train_ds` must be a tf.data.Dataset of (inputs, one_hot_labels) batches, got a "
+            "`train_ds` must be a tf.data.Dataset (or a PyDataset, torch DataLoader, grain "
+            "dataset) of (inputs, one_hot_labels) batches, got a "
             f"{type(train_ds).__name__}; for NumPy arrays pass "
             "tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
         )
@@ -335,6 +336,8 @@ def _sweep(model, data, rates, smoothing, diverge_factor, class_weight):
         # reads the optimizer's variables at each call (jax passes them into its jit).
         model.optimizer.learning_rate = float(rate)
         x, y = batch[0], batch[1]
+        if step == 0:
+            _check_labels(model, y)
         sample_weight = batch[2] if len(batch) > 2 else None
         logs = model.train_on_batch(
             x, y, sample_weight=sample_weight, class_weight=class_weight, return_dict=True
@@ -351,6 +354,19 @@ def _sweep(model, data, rates, smoothing, diverge_factor, class_weight):
         if step > 0 and value > diverge_factor * best:
             return raw, smoothed, True
     return raw, smoothed, False
+
+
+def _check_labels(model, labels):
+    """Class ids `(batch,)` for a model compiled with a one-hot (categorical) loss: a
+    clear ValueError, as `fine_tune` gives, instead of Keras' rank mismatch."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else type(loss).__name__
+    if np.ndim(labels) == 1 and len(model.output_shape) == 2 and "sparse" not in name.lower():
+        raise ValueError(
+            f"Labels must be one-hot, float32 (batch, num_classes) for the model's loss "
+            f"({name}); got shape {tuple(np.shape(labels))}. Use keras.utils.to_categorical "
+            "or our dataset functions."
+        )
 
 
 def _finite(values):

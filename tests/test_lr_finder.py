@@ -74,6 +74,11 @@ def test_a_pydataset_sweeps_as_its_tf_data_batches():
     assert runs[1].trained == "whole model"  # no backbone: the model trains on the batches
     np.testing.assert_allclose(runs[1].raw_losses, runs[0].raw_losses, rtol=1e-5)
     assert runs[1].suggested_lr == runs[0].suggested_lr
+    ids = data.map(lambda x, y: (x, tf.argmax(y, -1)))  # class ids for a one-hot loss
+    with pytest.raises(
+        ValueError, match=r"one-hot.*\(categorical_crossentropy\); got shape \(16,\)"
+    ):
+        kt.lr_find(_softmax_regression(), _Batches(ids))
 
 
 def test_suggestions_from_a_curve():
