@@ -53,6 +53,17 @@ class LRFinderResult:
     diverged: bool
     trained: str
 
+    def __repr__(self):
+        """One line: the suggestion and the sweep's extent (not its per-step lists)."""
+        rates = self.learning_rates
+        swept = f"({rates[0]:.3g}, {rates[-1]:.3g})" if rates else "()"
+        return (
+            f"LRFinderResult(suggested_lr={self.suggested_lr:.3g}, method={self.method!r}, "
+            f"suggestions={ {k: float(f'{v:.3g}') for k, v in self.suggestions.items()} }, "
+            f"steps={len(rates)}, rate_range={swept}, diverged={self.diverged}, "
+            f"trained={self.trained!r})"
+        )
+
     def plot(self, path=None):
         """Plot the smoothed loss against the learning rate (log scale), the suggestion
         marked; with `path`, also save it (PNG by its extension). Uses matplotlib's Agg

@@ -41,6 +41,9 @@ def test_sweep_is_exponential_diverges_and_suggests_a_sensible_rate():
     assert result.trained == "whole model"
     assert set(result.suggestions) == {"steepest", "minimum/10", "valley"}
     assert result.suggested_lr == result.suggestions["steepest"]
+    shown = repr(result)  # one line, not the per-step lists
+    assert shown.startswith("LRFinderResult(suggested_lr=") and len(shown) < 300
+    assert f"steps={len(rates)}" in shown and "trained='whole model'" in shown
     for rate in result.suggestions.values():
         assert rates[0] <= rate <= rates[-1]
     # Plain SGD on standardised, separable data learns fastest between 0.03 and 30.
