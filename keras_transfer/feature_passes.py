@@ -3,9 +3,10 @@
 `FeatureSplit.cache` looks each example's features up inside tf.data. A
 `keras.utils.PyDataset`, a torch `DataLoader` or a grain dataset is read once instead: each
 batch's inputs go through the frozen part of the model (in inference mode) and its labels,
-and sample weights when given, are kept beside the features, in memory. The head then
-trains on datasets of those arrays. A loader that augments at random gives the head the one
-draw of that pass.
+and sample weights when given, are kept beside the features, in memory (4 bytes per
+feature: 5 KB an example for MobileNetV2's 1,280 features, 1.5 KB for MiniLM's 384). The
+head then trains on datasets of those arrays. A loader that augments at random gives the
+head the one draw of that pass.
 """
 
 from __future__ import annotations

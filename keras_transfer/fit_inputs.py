@@ -70,7 +70,7 @@ def plan_for_inputs(model, cache_features, text_padding, train_ds, val_ds, verbo
     others = [data for data in (train_ds, val_ds) if data is not None and not is_tf_dataset(data)]
     if not others:
         return cache_features, text_padding
-    one_shot = [data for data in others if isinstance(data, collections.abc.Iterator)]
+    one_shot = [data for data in others if not readable_again(data)]
     uses = (
         ("feature caching", bool(one_shot) and cache_features is not False),
         ("per-batch text padding", bool(text_padding) and is_text_classifier(model)),
@@ -84,6 +84,16 @@ def plan_for_inputs(model, cache_features, text_padding, train_ds, val_ds, verbo
             "tf.data.Dataset.from_generator, or image_folder_datasets / text_csv_datasets)."
         )
     return (False if one_shot else cache_features), None
+
+
+def readable_again(data):
+    """Whether one pass over `data` can be followed by more: not a one-shot generator or
+    iterator, nor an infinite `PyDataset` (`num_batches` None)."""
+    import keras
+
+    if isinstance(data, keras.utils.PyDataset):
+        return data.num_batches is not None
+    return not isinstance(data, collections.abc.Iterator)
 
 
 def check_resumable_data(data):

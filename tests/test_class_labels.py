@@ -305,3 +305,19 @@ def test_text_features_of_a_pydataset_are_the_models(tiny_bert_preset, capsys):
     np.testing.assert_allclose(
         split.head.predict(features, verbose=0), model.predict(texts, verbose=0), atol=1e-5
     )
+
+
+def test_only_data_that_can_be_read_again_is_cached(capsys):
+    from keras_transfer.fit_inputs import plan_for_inputs
+
+    class Endless(_Batches):
+        @property
+        def num_batches(self):
+            return None  # an infinite PyDataset: one pass never ends
+
+    images, labels = _arrays()
+    model = _tiny_classifier(3)
+    assert plan_for_inputs(model, "auto", None, _Batches(images, labels), None) == ("auto", None)
+    assert capsys.readouterr().out == ""
+    assert plan_for_inputs(model, "auto", None, Endless(images, labels), None) == (False, None)
+    assert "without feature caching: the data is a keras.utils.PyDataset" in capsys.readouterr().out
