@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_transfer.feature_split import VALIDATION_BATCH
-from keras_transfer.fit_inputs import fit_shuffles, iter_batches, kind_of
+from keras_transfer.fit_inputs import iter_batches, kind_of
 
 
 def _arrays(split, data, progress):
@@ -64,6 +64,7 @@ def one_pass_feature_datasets(split, train_data, val_data=None, progress=False):
         ValueError: a batch that is not such a tuple, no batch at all, or sample weights in
             some batches only.
     """
+    import keras
     import tensorflow as tf
 
     if split.store is not None:
@@ -84,7 +85,7 @@ def one_pass_feature_datasets(split, train_data, val_data=None, progress=False):
         dataset = tf.data.Dataset.from_tensor_slices(tuple(a for a in arrays if a is not None))
         if data is not train_data:
             dataset = dataset.batch(VALIDATION_BATCH)
-        elif fit_shuffles(data):  # a PyDataset: its batches in a new order every epoch, as
+        elif isinstance(data, keras.utils.PyDataset):  # its batches in a new order every epoch, as
             batches = -(-len(arrays[0]) // size)  # `fit` would give them
             dataset = dataset.batch(size).shuffle(batches, reshuffle_each_iteration=True)
         else:  # a DataLoader, grain: as read (their own sampler, if any, shuffled it)

@@ -96,6 +96,62 @@ def readable_again(data):
     return not isinstance(data, collections.abc.Iterator)
 
 
+def prepared_for_fine_tune(model, data):
+    """`data` as `fine_tune` trains on it: unchanged, except text models' data that can be
+    read again (a `PyDataset`, a `DataLoader`, grain), which becomes a `tf.data.Dataset` of
+    the same batches (KerasHub's text models preprocess in `tf.data`; their `fit` cannot
+    read a `PyDataset` or a `DataLoader` of strings). None stays None.
+
+    Raises:
+        ValueError: an infinite `PyDataset` (`num_batches` None): `fine_tune` has no
+            `steps_per_epoch`, so an epoch would never end.
+    """
+    import keras
+
+    from keras_transfer.compiling import is_text_classifier
+
+    if isinstance(data, keras.utils.PyDataset) and data.num_batches is None:
+        raise ValueError(
+            "The PyDataset is infinite (num_batches is None), so a fine_tune epoch would "
+            "never end; give it a __len__ (or num_batches), or pass a tf.data.Dataset."
+        )
+    ours = (tuple, list, dict, np.ndarray)  # arrays: refused by `fine_tune` with a hint
+    if data is None or is_tf_dataset(data) or isinstance(data, ours) or hasattr(data, "__array__"):
+        return data
+    return as_tf_dataset(data) if is_text_classifier(model) and readable_again(data) else data
+
+
+def as_tf_dataset(data):
+    """A `tf.data.Dataset` of the `(inputs, labels[, weights])` batches of `data` (any kind
+    `iter_batches` reads), its element spec taken from the first batch (strings as
+    tf.string); read again at each pass, as `data` allows."""
+    import itertools
+
+    import tensorflow as tf
+
+    batches = iter_batches(data)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError(f"The {kind_of(data)} gave no batch.")
+
+    def spec(value):
+        value = np.asarray(value)
+        dtype = tf.string if value.dtype.kind in "OUS" else tf.as_dtype(value.dtype)
+        return tf.TensorSpec((None, *value.shape[1:]), dtype)
+
+    spent = [False]  # the first pass goes on from the batches already started
+
+    def again():
+        parts = itertools.chain([first], batches) if not spent[0] else iter_batches(data)
+        spent[0] = True
+        for batch in parts:
+            yield tuple(np.asarray(value) for value in batch)
+
+    return tf.data.Dataset.from_generator(
+        again, output_signature=tuple(spec(value) for value in first)
+    )
+
+
 def check_resumable_data(data):
     """Refuse data that `resumable_fit` cannot read again after a resume.
 
@@ -132,7 +188,8 @@ def iter_batches(data):
         count = data.num_batches
         if count is None:
             raise ValueError(
-                "The PyDataset is infinite (num_batches is None); evaluate on a finite one."
+                "The PyDataset is infinite (num_batches is None); pass a finite one (with a "
+                "__len__)."
             )
         batches = (data[index] for index in range(count))
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from keras_transfer.compiling import compile_arguments, compile_classifier
 from keras_transfer.fine_tune_setup import plain_int, plan_run, run_settings
+from keras_transfer.fit_inputs import prepared_for_fine_tune
 from keras_transfer.freezing import freeze_backbone
 from keras_transfer.model_state import restored_on_error
 from keras_transfer.pipeline_augmentation import warn_slow_augmentation
@@ -158,6 +159,7 @@ def fine_tune(
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
             "auto" or an int >= 0, learning rates that are not positive numbers,
+            an infinite `PyDataset`,
             `unfreeze_top_n=0` with an int of fine-tuning epochs or one above the number of the
             backbone's units, `verbose` not "auto", 0, 1 or 2, `train_batchnorm` not a
             bool, `checkpoint_settings` not a dict of JSON values, a `class_weight` key
@@ -184,6 +186,7 @@ def fine_tune(
     )  # NumPy ints as Python's
     if unfreeze_top_n == 0 and finetune_epochs == "auto":
         finetune_epochs = 0  # nothing to unfreeze: stage 2 could not help
+    train_ds, val_ds = (prepared_for_fine_tune(model, data) for data in (train_ds, val_ds))
     plan = plan_run(
         model,
         train_ds,

@@ -298,8 +298,11 @@ def test_text_features_of_a_pydataset_are_the_models(tiny_bert_preset, capsys):
     texts = np.array([text for text, _ in SENTIMENT_ROWS])
     one_hot = np.array([[label == "neg", label == "pos"] for _, label in SENTIMENT_ROWS], "float32")
     model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
-    kt.fine_tune(model, _Batches(texts, one_hot), finetune_epochs=0)
+    history = kt.fine_tune(
+        model, _Batches(texts, one_hot), _Batches(list(texts[:6]), one_hot[:6]), finetune_epochs=1
+    )  # texts as NumPy strings, and as a list of str
     assert "Head fitted as a linear probe" in capsys.readouterr().out
+    assert len(history["finetune"].history["val_loss"]) == 1  # KerasHub's fit read it too
     split = split_for_caching(model)  # the cut the cache used: encoder, then the head
     features = np.concatenate(list(split.features_of([texts[:5], texts[5:]])))
     np.testing.assert_allclose(
@@ -321,3 +324,5 @@ def test_only_data_that_can_be_read_again_is_cached(capsys):
     assert capsys.readouterr().out == ""
     assert plan_for_inputs(model, "auto", None, Endless(images, labels), None) == (False, None)
     assert "without feature caching: the data is a keras.utils.PyDataset" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"infinite \(num_batches is None\), so a fine_tune epoch"):
+        kt.fine_tune(model, Endless(images, labels))  # fit would never end an epoch
