@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from keras_transfer.feature_split import VALIDATION_BATCH
-from keras_transfer.fit_inputs import iter_batches, kind_of
+from keras_transfer.fit_inputs import is_tf_dataset, iter_batches, kind_of
 
 
 def _arrays(split, data, progress):
@@ -92,3 +92,11 @@ def one_pass_feature_datasets(split, train_data, val_data=None, progress=False):
             dataset = dataset.batch(size)
         datasets.append(dataset)
     return datasets[0], datasets[1]
+
+
+def cached_feature_datasets(split, train_data, val_data=None, progress=False):
+    """`split.cache(...)` for `tf.data` datasets, else `one_pass_feature_datasets(...)`:
+    the `(train_features_ds, val_features_ds)` of any data `fit` takes."""
+    if all(is_tf_dataset(data) for data in (train_data, val_data) if data is not None):
+        return split.cache(train_data, val_data, progress=progress)
+    return one_pass_feature_datasets(split, train_data, val_data, progress)

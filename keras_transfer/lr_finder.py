@@ -11,7 +11,6 @@ state) are restored after the sweep.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 
@@ -304,16 +303,14 @@ def _what_to_train(model, train_ds, cache_features):
     trainable weight is in it, else the whole model (text: preprocessed in tf.data)."""
     from keras_transfer.compiling import is_text_classifier
     from keras_transfer.feature_cache import split_for_caching
-    from keras_transfer.feature_passes import one_pass_feature_datasets
+    from keras_transfer.feature_passes import cached_feature_datasets
 
-    tf_data = is_tf_dataset(train_ds)
     if cache_features == "auto":
         split = split_for_caching(model)
         if split is not None and len(split.head.trainable_weights) == len(model.trainable_weights):
-            cache = split.cache if tf_data else functools.partial(one_pass_feature_datasets, split)
-            features, _ = cache(train_ds)
+            features, _ = cached_feature_datasets(split, train_ds)
             return split.head, features, "head on cached features", lambda: None
-    if tf_data and is_text_classifier(model) and model.preprocessor is not None:
+    if is_tf_dataset(train_ds) and is_text_classifier(model) and model.preprocessor is not None:
         from keras_transfer.text_padding import pad_to_longest
 
         data = pad_to_longest(model, train_ds)

@@ -13,8 +13,7 @@ from keras_transfer.checkpointing import clear_checkpoint, resumable_fit
 from keras_transfer.compiling import compile_arguments, is_text_classifier
 from keras_transfer.epoch_passes import fit_one_pass_per_epoch
 from keras_transfer.feature_cache import split_for_caching
-from keras_transfer.feature_passes import one_pass_feature_datasets
-from keras_transfer.fit_inputs import is_tf_dataset
+from keras_transfer.feature_passes import cached_feature_datasets
 from keras_transfer.freezing import freeze_backbone, unfreeze_backbone
 from keras_transfer.linear_probe import fit_linear_head, linear_head_layer
 from keras_transfer.pipeline_augmentation import augmentation_in_pipeline
@@ -160,10 +159,7 @@ class StageRunner:
         """Compile `split.head` as the model is compiled; the feature datasets of the data."""
         split.head.compile(**compile_arguments(self.model))
         progress = self.verbose not in (0, 2)
-        if all(is_tf_dataset(data) for data in (self.train_ds, self.val_ds) if data is not None):
-            features = split.cache(self.train_ds, self.val_ds, progress=progress)
-        else:  # a PyDataset, a torch DataLoader, a grain dataset: read once
-            features = one_pass_feature_datasets(split, self.train_ds, self.val_ds, progress)
+        features = cached_feature_datasets(split, self.train_ds, self.val_ds, progress)
         if split.store_hit:
             self.say(f"Backbone features read from the feature store {split.store}.")
         elif split.store_hit is False:
