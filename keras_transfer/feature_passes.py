@@ -96,7 +96,11 @@ def one_pass_feature_datasets(split, train_data, val_data=None, progress=False):
 
 def cached_feature_datasets(split, train_data, val_data=None, progress=False):
     """`split.cache(...)` for `tf.data` datasets, else `one_pass_feature_datasets(...)`:
-    the `(train_features_ds, val_features_ds)` of any data `fit` takes."""
+    the `(train_features_ds, val_features_ds)` of any data `fit` takes.
+
+    Raises:
+        ValueError: as `one_pass_feature_datasets` (data of other kinds only).
+    """
     if all(is_tf_dataset(data) for data in (train_data, val_data) if data is not None):
         return split.cache(train_data, val_data, progress=progress)
     return one_pass_feature_datasets(split, train_data, val_data, progress)

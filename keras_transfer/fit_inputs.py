@@ -124,7 +124,11 @@ def prepared_for_fine_tune(model, data):
 def as_tf_dataset(data):
     """A `tf.data.Dataset` of the `(inputs, labels[, weights])` batches of `data` (any kind
     `iter_batches` reads), its element spec taken from the first batch (strings as
-    tf.string); read again at each pass, as `data` allows."""
+    tf.string); read again at each pass, as `data` allows.
+
+    Raises:
+        ValueError: `data` gives no batch.
+    """
     import itertools
 
     import tensorflow as tf
