@@ -121,3 +121,38 @@ def compile_arguments(model):
         if not isinstance(compiled, dict):
             raise
         return dict(compiled)
+
+
+def check_label_shape(model, shape, name="train_ds"):
+    """Raise a clear ValueError when labels of `shape` cannot meet `model`'s loss, instead
+    of Keras' shape mismatch in the middle of a stage.
+
+    Args:
+        model: a compiled classifier, output `(batch, num_classes)`.
+        shape: the labels' shape, a tuple or `tf.TensorShape` (`None` for unknown sizes).
+        name: the argument the labels came from, named in the message.
+
+    Raises:
+        ValueError: class ids `(batch,)` for a one-hot (categorical) loss, or one-hot
+            labels whose width is not the model's number of classes.
+    """
+    dims = tuple(getattr(shape, "as_list", lambda: shape)()) if shape is not None else None
+    outputs = getattr(model, "output_shape", None)
+    if dims is None or not isinstance(outputs, tuple) or len(outputs) != 2:
+        return
+    loss = getattr(model, "loss", None)
+    loss_name = loss if isinstance(loss, str) else type(loss).__name__
+    sparse = "sparse" in str(loss_name).lower()
+    if len(dims) == 1 and not sparse:
+        raise ValueError(
+            f"`{name}` has class-id labels of shape {dims}, and the model's loss "
+            f"({loss_name}) takes one-hot labels (batch, {outputs[1]}), float32. Map them "
+            f"with keras.utils.to_categorical or tf.one_hot(y, {outputs[1]}), or use our "
+            "dataset functions (image_folder_datasets, text_csv_datasets)."
+        )
+    if len(dims) == 2 and not sparse and dims[1] is not None and dims[1] != outputs[1]:
+        raise ValueError(
+            f"`{name}` has one-hot labels of {dims[1]} columns, and the model has "
+            f"{outputs[1]} classes: build the model with num_classes={dims[1]}, or encode "
+            f"the labels with {outputs[1]} columns."
+        )

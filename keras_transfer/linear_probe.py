@@ -46,17 +46,19 @@ def linear_head_layer(head):
 
 def _features_and_labels(dataset):
     """numpy `(features (n, d) float32, class ids (n,) int64, weights (n,) or None)` from
-    one pass over a dataset of `(features, one_hot_labels[, sample_weights])` batches."""
+    one pass over a dataset of `(features, labels[, sample_weights])` batches, the labels
+    one-hot `(batch, num_classes)` or class ids `(batch,)`."""
     xs, ys, ws = [], [], []
     for batch in dataset.as_numpy_iterator():
         labels = np.asarray(batch[1])
-        if labels.ndim != 2:
+        if labels.ndim not in (1, 2):
             raise ValueError(
-                f"Labels must be one-hot, float32 (batch, num_classes); got shape "
-                f"{labels.shape}. Use keras.utils.to_categorical or our dataset functions."
+                f"Labels must be one-hot, float32 (batch, num_classes), or class ids (batch,) "
+                f"for a sparse loss; got shape {labels.shape}. Use keras.utils.to_categorical "
+                "or our dataset functions."
             )
         xs.append(np.asarray(batch[0], dtype="float32").reshape(len(batch[0]), -1))
-        ys.append(labels.argmax(-1))
+        ys.append(labels.argmax(-1) if labels.ndim == 2 else labels.reshape(-1))
         if len(batch) > 2:
             ws.append(np.asarray(batch[2], dtype="float64").reshape(-1))
     if not xs:

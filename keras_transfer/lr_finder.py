@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from keras_transfer.compiling import check_label_shape
 from keras_transfer.fit_inputs import is_tf_dataset, iter_batches
 
 SMOOTHING = 0.9  # EMA factor of the plotted loss (fastai: 0.98 for its 100-step default)
@@ -155,7 +156,8 @@ def lr_find(
     Raises:
         ValueError: arrays as `train_ds`, a bad range, `num_steps`, `smoothing`,
             `diverge_factor`, `method` or `cache_features`, a model with nothing trainable,
-            a dataset without a single batch, or class-id labels for a one-hot loss.
+            a dataset without a single batch, or labels that cannot meet the model's loss
+            (class ids for a one-hot loss, another width than its classes).
 
     Example:
     ```python
@@ -345,7 +347,7 @@ def _sweep(model, data, rates, smoothing, diverge_factor, class_weight):
         model.optimizer.learning_rate = float(rate)
         x, y = batch[0], batch[1]
         if step == 0:
-            _check_labels(model, y)
+            check_label_shape(model, np.shape(y))
         sample_weight = batch[2] if len(batch) > 2 else None
         logs = model.train_on_batch(
             x, y, sample_weight=sample_weight, class_weight=class_weight, return_dict=True
@@ -362,19 +364,6 @@ def _sweep(model, data, rates, smoothing, diverge_factor, class_weight):
         if step > 0 and value > diverge_factor * best:
             return raw, smoothed, True
     return raw, smoothed, False
-
-
-def _check_labels(model, labels):
-    """Class ids `(batch,)` for a model compiled with a one-hot (categorical) loss: a
-    clear ValueError, as `fine_tune` gives, instead of Keras' rank mismatch."""
-    loss = getattr(model, "loss", None)
-    name = loss if isinstance(loss, str) else type(loss).__name__
-    if np.ndim(labels) == 1 and len(model.output_shape) == 2 and "sparse" not in name.lower():
-        raise ValueError(
-            f"Labels must be one-hot, float32 (batch, num_classes) for the model's loss "
-            f"({name}); got shape {tuple(np.shape(labels))}. Use keras.utils.to_categorical "
-            "or our dataset functions."
-        )
 
 
 def _finite(values):

@@ -196,5 +196,16 @@ def test_recipe_edge_cases(tmp_path):
     with pytest.raises(ValueError, match="`batch_augmentation` mixes batches in tf.data"):
         kt.fine_tune(_model(), iter([]), batch_augmentation="mixup", verbose=0)
     ids = train_ds.map(lambda x, y: (x, tf.argmax(y, -1)))
-    with pytest.raises(ValueError, match="Labels must be one-hot"):
-        kt.fine_tune(_model(), ids, finetune_epochs=0, verbose=0)
+    for head_epochs in ("auto", 1):  # before the probe, and before Keras' rank mismatch
+        with pytest.raises(ValueError, match=r"`train_ds` has class-id labels .*to_categorical"):
+            kt.fine_tune(_model(), ids, head_epochs=head_epochs, finetune_epochs=0, verbose=0)
+    wide = val_ds.map(lambda x, y: (x, tf.concat([y, y], -1)))
+    with pytest.raises(ValueError, match="`val_ds` has one-hot labels of 4 columns, and the "):
+        kt.fine_tune(_model(), train_ds, wide, verbose=0)
+    # Class ids train a model compiled with a sparse loss: the probe and the gradient head.
+    val_ids = val_ds.map(lambda x, y: (x, tf.argmax(y, -1)))
+    for head_epochs in ("auto", 1):
+        model = _model()
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        kt.fine_tune(model, ids, val_ids, head_epochs=head_epochs, finetune_epochs=0, verbose=0)
+        assert model.loss == "sparse_categorical_crossentropy"
