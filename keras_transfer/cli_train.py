@@ -208,9 +208,20 @@ def _checkpoint_dir(args):
 
 def _training_settings(args):
     """The arguments a checkpoint must match to be resumed: all but those that do not change
-    the training (`--overwrite`, `--tensorboard`, `--feature-store`)."""
+    the training (`--overwrite`, `--tensorboard`, `--feature-store`), with the defaults
+    they leave unset resolved, so that naming a default (`--image-size 224` for a 224-pixel
+    backbone) resumes the run that left it out."""
     unchanged = ("overwrite", "tensorboard", "feature_store")
-    return {k: v for k, v in vars(args).items() if k not in unchanged}
+    settings = {k: v for k, v in vars(args).items() if k not in unchanged}
+    defaults = {"weights": WEIGHTS, "sequence_length": SEQUENCE_LENGTH, "pooling": POOLING}
+    for key, default in defaults.items():
+        if key in settings and settings[key] is None:
+            settings[key] = default
+    if settings.get("image_size") is None and getattr(args, "backbone", None):
+        import keras_transfer as kt
+
+        settings["image_size"] = kt.default_image_size(args.backbone)[0]
+    return settings
 
 
 def _tensorboard(args):

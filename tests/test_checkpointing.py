@@ -399,3 +399,20 @@ def test_resumed_stoppers_are_matched_by_monitor_not_position(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run([stopper("loss")], _Scripted(crash_at=2))
     assert run([stopper("loss"), stopper("accuracy")], _Scripted()).epoch == [0, 1, 2, 3]
+
+
+def test_a_named_default_resumes_the_run_that_left_it_out():
+    from keras_transfer.cli_parser import build_parser
+    from keras_transfer.cli_train import _training_settings
+
+    parse = build_parser().parse_args
+    image = ["train", "image", "--data", "d", "--backbone", "mobilenet", "--output", "o"]
+    named = [*image, "--image-size", "224", "--weights", "imagenet"]
+    assert _training_settings(parse(image)) == _training_settings(parse(named))
+    assert _training_settings(parse([*image, "--image-size", "96"]))["image_size"] == 96
+    text = ["train", "text", "--data", "d.csv", "--preset", "p", "--output", "o"]
+    named = [*text, "--sequence-length", "128", "--pooling", "cls"]
+    assert _training_settings(parse(text)) == _training_settings(parse(named))
+    assert _training_settings(parse([*text, "--sequence-length", "64"])) != _training_settings(
+        parse(text)
+    )
