@@ -124,13 +124,16 @@ def prepared_for_fine_tune(model, data):
 def as_tf_dataset(data):
     """A `tf.data.Dataset` of the `(inputs, labels[, weights])` batches of `data` (any kind
     `iter_batches` reads), its element spec taken from the first batch (strings as
-    tf.string); read again at each pass, as `data` allows.
+    tf.string); read again at each pass, as `data` allows. A `PyDataset`'s
+    `on_epoch_begin` is called as each pass starts and `on_epoch_end` when it ends, as
+    Keras' `fit` calls them (a PyDataset that reshuffles there reshuffles every epoch).
 
     Raises:
         ValueError: `data` gives no batch.
     """
     import itertools
 
+    import keras
     import tensorflow as tf
 
     batches = iter_batches(data)
@@ -145,11 +148,17 @@ def as_tf_dataset(data):
 
     spent = [False]  # the first pass goes on from the batches already started
 
+    epochs = isinstance(data, keras.utils.PyDataset)
+
     def again():
         parts = itertools.chain([first], batches) if not spent[0] else iter_batches(data)
         spent[0] = True
+        if epochs:
+            data.on_epoch_begin()
         for batch in parts:
             yield tuple(np.asarray(value) for value in batch)
+        if epochs:
+            data.on_epoch_end()
 
     return tf.data.Dataset.from_generator(
         again, output_signature=tuple(spec(value) for value in first)

@@ -181,6 +181,13 @@ class _Batches(keras.utils.PyDataset):
     def __init__(self, images, labels, batch_size=4):
         super().__init__()
         self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.epochs_begun = self.epochs_ended = 0
+
+    def on_epoch_begin(self):
+        self.epochs_begun += 1
+
+    def on_epoch_end(self):
+        self.epochs_ended += 1
 
     def __len__(self):
         return -(-len(self.images) // self.batch_size)
@@ -298,11 +305,15 @@ def test_text_features_of_a_pydataset_are_the_models(tiny_bert_preset, capsys):
     texts = np.array([text for text, _ in SENTIMENT_ROWS])
     one_hot = np.array([[label == "neg", label == "pos"] for _, label in SENTIMENT_ROWS], "float32")
     model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
+    train = _Batches(texts, one_hot)
     history = kt.fine_tune(
-        model, _Batches(texts, one_hot), _Batches(list(texts[:6]), one_hot[:6]), finetune_epochs=1
+        model, train, _Batches(list(texts[:6]), one_hot[:6]), finetune_epochs=2
     )  # texts as NumPy strings, and as a list of str
     assert "Head fitted as a linear probe" in capsys.readouterr().out
-    assert len(history["finetune"].history["val_loss"]) == 1  # KerasHub's fit read it too
+    assert len(history["finetune"].history["val_loss"]) == 2  # KerasHub's fit read it too
+    # Its epoch hooks run around every pass (2 epochs, passes that count batches, and on
+    # jax and torch one first batch read for the input spec: begun, not ended).
+    assert train.epochs_begun >= train.epochs_ended >= 2
     split = split_for_caching(model)  # the cut the cache used: encoder, then the head
     features = np.concatenate(list(split.features_of([texts[:5], texts[5:]])))
     np.testing.assert_allclose(
