@@ -136,12 +136,16 @@ def check_label_shape(model, shape, name="train_ds"):
         ValueError: class ids `(batch,)` for a one-hot (categorical) loss, or one-hot
             labels whose width is not the model's number of classes.
     """
-    dims = tuple(getattr(shape, "as_list", lambda: shape)()) if shape is not None else None
+    if shape is None or getattr(shape, "rank", 0) is None:  # unknown rank: Keras will say
+        return
+    dims = tuple(shape.as_list() if hasattr(shape, "as_list") else shape)
     outputs = getattr(model, "output_shape", None)
-    if dims is None or not isinstance(outputs, tuple) or len(outputs) != 2:
+    if not isinstance(outputs, tuple) or len(outputs) != 2:
         return
     loss = getattr(model, "loss", None)
     loss_name = loss if isinstance(loss, str) else type(loss).__name__
+    if loss is None:  # not compiled yet: fine_tune compiles compile_classifier's
+        loss_name = "CategoricalCrossentropy, compile_classifier's"
     sparse = "sparse" in str(loss_name).lower()
     if len(dims) == 1 and not sparse:
         raise ValueError(
