@@ -73,7 +73,7 @@ def _reference_probe(model, train_ds, val_ds):
     return float((probe.predict(scaler.transform(xv)) == yv).mean())
 
 
-def run_one(job, seed, pooling="cls", head_only=False, max_rows=1024):
+def run_one(job, seed, pooling="cls", head_only=False, max_rows=1024, finetune_lr=None):
     import keras
 
     import keras_transfer as kt
@@ -86,6 +86,8 @@ def run_one(job, seed, pooling="cls", head_only=False, max_rows=1024):
     model = _model(job, len(names), pooling)
     start = time.perf_counter()
     extra = {"finetune_epochs": 0} if head_only else {}
+    if finetune_lr is not None:
+        extra["finetune_learning_rate"] = finetune_lr
     histories = kt.fine_tune(model, train_ds, val_ds, verbose=0, **extra)
     wall = time.perf_counter() - start
     report = kt.evaluate_classifier(model, val_ds, names)
@@ -102,6 +104,9 @@ def run_one(job, seed, pooling="cls", head_only=False, max_rows=1024):
         head_val_accuracy=head.get("val_accuracy", [None])[-1],
         reference_probe=reference,
         finetune_epochs=len(finetune.epoch) if finetune else 0,
+        finetune_learning_rate=finetune_lr,
+        head_val_loss=head.get("val_loss", [None])[-1],
+        finetune_val_loss=finetune.history.get("val_loss") if finetune else None,
         fine_tune_seconds=round(wall, 1),
         run_seconds=round(time.perf_counter() - started, 1),
     )
@@ -121,11 +126,21 @@ def main():
     parser.add_argument(
         "--max-rows", type=int, default=1024, help="text jobs: training rows read (default 1024)"
     )
+    parser.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
+        help="peak rate of fine-tuning (default: fine_tune's own)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("JOB", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        return run_one(args.one[0], int(args.one[1]), args.pooling, args.head_only, args.max_rows)
+        return run_one(
+            args.one[0], int(args.one[1]), args.pooling, args.head_only, args.max_rows,
+            args.finetune_lr,
+        )  # fmt: skip
     options = ["--pooling", args.pooling, "--max-rows", str(args.max_rows)]
+    options += ["--finetune-lr", str(args.finetune_lr)] if args.finetune_lr else []
     options += ["--head-only"] if args.head_only else []
     print(
         "| job | backend | seed | accuracy | head alone | tuned linear probe | "
