@@ -24,7 +24,35 @@ def json_object(text):
 
 def weights_argument(text):
     """A --weights value as `build_image_classifier`'s `weights`: None for "none"."""
-    return None if text.lower() == "none" else text
+    lowered = text.lower()
+    return None if lowered == "none" else "imagenet" if lowered == "imagenet" else text
+
+
+def training_settings(args):
+    """The arguments a checkpoint of a `train` run must match to be resumed: all but those
+    that do not change the training (`--overwrite`, `--tensorboard`, `--feature-store`),
+    the defaults left unset resolved, so that naming a default (`--image-size 224` for a
+    224-pixel backbone, `--weights IMAGENET`) resumes the run that left it out. An
+    `--init-from` run leaves out the options its loaded model fixes (and checks): the
+    input size, sequence length, pooling and frozen blocks."""
+    unchanged = ("overwrite", "tensorboard", "feature_store")
+    settings = {k: v for k, v in vars(args).items() if k not in unchanged}
+    if getattr(args, "init_from", None) is not None:
+        for key in ("image_size", "sequence_length", "pooling", "freeze"):
+            settings.pop(key, None)
+        return settings
+    defaults = {"weights": WEIGHTS, "sequence_length": SEQUENCE_LENGTH, "pooling": POOLING}
+    for key, default in defaults.items():
+        if key in settings and settings[key] is None:
+            settings[key] = default
+    weights = settings.get("weights")
+    if isinstance(weights, str) and weights.lower() in ("none", "imagenet"):
+        settings["weights"] = weights.lower()
+    if settings.get("image_size") is None and getattr(args, "backbone", None):
+        import keras_transfer as kt
+
+        settings["image_size"] = kt.default_image_size(args.backbone)[0]
+    return settings
 
 
 def positive(text):

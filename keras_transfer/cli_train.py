@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
-from keras_transfer.cli_arguments import POOLING, SEQUENCE_LENGTH, WEIGHTS, weights_argument
+from keras_transfer.cli_arguments import (
+    POOLING,
+    SEQUENCE_LENGTH,
+    WEIGHTS,
+    training_settings,
+    weights_argument,
+)
 from keras_transfer.run_folder import CLASS_NAMES_FILE, MODEL_FILE, check_output, write_outputs
 
 CACHE_FEATURES = {"auto": "auto", "on": True, "off": False}
@@ -191,7 +197,7 @@ def train_text(args):
         finetune_learning_rate=None if head_only else args.lr,
         class_weight=class_weight,
         checkpoint_dir=_checkpoint_dir(args),
-        checkpoint_settings=_training_settings(args),
+        checkpoint_settings=training_settings(args),
         callbacks=_tensorboard(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
         feature_store=args.feature_store,
@@ -204,24 +210,6 @@ def _checkpoint_dir(args):
     if args.no_checkpoint:
         return None
     return args.checkpoint or os.path.join(args.output, "checkpoint")
-
-
-def _training_settings(args):
-    """The arguments a checkpoint must match to be resumed: all but those that do not change
-    the training (`--overwrite`, `--tensorboard`, `--feature-store`), with the defaults
-    they leave unset resolved, so that naming a default (`--image-size 224` for a 224-pixel
-    backbone) resumes the run that left it out."""
-    unchanged = ("overwrite", "tensorboard", "feature_store")
-    settings = {k: v for k, v in vars(args).items() if k not in unchanged}
-    defaults = {"weights": WEIGHTS, "sequence_length": SEQUENCE_LENGTH, "pooling": POOLING}
-    for key, default in defaults.items():
-        if key in settings and settings[key] is None:
-            settings[key] = default
-    if settings.get("image_size") is None and getattr(args, "backbone", None):
-        import keras_transfer as kt
-
-        settings["image_size"] = kt.default_image_size(args.backbone)[0]
-    return settings
 
 
 def _tensorboard(args):
@@ -255,7 +243,7 @@ def _fit_and_write(args, model, train_ds, val_ds, class_names):
         learning_rate=args.lr,
         class_weight=command_line_class_weight(args, train_ds, class_names),
         checkpoint_dir=_checkpoint_dir(args),
-        checkpoint_settings=_training_settings(args),
+        checkpoint_settings=training_settings(args),
         callbacks=_tensorboard(args),
         cache_features=CACHE_FEATURES[args.feature_cache],
         feature_store=args.feature_store,

@@ -14,10 +14,11 @@ import numpy as np
 
 from keras_transfer.batch_augmentation import mix_batches
 from keras_transfer.class_weighting import fit_class_weight
-from keras_transfer.compiling import check_label_shape, is_text_classifier
+from keras_transfer.compiling import is_text_classifier
 from keras_transfer.distribution import check_distributed_fit
-from keras_transfer.fit_inputs import is_tf_dataset, plan_for_inputs
+from keras_transfer.fit_inputs import plan_for_inputs
 from keras_transfer.freezing import backbone_units, get_backbone
+from keras_transfer.label_checks import check_batches
 from keras_transfer.processes import check_processes, process_count
 from keras_transfer.training_stages import data_length
 
@@ -189,11 +190,22 @@ class RunPlan(NamedTuple):
     text: bool
 
 
-def plan_run(model, train_ds, val_ds, *, class_weight, batch_augmentation, verbose, **checked):
+def plan_run(
+    model,
+    train_ds,
+    val_ds,
+    *,
+    class_weight,
+    batch_augmentation,
+    verbose,
+    label_smoothing=None,
+    **checked,
+):
     """Check `fine_tune`'s arguments and plan its inputs (see `fine_tune` for the errors).
 
     Args:
-        model, train_ds, val_ds, class_weight, batch_augmentation, verbose: `fine_tune`'s.
+        model, train_ds, val_ds, class_weight, batch_augmentation, verbose,
+            label_smoothing: `fine_tune`'s.
         **checked: the keyword arguments of `check_fine_tune_arguments`
             (`head_epochs`, `finetune_epochs`, `unfreeze_top_n`, `optimizer`,
             `text_padding`, `cache_features`, `feature_store`, `learning_rate`,
@@ -205,9 +217,7 @@ def plan_run(model, train_ds, val_ds, *, class_weight, batch_augmentation, verbo
     check_fine_tune_arguments(train_ds, val_ds, verbose=verbose, **checked)
     check_unfreeze_top_n(model, checked["unfreeze_top_n"])
     for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
-        spec = data.element_spec if is_tf_dataset(data) else None
-        if isinstance(spec, tuple) and len(spec) >= 2:  # labels that cannot meet the loss
-            check_label_shape(model, getattr(spec[1], "shape", None), name)
+        check_batches(model, data, name, label_smoothing)  # labels that cannot meet the loss
     cache_features, text_padding = checked["cache_features"], checked["text_padding"]
     check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
     cache_features = check_processes(cache_features, checked["feature_store"])

@@ -125,8 +125,9 @@ def as_tf_dataset(data):
     """A `tf.data.Dataset` of the `(inputs, labels[, weights])` batches of `data` (any kind
     `iter_batches` reads), its element spec taken from the first batch (strings as
     tf.string); read again at each pass, as `data` allows. A `PyDataset`'s
-    `on_epoch_begin` is called as each pass starts and `on_epoch_end` when it ends, as
-    Keras' `fit` calls them (a PyDataset that reshuffles there reshuffles every epoch).
+    `on_epoch_begin` is called before each pass reads its first batch and `on_epoch_end`
+    when the pass ends, cut short or not, as Keras' `fit` calls them (a PyDataset that
+    reshuffles there reshuffles every epoch).
 
     Raises:
         ValueError: `data` gives no batch.
@@ -151,14 +152,18 @@ def as_tf_dataset(data):
     epochs = isinstance(data, keras.utils.PyDataset)
 
     def again():
-        parts = itertools.chain([first], batches) if not spent[0] else iter_batches(data)
-        spent[0] = True
-        if epochs:
+        if epochs:  # each pass from its first batch, after the hook that may reshuffle
             data.on_epoch_begin()
-        for batch in parts:
-            yield tuple(np.asarray(value) for value in batch)
-        if epochs:
-            data.on_epoch_end()
+            parts = iter_batches(data)
+        else:
+            parts = itertools.chain([first], batches) if not spent[0] else iter_batches(data)
+        spent[0] = True
+        try:
+            for batch in parts:
+                yield tuple(np.asarray(value) for value in batch)
+        finally:  # a pass cut short too (Keras' fit ends such epochs the same way)
+            if epochs:
+                data.on_epoch_end()
 
     return tf.data.Dataset.from_generator(
         again, output_signature=tuple(spec(value) for value in first)
@@ -215,6 +220,9 @@ def iter_batches(data):
 
 
 def labels_of(targets):
-    """int class ids `(batch,)` of one-hot `(batch, num_classes)` or id `(batch,)` labels."""
+    """int class ids `(batch,)` of one-hot `(batch, num_classes)` or id `(batch,)` /
+    `(batch, 1)` labels."""
     targets = np.asarray(_numpy(targets))
-    return targets.argmax(-1) if targets.ndim == 2 else targets.astype(int)
+    if targets.ndim == 2 and targets.shape[1] > 1:
+        return targets.argmax(-1)
+    return targets.reshape(-1).astype(int)

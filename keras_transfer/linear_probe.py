@@ -47,7 +47,7 @@ def linear_head_layer(head):
 def _features_and_labels(dataset):
     """numpy `(features (n, d) float32, class ids (n,) int64, weights (n,) or None)` from
     one pass over a dataset of `(features, labels[, sample_weights])` batches, the labels
-    one-hot `(batch, num_classes)` or class ids `(batch,)`."""
+    one-hot `(batch, num_classes)` or class ids `(batch,)` or `(batch, 1)`."""
     xs, ys, ws = [], [], []
     for batch in dataset.as_numpy_iterator():
         labels = np.asarray(batch[1])
@@ -58,7 +58,8 @@ def _features_and_labels(dataset):
                 "or our dataset functions."
             )
         xs.append(np.asarray(batch[0], dtype="float32").reshape(len(batch[0]), -1))
-        ys.append(labels.argmax(-1) if labels.ndim == 2 else labels.reshape(-1))
+        one_hot = labels.ndim == 2 and labels.shape[1] > 1  # (batch, 1): class ids
+        ys.append(labels.argmax(-1) if one_hot else labels.reshape(-1))
         if len(batch) > 2:
             ws.append(np.asarray(batch[2], dtype="float64").reshape(-1))
     if not xs:
@@ -84,7 +85,8 @@ def fit_linear_head(head, train_features, class_weight=None, seed=0):
         or a class has a single example, then `C` is 1.0 without a search).
 
     Raises:
-        ValueError: the head is not linear, or the dataset is empty.
+        ValueError: the head is not linear, the dataset is empty, or a class id is not
+            one of the head's classes.
     """
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
@@ -97,6 +99,13 @@ def fit_linear_head(head, train_features, class_weight=None, seed=0):
         )
     x, y, weights = _features_and_labels(train_features)
     num_classes = int(dense.units)
+    outside = y[(y < 0) | (y >= num_classes)]
+    if outside.size:
+        raise ValueError(
+            f"The training labels hold class id {int(outside[0])}, and the model has "
+            f"{num_classes} classes (ids 0 to {num_classes - 1}): build it with as many "
+            "classes as the data has."
+        )
     if class_weight:
         per_class = np.array([float(class_weight.get(c, 1.0)) for c in range(num_classes)])
         weights = per_class[y] * (1.0 if weights is None else weights)

@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from keras_transfer.compiling import check_label_shape
 from keras_transfer.fit_inputs import is_tf_dataset, iter_batches
+from keras_transfer.label_checks import check_label_shape
 
 SMOOTHING = 0.9  # EMA factor of the plotted loss (fastai: 0.98 for its 100-step default)
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x its minimum (fastai's)

@@ -192,7 +192,9 @@ def continue_run(args, train_ds, val_ds, class_names, class_weight=None, loaded=
     finetune_epochs = getattr(args, "finetune_epochs", 0)
     if finetune_epochs == "auto":  # the default recipe's budget (no early stopping here)
         finetune_epochs = finetune_budget(train_ds)
-    settings = {**vars(args), "epochs_before": done}  # one value for every stage of this run
+    from keras_transfer.cli_arguments import training_settings
+
+    settings = {**training_settings(args), "epochs_before": done}  # every stage of this run
     new = {}
     if args.kind == "text":
         stage = next(reversed(history), "train")  # the stage it ended in

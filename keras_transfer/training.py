@@ -205,6 +205,7 @@ def fine_tune(
         class_weight=class_weight,
         batch_augmentation=batch_augmentation,
         verbose=verbose,
+        label_smoothing=label_smoothing,
         train_batchnorm=train_batchnorm,
         checkpoint_settings=checkpoint_settings,
     )

@@ -402,12 +402,12 @@ def test_resumed_stoppers_are_matched_by_monitor_not_position(tmp_path):
 
 
 def test_a_named_default_resumes_the_run_that_left_it_out():
+    from keras_transfer.cli_arguments import training_settings as _training_settings
     from keras_transfer.cli_parser import build_parser
-    from keras_transfer.cli_train import _training_settings
 
     parse = build_parser().parse_args
     image = ["train", "image", "--data", "d", "--backbone", "mobilenet", "--output", "o"]
-    named = [*image, "--image-size", "224", "--weights", "imagenet"]
+    named = [*image, "--image-size", "224", "--weights", "IMAGENET", "--overwrite"]
     assert _training_settings(parse(image)) == _training_settings(parse(named))
     assert _training_settings(parse([*image, "--image-size", "96"]))["image_size"] == 96
     text = ["train", "text", "--data", "d.csv", "--preset", "p", "--output", "o"]
@@ -416,3 +416,11 @@ def test_a_named_default_resumes_the_run_that_left_it_out():
     assert _training_settings(parse([*text, "--sequence-length", "64"])) != _training_settings(
         parse(text)
     )
+    # --init-from: the loaded model fixes (and checks) its size, sequence length, pooling.
+    more = ["train", "image", "--data", "d", "--init-from", "run", "--output", "o"]
+    named = [*more, "--image-size", "224", "--tensorboard", "tb", "--feature-store", "fs"]
+    assert _training_settings(parse(more)) == _training_settings(parse(named))
+    more = ["train", "text", "--data", "d.csv", "--init-from", "run", "--output", "o"]
+    named = [*more, "--sequence-length", "64", "--pooling", "mean"]
+    assert _training_settings(parse(more)) == _training_settings(parse(named))
+    assert _training_settings(parse([*more, "--epochs", "3"])) != _training_settings(parse(more))

@@ -337,3 +337,43 @@ def test_only_data_that_can_be_read_again_is_cached(capsys):
     assert "without feature caching: the data is a keras.utils.PyDataset" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"infinite \(num_batches is None\), so a fine_tune epoch"):
         kt.fine_tune(model, Endless(images, labels))  # fit would never end an epoch
+
+
+class _Shuffled(_Batches):
+    """Texts that reshuffle in `on_epoch_begin`, logging each hook and batch read."""
+
+    def __init__(self):
+        super().__init__(np.array([f"t{i}" for i in range(8)]), np.eye(2, dtype="float32"))
+        self.order, self.log, self.rng = np.arange(8), [], np.random.default_rng(0)
+
+    def on_epoch_begin(self):
+        self.log.append("begin")
+        self.rng.shuffle(self.order)
+
+    def on_epoch_end(self):
+        self.log.append("end")
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        self.log.append(index)
+        chosen = self.order[2 * index : 2 * index + 2]
+        return self.images[chosen], self.labels[chosen % 2]
+
+
+def test_a_pydataset_read_through_tf_data_keeps_its_epoch_hooks():
+    from keras_transfer.fit_inputs import as_tf_dataset
+
+    data = _Shuffled()
+    dataset = as_tf_dataset(data)
+    passes = [[t for batch in dataset.as_numpy_iterator() for t in batch[0]] for _ in range(2)]
+    for texts in passes:  # each pass reads every text once, after its reshuffle
+        assert sorted(texts) == sorted(t.encode() for t in data.images)
+    assert passes[0] != passes[1]
+    assert data.log[1:] == ["begin", 0, 1, 2, 3, "end"] * 2  # after the spec's first read
+    list(dataset.take(1).as_numpy_iterator())  # a pass cut short ends too
+    assert data.log[-1] == "end" and data.log.count("begin") == data.log.count("end") == 3
+    ids = _Batches(data.images, np.arange(8) % 2)
+    with pytest.raises(ValueError, match="`train_ds` has class-id labels of shape \\(4,\\)"):
+        kt.fine_tune(kt.build_image_classifier("mobilenet", 2, weights=None), ids, verbose=0)

@@ -202,10 +202,33 @@ def test_recipe_edge_cases(tmp_path):
     wide = val_ds.map(lambda x, y: (x, tf.concat([y, y], -1)))
     with pytest.raises(ValueError, match="`val_ds` has one-hot labels of 4 columns, and the "):
         kt.fine_tune(_model(), train_ds, wide, verbose=0)
-    # Class ids train a model compiled with a sparse loss: the probe and the gradient head.
+    column = train_ds.map(lambda x, y: (x, tf.argmax(y, -1)[:, None]))  # ids (batch, 1)
+    with pytest.raises(ValueError, match=r"class-id labels of shape \(None, 1\)"):
+        kt.fine_tune(_model(), column, verbose=0)
+    with pytest.raises(ValueError, match=r"gives single examples .* train_ds.batch\(32\)"):
+        kt.fine_tune(_model(), train_ds.unbatch(), verbose=0)
+    # Class ids train a model compiled with a sparse loss (a name, a function): the probe
+    # and the gradient head, ids (batch,) or (batch, 1) alike.
     val_ids = val_ds.map(lambda x, y: (x, tf.argmax(y, -1)))
-    for head_epochs in ("auto", 1):
+    val_column = val_ds.map(lambda x, y: (x, tf.argmax(y, -1)[:, None]))
+    heads = []
+    for loss, data, val, head_epochs in (
+        ("sparse_categorical_crossentropy", ids, val_ids, "auto"),
+        ("sparse_categorical_crossentropy", column, val_column, "auto"),
+        (keras.losses.sparse_categorical_crossentropy, ids, val_ids, 1),
+    ):
+        keras.utils.set_random_seed(1)
         model = _model()
-        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-        kt.fine_tune(model, ids, val_ids, head_epochs=head_epochs, finetune_epochs=0, verbose=0)
-        assert model.loss == "sparse_categorical_crossentropy"
+        model.compile("adam", loss, metrics=["accuracy"])
+        kt.fine_tune(model, data, val, head_epochs=head_epochs, finetune_epochs=0, verbose=0)
+        assert model.loss is loss
+        heads.append(model.predict(val_ds, verbose=0))
+    np.testing.assert_allclose(heads[1], heads[0], atol=5e-3)  # (batch, 1): the same probe
+    sparse = _model()
+    sparse.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="`label_smoothing` makes the loss a categorical"):
+        kt.fine_tune(sparse, ids, label_smoothing=0.1, verbose=0)
+    with pytest.raises(ValueError, match=r"one-hot labels of 2 columns.*tf.argmax\(y, -1\)"):
+        kt.fine_tune(sparse, train_ds, verbose=0)
+    with pytest.raises(ValueError, match="labels hold class id 2, and the model has 2 classes"):
+        kt.fine_tune(sparse, ids.map(lambda x, y: (x, y + 1)), finetune_epochs=0, verbose=0)
