@@ -179,7 +179,7 @@ def add_training_arguments(parser):
         "--lr",
         type=float,
         default=None,
-        help="learning rate of head epochs trained by gradient; fine-tuning peaks at 0.3x "
+        help="learning rate of head epochs trained by gradient; fine-tuning peaks at 0.1x "
         "it (default: the optimizer's, Adam 1e-3)",
     )
     parser.add_argument(

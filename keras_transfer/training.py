@@ -109,7 +109,7 @@ def fine_tune(
             per stage), or `"sgd"` / `"adam"` / `"adamw"` to use that one instead.
         learning_rate: rate of gradient-trained head epochs; default the compiled one.
         finetune_learning_rate: peak rate of stage 2; default the compiled rate for text
-            (5e-5, BERT's) and 0.3x it for images (3e-4 with Adam 1e-3).
+            (5e-5, BERT's) and 0.1x it for images (1e-4 with Adam 1e-3).
         train_batchnorm: bool, default False: also train BatchNorm layers in stage 2.
         class_weight: dict `{class_id: weight}` for `fit` and the probe.
         callbacks: list of Keras callbacks, used in both stages.

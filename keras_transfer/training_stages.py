@@ -24,7 +24,7 @@ FINETUNE_MIN_STEPS = 200  # stage-2 step budget on small data ("auto")
 FINETUNE_MIN_EPOCHS = 3  # BERT's fine-tuning grid: 2-4 epochs
 FINETUNE_MAX_EPOCHS = 30
 FINETUNE_UNKNOWN_LENGTH_EPOCHS = 10  # "auto" epochs when the data's length is unknown
-FINETUNE_LR_FACTOR = 0.3  # images: stage 2 at 0.3x the compiled rate (3e-4 for Adam 1e-3)
+FINETUNE_LR_FACTOR = 0.1  # images: stage 2 at 0.1x the compiled rate (1e-4 for Adam 1e-3)
 AUTO_HEAD_EPOCHS = 20  # head epochs when the head cannot be fitted as a linear probe
 PATIENCE_FRACTION = 0.2  # "auto" stages stop after a fifth of their epochs (at least 2)
 

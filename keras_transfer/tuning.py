@@ -72,7 +72,7 @@ def tune_image_classifier(
             values to choose from: `"learning_rate"` (Adam's rate for the head; default
             3e-4, 1e-3, 3e-3, 1e-2), `"dropout"` (0, 0.2, 0.5), `"label_smoothing"` (0,
             0.1), `"unfreeze_top_n"` (0: frozen backbone, or the number of top backbone
-            layers fine-tuned after the head, `fine_tune`'s stage 2 at 0.3x the rate;
+            layers fine-tuned after the head, `fine_tune`'s stage 2 at 0.1x the rate;
             default 0, 20).
         image_size: int or None (default: each backbone's own, for a folder `data`).
         batch_size: int, default 32 (folder `data`).
@@ -333,7 +333,7 @@ class Search:
         model.get_layer("dropout").rate = rate
 
     def _before_finetune(self, model, values):
-        """Fine-tuning takes the head's compiled rate (0.3x of it, `fine_tune`)."""
+        """Fine-tuning takes the head's compiled rate (0.1x of it, `fine_tune`)."""
 
     def run_trial(self, hp, trial_id):
         import keras

@@ -109,13 +109,13 @@ def test_default_fine_tune_probes_the_head_then_fine_tunes_with_validation_decid
     finetune = histories["finetune"]
     budget = finetune_budget(train_ds)  # 3 batches an epoch: 67 epochs wanted, 30 at most
     assert budget == 30 and 1 <= len(finetune.epoch) <= budget and finetune.epoch[0] == 1
-    # The stage-2 optimizer: the compiled Adam, peaking at 0.3x its rate, warmed up; the
+    # The stage-2 optimizer: the compiled Adam, peaking at 0.1x its rate, warmed up; the
     # model is left compiled as it was.
     schedule = stage_2.optimizer._learning_rate
     assert isinstance(stage_2.optimizer, keras.optimizers.Adam)
     assert isinstance(schedule, WarmupDecay) and schedule.total_steps == 3 * budget
     assert learning_rate_value(model.optimizer) == pytest.approx(1e-3)
-    assert schedule.peak_learning_rate == pytest.approx(3e-4) and schedule.decay == "cosine"
+    assert schedule.peak_learning_rate == pytest.approx(1e-4) and schedule.decay == "cosine"
     # Validation decided: the model kept is the one with the lowest val_loss seen.
     best = min(head["val_loss"] + finetune.history["val_loss"])
     assert model.evaluate(val_ds, verbose=0, return_dict=True)["loss"] == pytest.approx(
@@ -149,7 +149,7 @@ def test_fine_tune_keeps_the_compiled_optimizer_and_reverts_a_worse_stage_2(tmp_
         model, train_ds, val_ds, head_epochs=1, finetune_epochs=1, callbacks=[stage_2], verbose=0
     )
     assert isinstance(stage_2.optimizer, keras.optimizers.SGD)
-    assert learning_rate_value(stage_2.optimizer) == pytest.approx(0.05 * 0.3)
+    assert learning_rate_value(stage_2.optimizer) == pytest.approx(0.05 * 0.1)
     assert learning_rate_value(model.optimizer) == pytest.approx(0.05)
 
 
