@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 
+from keras_transfer.fit_inputs import labels_of
+
 # Inverse L2 strengths tried (on standardised features): 1e-4 ... 1e2, 13 values.
 C_GRID = np.logspace(-4, 2, 13)
 MAX_FOLDS = 5
@@ -58,8 +60,7 @@ def _features_and_labels(dataset):
                 "or our dataset functions."
             )
         xs.append(np.asarray(batch[0], dtype="float32").reshape(len(batch[0]), -1))
-        one_hot = labels.ndim == 2 and labels.shape[1] > 1  # (batch, 1): class ids
-        ys.append(labels.argmax(-1) if one_hot else labels.reshape(-1))
+        ys.append(labels_of(labels))
         if len(batch) > 2:
             ws.append(np.asarray(batch[2], dtype="float64").reshape(-1))
     if not xs:
