@@ -118,11 +118,14 @@ def predict_labelled(model, dataset):
     import tensorflow as tf
 
     from keras_transfer.distribution import predict_on_batch
-    from keras_transfer.fit_inputs import iter_batches, labels_of
+    from keras_transfer.fit_inputs import is_tf_dataset, iter_batches, labels_of
+    from keras_transfer.label_checks import check_not_keyed
 
     probabilities, labels = [], []
-    for batch in iter_batches(dataset):
+    for index, batch in enumerate(iter_batches(dataset)):
         inputs, targets = batch[0], batch[1]
+        if index == 0:
+            check_not_keyed(model, inputs, targets, "dataset", is_tf_dataset(dataset))
         if isinstance(inputs, tf.Tensor) and inputs.dtype != tf.string:
             inputs = inputs.numpy()
         probabilities.append(np.asarray(predict_on_batch(model, inputs), dtype="float32"))
@@ -153,8 +156,9 @@ def evaluate_classifier(model, dataset, class_names=None):
         a readable table.
 
     Raises:
-        ValueError: an empty dataset, or a model whose number of outputs differs from
-            `len(class_names)`.
+        ValueError: an empty dataset, a model whose number of outputs differs from
+            `len(class_names)`, or inputs or labels given as a dict
+            (`label_checks.check_not_keyed`).
     """
     if class_names is None:
         from keras_transfer.class_names import resolve_class_names

@@ -75,13 +75,48 @@ def check_label_shape(model, shape, name="train_ds", label_smoothing=None):
         )
 
 
-def check_batches(model, data, name="train_ds", label_smoothing=None):
-    """`check_label_shape` for a `tf.data.Dataset` (its element spec) or a `PyDataset`
-    (its first batch), and a clear error for a dataset of single examples; other data
-    (generators, DataLoaders) is read as it trains, and left to Keras.
+def check_not_keyed(model, inputs, labels, name="train_ds", tf_data=True):
+    """Refuse inputs or labels given as a dict (e.g. `({"image": x}, {"label": y})`, as
+    TFDS and `from_tensor_slices` of dicts give them) to a model that takes one tensor
+    and gives one: Keras 3's `fit` does not read them out by name either.
+
+    Args:
+        model: the classifier; one built on dict inputs (`model.input` a dict, as
+            KerasHub's text backbones) takes dict inputs.
+        inputs, labels: one batch's parts, or a `tf.data` element spec's.
+        name: what the data was passed as, named in the message.
+        tf_data: whether the message may suggest `name.map(...)`.
 
     Raises:
-        ValueError: see `check_label_shape`; a tf.data dataset that is not batched.
+        ValueError: dict inputs for a model built on one tensor, or dict labels.
+    """
+    for part, what in ((inputs, "inputs"), (labels, "labels")):
+        if not isinstance(part, dict):
+            continue
+        if what == "inputs" and isinstance(getattr(model, "input", None), dict):
+            continue
+        keys = sorted(part)
+        example = "x[key], y" if what == "inputs" else "x, y[key]"
+        fix = (
+            f"map each batch to it, e.g. {name}.map(lambda x, y: ({example}))"
+            if tf_data
+            else "give the array itself"
+        )
+        shown = f"`{name}`" if name.isidentifier() else name[:1].upper() + name[1:]
+        raise ValueError(
+            f"{shown} gives its {what} as a dict (keys {keys}), and the model "
+            f"{'takes one tensor' if what == 'inputs' else 'has one output'}: {fix}."
+        )
+
+
+def check_batches(model, data, name="train_ds", label_smoothing=None):
+    """`check_label_shape` and `check_not_keyed` for a `tf.data.Dataset` (its element
+    spec) or a `PyDataset` (its first batch), and a clear error for a dataset of single
+    examples; other data (generators, DataLoaders) is read as it trains, and left to Keras.
+
+    Raises:
+        ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
+            that is not batched.
     """
     import keras
 
@@ -91,13 +126,15 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         spec = data.element_spec
         if not isinstance(spec, tuple) or len(spec) < 2:
             return
+        check_not_keyed(model, spec[0], spec[1], name)
         inputs, labels = (getattr(part, "shape", None) for part in spec[:2])
         _check_batched(model, inputs, name)
     elif isinstance(data, keras.utils.PyDataset) and data.num_batches:
         batch = data[0]
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return
-        labels = np.shape(batch[1]) if not isinstance(batch[1], dict) else None
+        check_not_keyed(model, batch[0], batch[1], name, tf_data=False)
+        labels = np.shape(batch[1])
     else:
         return
     check_label_shape(model, labels, name, label_smoothing)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from keras_transfer.fit_inputs import is_tf_dataset, iter_batches
-from keras_transfer.label_checks import check_label_shape
+from keras_transfer.label_checks import check_batches, check_label_shape, check_not_keyed
 
 SMOOTHING = 0.9  # EMA factor of the plotted loss (fastai: 0.98 for its 100-step default)
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x its minimum (fastai's)
@@ -156,8 +156,9 @@ def lr_find(
     Raises:
         ValueError: arrays as `train_ds`, a bad range, `num_steps`, `smoothing`,
             `diverge_factor`, `method` or `cache_features`, a model with nothing trainable,
-            a dataset without a single batch, or labels that cannot meet the model's loss
-            (class ids for a one-hot loss, another width than its classes).
+            a dataset without a single batch, labels that cannot meet the model's loss
+            (class ids for a one-hot loss, another width than its classes), or inputs
+            or labels given as a dict (`label_checks.check_not_keyed`).
 
     Example:
     ```python
@@ -180,6 +181,7 @@ def lr_find(
             f"{model.name!r} has no trainable weights: unfreeze something (e.g. "
             "unfreeze_backbone(model)) before looking for its learning rate."
         )
+    check_batches(model, train_ds)  # a tf.data spec or a PyDataset's first batch
     rates = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     weights = model.get_weights()
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
@@ -347,6 +349,7 @@ def _sweep(model, data, rates, smoothing, diverge_factor, class_weight):
         model.optimizer.learning_rate = float(rate)
         x, y = batch[0], batch[1]
         if step == 0:
+            check_not_keyed(model, x, y, "train_ds", tf_data=False)  # generators, ...
             check_label_shape(model, np.shape(y))
         sample_weight = batch[2] if len(batch) > 2 else None
         logs = model.train_on_batch(

@@ -377,3 +377,49 @@ def test_a_pydataset_read_through_tf_data_keeps_its_epoch_hooks():
     ids = _Batches(data.images, np.arange(8) % 2)
     with pytest.raises(ValueError, match="`train_ds` has class-id labels of shape \\(4,\\)"):
         kt.fine_tune(kt.build_image_classifier("mobilenet", 2, weights=None), ids, verbose=0)
+
+
+def test_inputs_and_labels_given_as_dicts_are_refused_with_the_fix():
+    """`({"image": x}, {"label": y})` batches (TFDS, `from_tensor_slices` of dicts): Keras
+    3's fit refuses them for a model of one input and one output, and so do fine_tune,
+    lr_find and evaluate_classifier, before anything trains, with the map that fixes them."""
+    import tensorflow as tf
+
+    images, labels = _arrays()
+    model = _tiny_classifier(3)
+    plain = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    keyed_inputs = tf.data.Dataset.from_tensor_slices(({"image": images}, labels)).batch(4)
+    keyed_labels = tf.data.Dataset.from_tensor_slices((images, {"label": labels})).batch(4)
+    weights = model.get_weights()
+    fix = r"`val_ds` gives its inputs as a dict \(keys \['image'\]\), and the model takes one"
+    with pytest.raises(ValueError, match=fix + r".*val_ds.map\(lambda x, y: \(x\[key\], y\)\)"):
+        kt.fine_tune(model, plain, keyed_inputs, verbose=0)
+    with pytest.raises(ValueError, match=r"`train_ds` gives its labels as a dict.*one output"):
+        kt.fine_tune(model, keyed_labels, plain, verbose=0)
+    with pytest.raises(ValueError, match=r"labels as a dict.*\(x, y\[key\]\)"):
+        kt.lr_find(model, keyed_labels, num_steps=5)
+    with pytest.raises(ValueError, match=r"`dataset` gives its inputs as a dict"):
+        kt.evaluate_classifier(model, keyed_inputs, ["a", "b", "c"])
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))
+
+    class Keyed(_Batches):
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            return x, {"label": y}
+
+    with pytest.raises(ValueError, match=r"labels as a dict \(keys \['label'\]\).*give the array"):
+        kt.fine_tune(model, Keyed(images, labels), verbose=0)
+
+    def keyed_batches():
+        for start in range(0, len(images), 4):
+            yield images[start : start + 4], {"label": labels[start : start + 4]}
+
+    with pytest.raises(ValueError, match=r"`train_ds` gives its labels as a dict"):
+        kt.lr_find(model, keyed_batches(), num_steps=5)
+    with pytest.raises(ValueError, match=r"`dataset` gives its labels as a dict"):
+        kt.evaluate_classifier(model, keyed_batches(), ["a", "b", "c"])
+    loader = pytest.importorskip("grain").MapDataset.source(
+        [(x, {"label": y}) for x, y in zip(images, labels, strict=True)]
+    )
+    with pytest.raises(ValueError, match=r"Batch 0 of the grain MapDataset gives its labels"):
+        kt.fine_tune(model, loader.batch(4), verbose=0)
