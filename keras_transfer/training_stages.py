@@ -196,6 +196,9 @@ class StageRunner:
         history.set_model(head)
         logs = head.evaluate(train_features, verbose=0, return_dict=True)
         if val_features is not None:
+            # A fresh test function: one traced on (batch, 1) class ids and then given
+            # (batch,) ones is retraced at an unknown label rank, which the loss refuses.
+            head.compile(**compile_arguments(self.model))
             val_logs = head.evaluate(val_features, verbose=0, return_dict=True)
             logs.update({f"val_{key}": value for key, value in val_logs.items()})
         history.epoch = [0]

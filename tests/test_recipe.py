@@ -215,6 +215,7 @@ def test_recipe_edge_cases(tmp_path):
     for loss, data, val, head_epochs in (
         ("sparse_categorical_crossentropy", ids, val_ids, "auto"),
         ("sparse_categorical_crossentropy", column, val_column, "auto"),
+        ("sparse_categorical_crossentropy", column, val_ids, "auto"),  # the two forms mixed
         (keras.losses.sparse_categorical_crossentropy, ids, val_ids, 1),
     ):
         keras.utils.set_random_seed(1)
@@ -224,6 +225,7 @@ def test_recipe_edge_cases(tmp_path):
         assert model.loss is loss
         heads.append(model.predict(val_ds, verbose=0))
     np.testing.assert_allclose(heads[1], heads[0], atol=5e-3)  # (batch, 1): the same probe
+    np.testing.assert_allclose(heads[2], heads[0], atol=5e-3)
     sparse = _model()
     sparse.compile("adam", "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="`label_smoothing` makes the loss a categorical"):
