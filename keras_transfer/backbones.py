@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 
 HUB_PREFIX = "hub:"
 
@@ -225,11 +226,17 @@ def build_backbone(spec, input_shape, weights="imagenet", **backbone_kwargs):
         raise
     except Exception as error:  # keras.utils.get_file: "URL fetch failure on ..."
         if weights == "imagenet" and "URL fetch failure" in str(error):
+            found = re.search(r"URL fetch failure on (\S+?):? ", str(error))
+            cache = os.path.join(
+                os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")),
+                "models",
+            )
+            where = os.path.join(cache, found.group(1).rsplit("/", 1)[-1]) if found else cache
             raise ValueError(
                 f"The ImageNet weights of {spec.constructor}({backbone_kwargs or ''}) are not "
-                "in the Keras cache ($KERAS_HOME/models, default ~/.keras/models) and could "
-                f"not be downloaded: {error}. Connect to the internet once, copy the file "
-                "into the cache, or pass weights=<path> or weights=None (on the command line "
-                "--weights <file> or --weights none)."
+                f"in the Keras cache and could not be downloaded: {error}. Connect to the "
+                f"internet once, copy the file to {where} ($KERAS_HOME/models, default "
+                "~/.keras/models), or pass weights=<path> or weights=None (on the command "
+                "line --weights <file> or --weights none)."
             ) from error
         raise

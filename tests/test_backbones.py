@@ -54,3 +54,19 @@ def test_grayscale_input_with_imagenet_weights_is_refused():
 def test_default_image_size_comes_from_the_registry():
     assert kt.default_image_size("xception") == (299, 299)
     assert kt.default_image_size("efficientnet_b3") == (300, 300)
+
+
+def test_weights_that_cannot_be_downloaded_name_the_cache_file(tmp_path, monkeypatch):
+    """Offline: the error names the file Keras looks for in $KERAS_HOME/models."""
+    from keras.src.utils import file_utils
+
+    def offline(fname, origin, *args, **kwargs):  # keras.utils.get_file without a network
+        raise Exception(f"URL fetch failure on {origin}: None -- Name or service not known")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    wanted = tmp_path / "models" / "mobilenet_2_5_128_tf_no_top.h5"
+    with pytest.raises(ValueError, match=f"copy the file to {wanted} "):
+        kt.build_image_classifier(
+            "mobilenet", 2, input_shape=(128, 128, 3), backbone_kwargs={"alpha": 0.25}
+        )
