@@ -15,7 +15,6 @@ import numpy as np
 
 from keras_transfer.feature_split import VALIDATION_BATCH
 from keras_transfer.fit_inputs import is_tf_dataset, iter_batches, kind_of
-from keras_transfer.label_checks import check_not_keyed
 
 
 def _arrays(split, data, progress):
@@ -29,7 +28,6 @@ def _arrays(split, data, progress):
                     f"Batch {index} of the {kind_of(data)} is not an (inputs, labels) or "
                     "(inputs, labels, sample_weights) tuple; give batches of that form."
                 )
-            check_not_keyed(None, None, batch[1], f"batch {index} of the {kind_of(data)}", False)
             labels.append(np.asarray(batch[1]))
             if len(batch) == 3:
                 weights.append(np.asarray(batch[2], dtype="float32").reshape(-1))

@@ -102,17 +102,17 @@ def check_not_keyed(model, inputs, labels, name="train_ds", tf_data=True):
             if tf_data
             else "give the array itself"
         )
-        shown = f"`{name}`" if name.isidentifier() else name[:1].upper() + name[1:]
         raise ValueError(
-            f"{shown} gives its {what} as a dict (keys {keys}), and the model "
+            f"`{name}` gives its {what} as a dict (keys {keys}), and the model "
             f"{'takes one tensor' if what == 'inputs' else 'has one output'}: {fix}."
         )
 
 
 def check_batches(model, data, name="train_ds", label_smoothing=None):
     """`check_label_shape` and `check_not_keyed` for a `tf.data.Dataset` (its element
-    spec) or a `PyDataset` (its first batch), and a clear error for a dataset of single
-    examples; other data (generators, DataLoaders) is read as it trains, and left to Keras.
+    spec), a `PyDataset`, a torch `DataLoader` or a grain dataset (their first batch), and a
+    clear error for a dataset of single examples; a one-shot generator or iterator is read
+    as it trains, and left to Keras.
 
     Raises:
         ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
@@ -120,7 +120,7 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
     """
     import keras
 
-    from keras_transfer.fit_inputs import is_tf_dataset
+    from keras_transfer.fit_inputs import is_tf_dataset, iter_batches, readable_again
 
     if is_tf_dataset(data):
         spec = data.element_spec
@@ -129,8 +129,9 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         check_not_keyed(model, spec[0], spec[1], name)
         inputs, labels = (getattr(part, "shape", None) for part in spec[:2])
         _check_batched(model, inputs, name)
-    elif isinstance(data, keras.utils.PyDataset) and data.num_batches:
-        batch = data[0]
+    elif data is not None and readable_again(data):  # read again later: peek at batch 0
+        pydataset = isinstance(data, keras.utils.PyDataset)
+        batch = data[0] if pydataset else next(iter(iter_batches(data)), None)
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return
         check_not_keyed(model, batch[0], batch[1], name, tf_data=False)

@@ -159,13 +159,13 @@ def fine_tune(
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
             "auto" or an int >= 0, learning rates that are not positive numbers,
-            an infinite `PyDataset`, labels of a `tf.data` dataset or a `PyDataset` that
-            cannot meet the model's loss (class ids for a one-hot loss or with
-            `label_smoothing`, one-hot labels of another width than the model's classes or
-            for a sparse loss; `label_checks.check_label_shape`), a `tf.data` dataset that
-            is not batched, inputs or labels of a `tf.data` dataset or a `PyDataset`
-            given as a dict (`label_checks.check_not_keyed`), class ids beyond the
-            model's classes (the linear probe),
+            an infinite `PyDataset`, labels of a `tf.data` dataset, a `PyDataset`, a
+            `DataLoader` or a grain dataset that cannot meet the model's loss (class ids
+            for a one-hot loss or with `label_smoothing`, one-hot labels of another width
+            than the model's classes or for a sparse loss; `label_checks.check_label_shape`),
+            a `tf.data` dataset that is not batched, inputs or labels of such data given as
+            a dict (`label_checks.check_not_keyed`), class ids beyond the model's classes
+            (the linear probe),
             `unfreeze_top_n=0` with an int of fine-tuning epochs or one above the number of the
             backbone's units, `verbose` not "auto", 0, 1 or 2, `train_batchnorm` not a
             bool, `checkpoint_settings` not a dict of JSON values, a `class_weight` key

@@ -243,6 +243,9 @@ def test_fine_tune_takes_torch_dataloaders(tmp_path, capsys):
     assert len(history["head"].history["val_loss"]) == 2
     report = kt.evaluate_classifier(model, loader, ["a", "b", "c"])
     assert report.num_examples == 12
+    ids = torch.utils.data.TensorDataset(torch.tensor(images), torch.tensor(labels.argmax(-1)))
+    with pytest.raises(ValueError, match=r"`val_ds` has class-id labels of shape \(4,\)"):
+        kt.fine_tune(model, loader, torch.utils.data.DataLoader(ids, batch_size=4), verbose=0)
 
 
 def test_fine_tune_takes_grain_datasets(capsys):
@@ -256,6 +259,10 @@ def test_fine_tune_takes_grain_datasets(capsys):
     assert len(history["finetune"].history["val_loss"]) == 1
     report = kt.evaluate_classifier(model, data, ["a", "b", "c"])
     assert report.num_examples == 12 and sum(report.support) == 12
+    wide = [(x, np.tile(y, 2)) for x, y in zip(images, labels, strict=True)]
+    wide = grain.MapDataset.source(wide).batch(4)
+    with pytest.raises(ValueError, match="`train_ds` has one-hot labels of 6 columns"):
+        kt.fine_tune(model, wide, data, verbose=0)  # before anything trains
 
 
 def test_the_auto_head_is_the_linear_probe_on_data_read_again(capsys):
@@ -424,5 +431,7 @@ def test_inputs_and_labels_given_as_dicts_are_refused_with_the_fix():
     loader = pytest.importorskip("grain").MapDataset.source(
         [(x, {"label": y}) for x, y in zip(images, labels, strict=True)]
     )
-    with pytest.raises(ValueError, match=r"Batch 0 of the grain MapDataset gives its labels"):
+    with pytest.raises(
+        ValueError, match=r"`train_ds` gives its labels as a dict.*give the array itself"
+    ):
         kt.fine_tune(model, loader.batch(4), verbose=0)
