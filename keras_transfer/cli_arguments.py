@@ -161,7 +161,7 @@ def add_training_arguments(parser):
         "--finetune-epochs",
         type=epochs_argument,
         default="auto",
-        help="epochs with the top of the backbone unfrozen; default auto: at least 200 "
+        help="epochs with the backbone unfrozen (--unfreeze-top-n); default auto: at least 200 "
         "steps (3 to 30 epochs) with early stopping on the validation loss, kept only if "
         "it beats the head alone; 0: none",
     )
