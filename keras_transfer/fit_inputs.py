@@ -165,28 +165,9 @@ def as_tf_dataset(data):
             if epochs:
                 data.on_epoch_end()
 
-    dataset = tf.data.Dataset.from_generator(
+    return tf.data.Dataset.from_generator(
         again, output_signature=tuple(spec(value) for value in first)
     )
-    count = _batch_count(data)
-    if count is not None:  # Keras' progress bar shows "n/count", not "n/Unknown"
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(count))
-    return dataset
-
-
-def _batch_count(data):
-    """The number of batches of one pass over `data` when it says (a `PyDataset`'s
-    `num_batches`, `len()` of a `DataLoader` or a grain `MapDataset`), else None."""
-    import keras
-
-    if isinstance(data, keras.utils.PyDataset):
-        return data.num_batches
-    if isinstance(data, collections.abc.Iterator):
-        return None
-    try:
-        return int(len(data))
-    except (TypeError, NotImplementedError):
-        return None
 
 
 def check_resumable_data(data):
