@@ -14,6 +14,11 @@ import os
 import re
 
 HUB_PREFIX = "hub:"
+# keras.applications caches these downloads under other names than their URLs'.
+_CACHE_NAMES = {
+    "NASNet-mobile-no-top.h5": "nasnet_mobile_no_top.h5",
+    "NASNet-large-no-top.h5": "nasnet_large_no_top.h5",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +236,8 @@ def build_backbone(spec, input_shape, weights="imagenet", **backbone_kwargs):
                 os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")),
                 "models",
             )
-            where = os.path.join(cache, found.group(1).rsplit("/", 1)[-1]) if found else cache
+            file = found.group(1).rsplit("/", 1)[-1] if found else ""
+            where = os.path.join(cache, _CACHE_NAMES.get(file, file))
             raise ValueError(
                 f"The ImageNet weights of {spec.constructor}({backbone_kwargs or ''}) are not "
                 f"in the Keras cache and could not be downloaded: {error}. Connect to the "

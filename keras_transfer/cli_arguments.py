@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 SEQUENCE_LENGTH = 128  # train text --sequence-length, without --init-from
 POOLING = "cls"  # train text --pooling, without --init-from
@@ -34,15 +33,11 @@ def training_settings(args):
     that do not change the training (`--overwrite`, `--tensorboard`, `--feature-store`,
     and where it writes: `--output`, `--checkpoint`, so a moved run folder resumes), the
     defaults left unset resolved, so that naming a default (`--image-size 224` for a
-    224-pixel backbone, `--weights IMAGENET`) resumes the run that left it out, and
-    paths that exist made absolute (`data/` and `./data` are one folder). An
+    224-pixel backbone, `--weights IMAGENET`) resumes the run that left it out. An
     `--init-from` run leaves out the options its loaded model fixes (and checks): the
     input size, sequence length, pooling and frozen blocks."""
     unchanged = ("overwrite", "tensorboard", "feature_store", "output", "checkpoint")
     settings = {k: v for k, v in vars(args).items() if k not in unchanged}
-    for key, value in settings.items():
-        if isinstance(value, str) and key != "backbone" and os.path.exists(value):
-            settings[key] = os.path.abspath(value)
     if getattr(args, "init_from", None) is not None:
         for key in ("image_size", "sequence_length", "pooling", "freeze"):
             settings.pop(key, None)

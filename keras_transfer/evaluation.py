@@ -125,7 +125,7 @@ def predict_labelled(model, dataset):
     for index, batch in enumerate(iter_batches(dataset)):
         inputs, targets = batch[0], batch[1]
         if index == 0:
-            check_not_keyed(model, inputs, targets, "dataset", is_tf_dataset(dataset))
+            check_not_keyed(model, targets, "dataset", is_tf_dataset(dataset))
         if isinstance(inputs, tf.Tensor) and inputs.dtype != tf.string:
             inputs = inputs.numpy()
         probabilities.append(np.asarray(predict_on_batch(model, inputs), dtype="float32"))
@@ -157,14 +157,16 @@ def evaluate_classifier(model, dataset, class_names=None):
 
     Raises:
         ValueError: an empty dataset, a model whose number of outputs differs from
-            `len(class_names)`, or inputs or labels given as a dict
-            (`label_checks.check_not_keyed`).
+            `len(class_names)`, or labels given as a dict of another key than the
+            model's output name (`label_checks.check_not_keyed`).
     """
+    from keras_transfer.label_checks import keyed_batches
+
     if class_names is None:
         from keras_transfer.class_names import resolve_class_names
 
         class_names = resolve_class_names(model, None, "the report", dataset)
-    probabilities, labels = predict_labelled(model, dataset)
+    probabilities, labels = predict_labelled(model, keyed_batches(model, dataset))
     if probabilities.shape[-1] != len(class_names):
         raise ValueError(
             f"The model predicts {probabilities.shape[-1]} classes but {len(class_names)} "

@@ -75,67 +75,113 @@ def check_label_shape(model, shape, name="train_ds", label_smoothing=None):
         )
 
 
-def check_not_keyed(model, inputs, labels, name="train_ds", tf_data=True):
-    """Refuse inputs or labels given as a dict (e.g. `({"image": x}, {"label": y})`, as
-    TFDS and `from_tensor_slices` of dicts give them) to a model that takes one tensor
-    and gives one: Keras 3's `fit` does not read them out by name either.
+def _one_name(names):
+    """The one name in `names`, or None when there are several (or none)."""
+    names = [name for name in (names or []) if name]
+    return str(names[0]) if len(names) == 1 else None
+
+
+def keyed_names(model):
+    """`(input name, output name)` a batch's dicts may be keyed by: the model's one input
+    (its InputLayer's name, which Keras looks dict inputs up by) and one output;
+    None where the model has several, or was built on dict inputs (Keras reads those)."""
+    import keras
+
+    inputs = None
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):  # a subclassed model: it reads its inputs itself
+        structure = {}
+    if not isinstance(structure, dict):
+        specs = keras.tree.flatten(getattr(model, "input_spec", None))
+        inputs = _one_name([getattr(spec, "name", None) for spec in specs])
+    return inputs, _one_name(getattr(model, "output_names", None))
+
+
+def check_not_keyed(model, labels, name="train_ds", tf_data=True):
+    """Refuse labels given as a dict (e.g. `(x, {"label": y})`) other than one keyed by
+    the name of the model's one output (`keyed_batches` reads that one out of `tf.data`).
 
     Args:
-        model: the classifier; one built on dict inputs (`model.input` a dict, as
-            KerasHub's text backbones) takes dict inputs.
-        inputs, labels: one batch's parts, or a `tf.data` element spec's.
+        model: the classifier.
+        labels: one batch's labels, or a `tf.data` element spec's.
         name: what the data was passed as, named in the message.
         tf_data: whether the message may suggest `name.map(...)`.
 
     Raises:
-        ValueError: dict inputs for a model built on one tensor, or dict labels.
+        ValueError: dict labels with another key.
     """
-    for part, what in ((inputs, "inputs"), (labels, "labels")):
-        if not isinstance(part, dict):
-            continue
-        if what == "inputs" and isinstance(getattr(model, "input", None), dict):
-            continue
-        keys = sorted(part)
-        example = "x[key], y" if what == "inputs" else "x, y[key]"
-        fix = (
-            f"map each batch to it, e.g. {name}.map(lambda x, y: ({example}))"
-            if tf_data
-            else "give the array itself"
-        )
-        raise ValueError(
-            f"`{name}` gives its {what} as a dict (keys {keys}), and the model "
-            f"{'takes one tensor' if what == 'inputs' else 'has one output'}: {fix}."
-        )
+    if not isinstance(labels, dict) or list(labels) == [keyed_names(model)[1]]:
+        return
+    keys = sorted(labels)
+    fix = f"map each batch to it, e.g. {name}.map(lambda x, y: (x, y[{keys[0]!r}]))"
+    raise ValueError(
+        f"`{name}` gives its labels as a dict (keys {keys}), and the model has one "
+        f"output: {fix if tf_data else 'give the array itself'}."
+    )
+
+
+def keyed_batches(model, data):
+    """`data` with a `tf.data.Dataset`'s inputs (labels) given as a dict keyed by the
+    name of the model's one input (output) read out to the tensors themselves, so that
+    feature caching and the linear probe read them too; other data is returned as it is.
+    The class names the dataset carries are kept."""
+    from keras_transfer.class_names import dataset_class_names, remember_class_names
+    from keras_transfer.fit_inputs import is_tf_dataset
+
+    if not is_tf_dataset(data) or not isinstance(data.element_spec, tuple):
+        return data
+    spec = data.element_spec
+    keys = [
+        key if isinstance(part, dict) and list(part) == [key] else None
+        for part, key in zip(spec[:2], keyed_names(model), strict=False)
+    ]
+    if not any(keys):
+        return data
+
+    def plain(*batch):
+        return tuple(part[keys[i]] if i < 2 and keys[i] else part for i, part in enumerate(batch))
+
+    import tensorflow as tf
+
+    mapped = data.map(plain, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    names = dataset_class_names(data)
+    return remember_class_names(mapped, names) if names is not None else mapped
 
 
 def check_batches(model, data, name="train_ds", label_smoothing=None):
     """`check_label_shape` and `check_not_keyed` for a `tf.data.Dataset` (its element
-    spec), a `PyDataset`, a torch `DataLoader` or a grain dataset (their first batch), and a
-    clear error for a dataset of single examples; a one-shot generator or iterator is read
-    as it trains, and left to Keras.
+    spec) or a `PyDataset` (its first batch), and a clear error for a dataset of single
+    examples or of dict elements (TFDS without `as_supervised`); other data (generators,
+    DataLoaders) is read as it trains, and left to Keras.
 
     Raises:
         ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
-            that is not batched.
+            that is not batched, or whose elements are dicts.
     """
     import keras
 
-    from keras_transfer.fit_inputs import is_tf_dataset, iter_batches, readable_again
+    from keras_transfer.fit_inputs import is_tf_dataset
 
     if is_tf_dataset(data):
         spec = data.element_spec
+        if isinstance(spec, dict):
+            raise ValueError(
+                f"`{name}` gives dicts (keys {sorted(spec)}), not (inputs, labels) pairs: "
+                f"map them, e.g. {name}.map(lambda e: (e['image'], e['label'])), or load "
+                "TFDS data with as_supervised=True (or our tfds_datasets)."
+            )
         if not isinstance(spec, tuple) or len(spec) < 2:
             return
-        check_not_keyed(model, spec[0], spec[1], name)
+        check_not_keyed(model, spec[1], name)
         inputs, labels = (getattr(part, "shape", None) for part in spec[:2])
         _check_batched(model, inputs, name)
-    elif data is not None and readable_again(data):  # read again later: peek at batch 0
-        pydataset = isinstance(data, keras.utils.PyDataset)
-        batch = data[0] if pydataset else next(iter(iter_batches(data)), None)
+    elif isinstance(data, keras.utils.PyDataset) and data.num_batches:
+        batch = data[0]
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return
-        check_not_keyed(model, batch[0], batch[1], name, tf_data=False)
-        labels = np.shape(batch[1])
+        check_not_keyed(model, batch[1], name, tf_data=False)
+        labels = np.shape(batch[1]) if not isinstance(batch[1], dict) else None
     else:
         return
     check_label_shape(model, labels, name, label_smoothing)

@@ -17,7 +17,12 @@ import math
 import numpy as np
 
 from keras_transfer.fit_inputs import is_tf_dataset, iter_batches
-from keras_transfer.label_checks import check_batches, check_label_shape, check_not_keyed
+from keras_transfer.label_checks import (
+    check_batches,
+    check_label_shape,
+    check_not_keyed,
+    keyed_batches,
+)
 
 SMOOTHING = 0.9  # EMA factor of the plotted loss (fastai: 0.98 for its 100-step default)
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds 4x its minimum (fastai's)
@@ -157,8 +162,9 @@ def lr_find(
         ValueError: arrays as `train_ds`, a bad range, `num_steps`, `smoothing`,
             `diverge_factor`, `method` or `cache_features`, a model with nothing trainable,
             a dataset without a single batch, labels that cannot meet the model's loss
-            (class ids for a one-hot loss, another width than its classes), or inputs
-            or labels given as a dict (`label_checks.check_not_keyed`).
+            (class ids for a one-hot loss, another width than its classes), dict elements
+            of a `tf.data` dataset, or labels given as a dict of another key than the
+            model's output name (`label_checks.check_not_keyed`).
 
     Example:
     ```python
@@ -181,7 +187,8 @@ def lr_find(
             f"{model.name!r} has no trainable weights: unfreeze something (e.g. "
             "unfreeze_backbone(model)) before looking for its learning rate."
         )
-    check_batches(model, train_ds)  # a tf.data spec, or the first batch of data read again
+    check_batches(model, train_ds)  # a tf.data spec or a PyDataset's first batch
+    train_ds = keyed_batches(model, train_ds)  # ({"image": x}, y) as (x, y)
     rates = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     weights = model.get_weights()
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
@@ -349,7 +356,7 @@ def _sweep(model, data, rates, smoothing, diverge_factor, class_weight):
         model.optimizer.learning_rate = float(rate)
         x, y = batch[0], batch[1]
         if step == 0:
-            check_not_keyed(model, x, y, "train_ds", tf_data=False)  # generators, ...
+            check_not_keyed(model, y, "train_ds", tf_data=False)  # generators, ...
             check_label_shape(model, np.shape(y))
         sample_weight = batch[2] if len(batch) > 2 else None
         logs = model.train_on_batch(

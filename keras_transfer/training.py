@@ -17,6 +17,7 @@ from keras_transfer.compiling import compile_arguments, compile_classifier
 from keras_transfer.fine_tune_setup import plain_int, plan_run, run_settings
 from keras_transfer.fit_inputs import prepared_for_fine_tune
 from keras_transfer.freezing import freeze_backbone
+from keras_transfer.label_checks import keyed_batches
 from keras_transfer.model_state import restored_on_error
 from keras_transfer.pipeline_augmentation import warn_slow_augmentation
 from keras_transfer.processes import own_sharding
@@ -159,13 +160,14 @@ def fine_tune(
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
             "auto" or an int >= 0, learning rates that are not positive numbers,
-            an infinite `PyDataset`, labels of a `tf.data` dataset, a `PyDataset`, a
-            `DataLoader` or a grain dataset that cannot meet the model's loss (class ids
+            an infinite `PyDataset`, labels of a `tf.data` dataset or a `PyDataset` that
+            cannot meet the model's loss (class ids
             for a one-hot loss or with `label_smoothing`, one-hot labels of another width
             than the model's classes or for a sparse loss; `label_checks.check_label_shape`),
-            a `tf.data` dataset that is not batched, inputs or labels of such data given as
-            a dict (`label_checks.check_not_keyed`), class ids beyond the model's classes
-            (the linear probe),
+            a `tf.data` dataset that is not batched or gives dicts, not (inputs, labels)
+            pairs, labels given as a dict of another key than the model's output name
+            (`label_checks.check_not_keyed`), class ids beyond the model's classes (the
+            linear probe),
             `unfreeze_top_n=0` with an int of fine-tuning epochs or one above the number of the
             backbone's units, `verbose` not "auto", 0, 1 or 2, `train_batchnorm` not a
             bool, `checkpoint_settings` not a dict of JSON values, a `class_weight` key
@@ -192,7 +194,9 @@ def fine_tune(
     )  # NumPy ints as Python's
     if unfreeze_top_n == 0 and finetune_epochs == "auto":
         finetune_epochs = 0  # nothing to unfreeze: stage 2 could not help
-    train_ds, val_ds = (prepared_for_fine_tune(model, data) for data in (train_ds, val_ds))
+    train_ds, val_ds = (  # ({"image": x}, y), keyed by the input's name, read as (x, y)
+        keyed_batches(model, prepared_for_fine_tune(model, data)) for data in (train_ds, val_ds)
+    )
     plan = plan_run(
         model,
         train_ds,
