@@ -125,7 +125,18 @@ def keyed_batches(model, data):
     """`data` with a `tf.data.Dataset`'s inputs (labels) given as a dict keyed by the
     name of the model's one input (output) read out to the tensors themselves, so that
     feature caching and the linear probe read them too; other data is returned as it is.
-    The class names the dataset carries are kept."""
+    The class names the dataset carries are kept.
+
+    Args:
+        model: the classifier (`keyed_names` gives the keys read out).
+        data: a `tf.data.Dataset` of `(inputs, labels[, sample_weights])` batches, other
+            data `fit` takes, or None.
+
+    Returns:
+        A `tf.data.Dataset` of the same batches with those dicts replaced by their one
+        tensor, or `data` itself when nothing is keyed so. Raises nothing: keys of
+        other names are left to `check_batches`.
+    """
     from keras_transfer.class_names import dataset_class_names, remember_class_names
     from keras_transfer.fit_inputs import is_tf_dataset
 

@@ -187,8 +187,8 @@ def lr_find(
             f"{model.name!r} has no trainable weights: unfreeze something (e.g. "
             "unfreeze_backbone(model)) before looking for its learning rate."
         )
+    train_ds = keyed_batches(model, train_ds)  # ({"image": x}, y) as (x, y), then checked
     check_batches(model, train_ds)  # a tf.data spec or a PyDataset's first batch
-    train_ds = keyed_batches(model, train_ds)  # ({"image": x}, y) as (x, y)
     rates = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     weights = model.get_weights()
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
