@@ -361,19 +361,3 @@ def _check_text_on_tensorflow(model, replicas):
             f"({replicas} replicas here): train them in one process without a distribution, "
             "or on jax (docs/distributed.md)."
         )
-
-
-def predict_on_batch(model, inputs):
-    """`model.predict_on_batch(inputs)`, also for a model of a tf.distribute strategy with
-    several replicas: there Keras 3.15 runs every replica on the whole batch and returns
-    their outputs end to end (2 replicas: twice as many rows as inputs), so the model is
-    called directly instead. Returns what `predict_on_batch` returns (numpy)."""
-    import keras
-
-    from keras_transfer.processes import predict_batch, process_count
-
-    if process_count() > 1 and keras.backend.backend() == "jax":
-        return predict_batch(model, inputs)
-    if keras.backend.backend() == "tensorflow" and num_replicas(model) > 1:
-        return keras.tree.map_structure(keras.ops.convert_to_numpy, model(inputs, training=False))
-    return model.predict_on_batch(inputs)

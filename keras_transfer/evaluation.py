@@ -117,9 +117,9 @@ def predict_labelled(model, dataset):
     """
     import tensorflow as tf
 
-    from keras_transfer.distribution import predict_on_batch
     from keras_transfer.fit_inputs import is_tf_dataset, iter_batches, labels_of
     from keras_transfer.label_checks import check_not_keyed
+    from keras_transfer.processes import predict_on_batch
 
     probabilities, labels = [], []
     for index, batch in enumerate(iter_batches(dataset)):

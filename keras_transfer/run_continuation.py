@@ -16,26 +16,7 @@ import json
 import os
 import types
 
-MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
-
-
-def check_not_finished(args):
-    """Refuse to train into an `--output` that holds a finished run, unless `--overwrite`
-    (or `--init-from` that same folder, which continues it).
-
-    Raises:
-        FileExistsError: `--output` holds `model.keras` and neither flag allows replacing it.
-    """
-    model_file = os.path.join(args.output, MODEL_FILE)
-    continues = args.init_from is not None and os.path.realpath(args.init_from) == os.path.realpath(
-        args.output
-    )
-    if os.path.isfile(model_file) and not args.overwrite and not continues:
-        raise FileExistsError(
-            f"{args.output!r} holds a finished run ({model_file}). Pass --overwrite to replace "
-            f"it, --init-from {args.output} to train it on, or another --output."
-        )
 
 
 def check_run_kind(run_dir, model, kind):

@@ -7,8 +7,6 @@ import json
 import os
 
 MODEL_FILE = "model.keras"
-
-
 CLASS_NAMES_FILE = "class_names.json"
 
 
@@ -129,6 +127,22 @@ def check_output(output, args=None):
             "pass another --output (--init-from it trains its best model on)."
         )
     if args is not None:  # a finished run there: --overwrite or --init-from
-        from keras_transfer.run_continuation import check_not_finished
-
         check_not_finished(args)
+
+
+def check_not_finished(args):
+    """Refuse to train into an `--output` that holds a finished run, unless `--overwrite`
+    (or `--init-from` that same folder, which continues it).
+
+    Raises:
+        FileExistsError: `--output` holds `model.keras` and neither flag allows replacing it.
+    """
+    model_file = os.path.join(args.output, MODEL_FILE)
+    continues = args.init_from is not None and os.path.realpath(args.init_from) == os.path.realpath(
+        args.output
+    )
+    if os.path.isfile(model_file) and not args.overwrite and not continues:
+        raise FileExistsError(
+            f"{args.output!r} holds a finished run ({model_file}). Pass --overwrite to replace "
+            f"it, --init-from {args.output} to train it on, or another --output."
+        )
