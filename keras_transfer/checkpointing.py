@@ -202,7 +202,8 @@ def _make_callback(directory, stage, state, stoppers=()):
     import keras
     import numpy as np
 
-    from keras_transfer.processes import barrier, is_chief, local_scope
+    from keras_transfer.processes import barrier, is_chief
+    from keras_transfer.saving import local_scope
 
     class EpochCheckpoint(keras.callbacks.Callback):
         """Write the weights, optimizer state and history at the end of every epoch (in a
@@ -217,7 +218,7 @@ def _make_callback(directory, stage, state, stoppers=()):
             if is_chief():
                 os.makedirs(directory, exist_ok=True)
                 tmp = os.path.join(directory, f"partial-{name}")
-                with local_scope():  # the chief saves alone (processes.local_scope)
+                with local_scope():  # the chief saves alone (saving.local_scope)
                     self.model.save_weights(tmp)
                 os.replace(tmp, os.path.join(directory, name))
             record = state["stages"].setdefault(stage, {"epochs_done": 0, "history": {}})

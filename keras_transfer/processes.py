@@ -183,27 +183,6 @@ def own_sharding():
         distribution.auto_shard_dataset = before
 
 
-@contextlib.contextmanager
-def local_scope():
-    """Within the block, in a run of several processes, no Keras distribution is in effect:
-    what one process does alone (the chief saving the model) makes its variables on its
-    own devices. Under the distribution, Keras' saving makes an optimizer to list the
-    attributes it skips, and a variable made there is placed on the devices of all
-    processes, which waits for the others (`jax.device_put` compares the value across
-    processes) while they do not save: the chief hangs (`model.save`, `save_weights`)."""
-    import keras
-
-    if process_count() == 1 or not _jax():  # tensorflow: variables read locally
-        yield
-        return
-    before = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
-    try:
-        yield
-    finally:
-        keras.distribution.set_distribution(before)
-
-
 def predict_batch(model, inputs):
     """The model's outputs (numpy) for one global batch `inputs` that every process holds
     whole: each process runs its slice, and the outputs are gathered on all of them."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -113,8 +114,6 @@ def save_classifier(model, path, class_names, include_optimizer=False):
             f"{len(class_names)} class names for a model with {model.output_shape[-1]} outputs."
         )
     attach_class_names(model, class_names)  # a later plain `model.save` keeps them too
-    from keras_transfer.processes import local_scope
-
     tmp = f"{path}.tmp.keras"
     try:
         with local_scope():  # several processes: the chief saves alone
@@ -187,3 +186,30 @@ def load_classifier(path, safe_mode=True):
     if class_names is not None:
         attach_class_names(model, class_names)
     return model, class_names
+
+
+@contextlib.contextmanager
+def local_scope():
+    """Within the block, in a run of several jax processes, no Keras distribution is in
+    effect: what one process does alone (the chief saving the model) makes its variables on
+    its own devices. Under the distribution, Keras' saving makes an optimizer to list the
+    attributes it skips, and a variable made there is placed on the devices of all
+    processes, which waits for the others (`jax.device_put` compares the value across
+    processes) while they do not save: the chief hangs (`model.save`, `save_weights`).
+    Elsewhere (one process, tensorflow workers, torch) it does nothing."""
+    import keras
+
+    before = keras.distribution.distribution()
+    if keras.backend.backend() != "jax" or before is None:
+        yield
+        return
+    import jax
+
+    if jax.process_count() == 1:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(before)
