@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import keras_transfer as kt  # noqa: E402
-from keras_transfer import export_formats, runtimes  # noqa: E402
+from keras_transfer.export import formats as export_formats  # noqa: E402
+from keras_transfer.export import runtimes  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 DATA = os.path.join(SHARED, "data", "hymenoptera")

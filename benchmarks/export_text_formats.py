@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from export_formats import file_size, median_ms  # noqa: E402  (this folder's benchmark)
 
 import keras_transfer as kt  # noqa: E402
-from keras_transfer import runtimes  # noqa: E402
+from keras_transfer.export import runtimes  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sms_spam")
 

@@ -54,8 +54,8 @@ def _reference_probe(model, train_ds, val_ds):
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.preprocessing import StandardScaler
 
-    from keras_transfer.feature_cache import split_for_caching
-    from keras_transfer.freezing import freeze_backbone
+    from keras_transfer.features.feature_cache import split_for_caching
+    from keras_transfer.models.freezing import freeze_backbone
 
     freeze_backbone(model)
     train, val = split_for_caching(model).cache(train_ds, val_ds)

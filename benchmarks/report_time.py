@@ -15,7 +15,7 @@ report.html 4.6 s (2.6 % of the run; 8 top losses with Grad-CAM, one run).
 import sys
 import time
 
-from keras_transfer import cli
+from keras_transfer.cli import main as cli
 from keras_transfer.report import html
 
 

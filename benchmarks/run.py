@@ -66,7 +66,7 @@ EPOCHS = 10
 
 
 def _count_images(folder):
-    from keras_transfer.image_data import IMAGE_EXTENSIONS
+    from keras_transfer.data.image_data import IMAGE_EXTENSIONS
 
     return sum(
         name.lower().endswith(IMAGE_EXTENSIONS) for _, _, names in os.walk(folder) for name in names
@@ -198,7 +198,7 @@ def _images_frozen_floor():
     import keras
     import numpy as np
 
-    from keras_transfer.image_data import image_folder_datasets
+    from keras_transfer.data.image_data import image_folder_datasets
 
     train, val, _ = image_folder_datasets(HYMENOPTERA, image_size=224)
     images = np.concatenate([x for data in (train, val) for x, _ in data.as_numpy_iterator()])

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from keras_transfer.distribution import make_virtual_cpu_devices  # noqa: E402
+from keras_transfer.training.distribution import make_virtual_cpu_devices  # noqa: E402
 
 assert make_virtual_cpu_devices(2)
 
@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
-from keras_transfer.distribution import num_replicas  # noqa: E402
+from keras_transfer.training.distribution import num_replicas  # noqa: E402
 
 data, result_path = sys.argv[1:3]
 

@@ -19,7 +19,7 @@ import sys
 
 devices = int(os.environ.get("KT_TEST_DEVICES", "1"))
 if devices > 1:
-    from keras_transfer.distribution import make_virtual_cpu_devices
+    from keras_transfer.training.distribution import make_virtual_cpu_devices
 
     assert make_virtual_cpu_devices(devices)
 

@@ -159,7 +159,7 @@ def test_cli_train_resumes_after_sigkill(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "keras_transfer.cli",
+        "keras_transfer.cli.main",
         "train",
         "image",
         "--data",
@@ -205,7 +205,7 @@ def test_each_epoch_order_is_drawn_from_the_seed_and_the_epoch(tmp_path):
     """`one_pass_per_epoch` remakes the pipeline of each epoch: every epoch a new order, the
     same one whatever iterators of the dataset were made before (a resume from epoch 1 sees
     epochs 1 and 2 as the uninterrupted run did), and another one for another seed."""
-    from keras_transfer.epoch_passes import one_pass_per_epoch
+    from keras_transfer.training.epoch_passes import one_pass_per_epoch
 
     write_image_folder(tmp_path, per_class=8)
 
@@ -238,7 +238,7 @@ def test_training_step_is_traced_once(tmp_path, monkeypatch, way, labels):
     (a Sequential without an Input), metrics that an empty batch would break (F1Score)."""
     import tensorflow as tf
 
-    from keras_transfer import epoch_passes
+    from keras_transfer.training import epoch_passes
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 3)).astype("float32")
@@ -320,7 +320,7 @@ def test_early_stopping_resumes_with_its_patience_and_best_weights(
 ):
     import tensorflow as tf
 
-    from keras_transfer.checkpointing import resumable_fit
+    from keras_transfer.training.checkpointing import resumable_fit
 
     rng = np.random.default_rng(0)
     data = tf.data.Dataset.from_tensor_slices(
@@ -367,7 +367,7 @@ def test_early_stopping_resumes_with_its_patience_and_best_weights(
 def test_resumed_stoppers_are_matched_by_monitor_not_position(tmp_path):
     import tensorflow as tf
 
-    from keras_transfer.checkpointing import resumable_fit
+    from keras_transfer.training.checkpointing import resumable_fit
 
     rng = np.random.default_rng(0)
     data = tf.data.Dataset.from_tensor_slices(
@@ -402,8 +402,8 @@ def test_resumed_stoppers_are_matched_by_monitor_not_position(tmp_path):
 
 
 def test_a_named_default_resumes_the_run_that_left_it_out():
-    from keras_transfer.cli_arguments import training_settings as _training_settings
-    from keras_transfer.cli_parser import build_parser
+    from keras_transfer.cli.arguments import training_settings as _training_settings
+    from keras_transfer.cli.parser import build_parser
 
     parse = build_parser().parse_args
     image = ["train", "image", "--data", "d", "--backbone", "mobilenet", "--output", "o"]

@@ -9,8 +9,12 @@ import pytest
 from conftest import write_image_folder, write_text_file
 
 import keras_transfer as kt
-from keras_transfer.class_names import attach_class_names, class_names_of, remember_class_names
-from keras_transfer.class_weighting import check_class_weight
+from keras_transfer.models.class_names import (
+    attach_class_names,
+    class_names_of,
+    remember_class_names,
+)
+from keras_transfer.training.class_weighting import check_class_weight
 
 
 def _labels(dataset):
@@ -163,7 +167,7 @@ def test_export_of_a_model_without_class_names_warns(tmp_path):
     assert json.loads((tmp_path / "export" / "1" / "assets.extra" / "class_names.json").read_text())
     attach_class_names(model, ["cat", "dog"])
     path = kt.export_saved_model(model, tmp_path / "export")
-    from keras_transfer.export import read_class_names
+    from keras_transfer.export.saved_model import read_class_names
 
     assert read_class_names(path) == ["cat", "dog"]
 
@@ -300,7 +304,7 @@ def test_the_auto_head_is_the_linear_probe_on_data_read_again(capsys):
 def test_text_features_of_a_pydataset_are_the_models(tiny_bert_preset, capsys):
     from conftest import SENTIMENT_ROWS
 
-    from keras_transfer.feature_cache import split_for_caching
+    from keras_transfer.features.feature_cache import split_for_caching
 
     texts = np.array([text for text, _ in SENTIMENT_ROWS])
     one_hot = np.array([[label == "neg", label == "pos"] for _, label in SENTIMENT_ROWS], "float32")
@@ -322,7 +326,7 @@ def test_text_features_of_a_pydataset_are_the_models(tiny_bert_preset, capsys):
 
 
 def test_only_data_that_can_be_read_again_is_cached(capsys):
-    from keras_transfer.fit_inputs import plan_for_inputs
+    from keras_transfer.data.fit_inputs import plan_for_inputs
 
     class Endless(_Batches):
         @property
@@ -363,7 +367,7 @@ class _Shuffled(_Batches):
 
 
 def test_a_pydataset_read_through_tf_data_keeps_its_epoch_hooks():
-    from keras_transfer.fit_inputs import as_tf_dataset
+    from keras_transfer.data.fit_inputs import as_tf_dataset
 
     data = _Shuffled()
     dataset = as_tf_dataset(data)

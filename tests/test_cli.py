@@ -10,7 +10,7 @@ from conftest import minilm_folder, write_image_folder
 
 def _cli(*args, check=True):
     result = subprocess.run(
-        [sys.executable, "-m", "keras_transfer.cli", *map(str, args)],
+        [sys.executable, "-m", "keras_transfer.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=dict(os.environ),
@@ -24,7 +24,7 @@ def _cli(*args, check=True):
 def _cli_in_process(capsys, *args):
     """`keras-transfer ARGS` run by `cli.main` in this test's process (its backend, without
     a new interpreter's start-up): `(exit status, stdout, stderr)`."""
-    from keras_transfer.cli import main
+    from keras_transfer.cli.main import main
 
     capsys.readouterr()  # only this call's output
     try:

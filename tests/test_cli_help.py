@@ -14,7 +14,7 @@ HEAVY = ("tensorflow", "keras", "keras_hub", "jax", "torch")
 # `cli.main`, then reports which heavy packages got imported.
 SCRIPT = """
 import contextlib, io, json, sys
-from keras_transfer.cli import main
+from keras_transfer.cli.main import main
 
 screens = [[], ["train"], ["train", "image"], ["train", "text"], ["evaluate"], ["predict"],
            ["export"], ["backbones"], ["demo"], ["explain"], ["tune"], ["tune", "image"]]
@@ -92,7 +92,7 @@ def test_help_version_and_usage_errors_import_no_framework():
 def test_every_option_with_a_default_shows_it():
     import argparse
 
-    from keras_transfer.cli_parser import build_parser as _parser
+    from keras_transfer.cli.parser import build_parser as _parser
 
     def parsers(parser):
         yield parser
@@ -114,7 +114,7 @@ def test_every_option_with_a_default_shows_it():
 
 
 def test_the_backend_line_is_printed_once(tmp_path, capsys, backend):
-    from keras_transfer.cli import main
+    from keras_transfer.cli.main import main
 
     capsys.readouterr()
     code = main(["evaluate", str(tmp_path), "--data", str(tmp_path)])  # no model.keras there
@@ -125,7 +125,7 @@ def test_the_backend_line_is_printed_once(tmp_path, capsys, backend):
 
 def test_a_bad_class_names_file_beside_a_keras_file_is_named(tmp_path, capsys):
     import keras_transfer as kt
-    from keras_transfer.cli import main
+    from keras_transfer.cli.main import main
 
     model = kt.build_image_classifier(
         "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25}

@@ -90,7 +90,7 @@ def test_a_batch_size_that_does_not_divide_is_refused(runs):
 def test_torch_says_what_works(tmp_path, capsys):
     with pytest.raises(ValueError, match="KERAS_BACKEND=jax or KERAS_BACKEND=tensorflow"):
         kt.data_parallel()
-    from keras_transfer.cli import main
+    from keras_transfer.cli.main import main
 
     argv = ["train", "image", "--data", str(tmp_path), "--backbone", "mobilenet"]
     assert main([*argv, "--devices", "2", "--output", str(tmp_path / "run")]) == 2
@@ -99,7 +99,7 @@ def test_torch_says_what_works(tmp_path, capsys):
 
 @DISTRIBUTED
 def test_more_devices_than_there_are_is_refused():
-    from keras_transfer.distribution import local_devices
+    from keras_transfer.training.distribution import local_devices
 
     found = len(local_devices())
     with pytest.raises(ValueError, match=f"asks for more devices than the {found} found"):
@@ -110,7 +110,7 @@ def test_more_devices_than_there_are_is_refused():
 
 @DISTRIBUTED
 def test_device_names_that_do_not_exist_or_repeat_are_refused():
-    from keras_transfer.distribution import local_devices
+    from keras_transfer.training.distribution import local_devices
 
     first = local_devices()[0]
     # tensorflow's MirroredStrategy hung on an unknown name and asserted on a repeated one.
@@ -122,7 +122,7 @@ def test_device_names_that_do_not_exist_or_repeat_are_refused():
 
 
 def test_a_last_batch_that_does_not_divide_says_what_the_readers_can_do(tmp_path):
-    from keras_transfer.replica_batches import check_batches_divide
+    from keras_transfer.training.replica_batches import check_batches_divide
 
     write_image_folder(tmp_path / "train", per_class=3, size=(32, 32))
     train_ds, _, _ = kt.image_folder_datasets(
@@ -138,7 +138,7 @@ def test_a_last_batch_that_does_not_divide_says_what_the_readers_can_do(tmp_path
 def test_a_short_last_batch_of_a_pipeline_of_your_own_is_caught():
     import tensorflow as tf
 
-    from keras_transfer.replica_batches import check_batches_divide
+    from keras_transfer.training.replica_batches import check_batches_divide
 
     pairs = tf.data.Dataset.from_tensor_slices((np.zeros((9, 2)), np.zeros(9)))
     with pytest.raises(ValueError, match=r"the last batch \(1 examples\) does not divide"):
@@ -157,7 +157,7 @@ def test_the_cli_trains_on_two_devices(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "keras_transfer.cli",
+        "keras_transfer.cli.main",
         "train",
         "image",
         "--data",
@@ -354,7 +354,7 @@ def test_the_cli_trains_in_two_processes(tmp_path):
     write_image_folder(tmp_path / "data" / "train", per_class=4, size=(32, 32))
     write_image_folder(tmp_path / "data" / "val", per_class=2, size=(32, 32))
     port = _free_ports()
-    command = [sys.executable, "-m", "keras_transfer.cli", "train", "image"]
+    command = [sys.executable, "-m", "keras_transfer.cli.main", "train", "image"]
     command += ["--data", str(tmp_path / "data"), "--backbone", "mobilenet"]
     command += ["--weights", "none", "--backbone-kwargs", '{"alpha": 0.25}']
     command += ["--image-size", "32", "--batch-size", "4", "--epochs", "1"]
@@ -398,7 +398,7 @@ def test_a_tf_config_that_tensorflow_cannot_read_is_named(monkeypatch):
 
 @pytest.mark.backends("tensorflow")
 def test_devices_that_differ_from_the_tensorflow_workers_are_refused(monkeypatch):
-    from keras_transfer.processes import join_processes
+    from keras_transfer.training.processes import join_processes
 
     cluster = {"worker": ["localhost:2222", "localhost:2223"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
@@ -408,7 +408,7 @@ def test_devices_that_differ_from_the_tensorflow_workers_are_refused(monkeypatch
 
 @pytest.mark.backends("tensorflow")
 def test_a_worker_list_that_is_not_a_list_is_named(monkeypatch):
-    from keras_transfer.tf_workers import configured_workers
+    from keras_transfer.training.tf_workers import configured_workers
 
     cluster = {"worker": "localhost:2222,localhost:2223"}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"index": 0}}))
@@ -418,7 +418,7 @@ def test_a_worker_list_that_is_not_a_list_is_named(monkeypatch):
 
 @pytest.mark.backends("tensorflow")
 def test_the_cli_in_a_tensorflow_worker_without_devices_is_refused(tmp_path, monkeypatch, capsys):
-    from keras_transfer.cli import main
+    from keras_transfer.cli.main import main
 
     write_image_folder(tmp_path / "data" / "train", per_class=2, size=(32, 32))
     cluster = {"worker": ["localhost:2222", "localhost:2223"]}
@@ -431,7 +431,7 @@ def test_the_cli_in_a_tensorflow_worker_without_devices_is_refused(tmp_path, mon
 
 @pytest.mark.backends("tensorflow")
 def test_a_text_model_on_several_tensorflow_replicas_is_refused(tiny_bert_preset):
-    from keras_transfer.distribution import _check_text_on_tensorflow
+    from keras_transfer.training.distribution import _check_text_on_tensorflow
 
     model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
     with pytest.raises(ValueError, match="Text classifiers do not train on several tensorflow"):

@@ -14,7 +14,7 @@ name `{images}` (a tiny ants / bees image folder with train/ and val/), `{text_t
 Python blocks run in this test's process, in a temporary working folder. Shell blocks run in
 bash from the project root, except those that train: a block with replacements runs in a
 temporary folder, and its `keras-transfer ...` commands (bash expands their arguments) go
-through `keras_transfer.cli.main` in this test's process, in order, without a new
+through `keras_transfer.cli.main.main` in this test's process, in order, without a new
 interpreter's start-up each.
 """
 
@@ -141,7 +141,7 @@ def test_block_runs(lang, code, replacements, tmp_path, monkeypatch, capsys, req
         timeout=60,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    from keras_transfer.cli import main
+    from keras_transfer.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     argvs = [json.loads(line) for line in calls.read_text().splitlines()]

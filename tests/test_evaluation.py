@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import keras_transfer as kt
-from keras_transfer.evaluation import classification_report_from_predictions
+from keras_transfer.report.evaluation import classification_report_from_predictions
 
 
 def test_report_numbers_from_known_predictions():

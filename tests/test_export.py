@@ -8,7 +8,7 @@ import pytest
 from conftest import SENTIMENT_ROWS, decode_like_training, require_shared, serve
 
 import keras_transfer as kt
-from keras_transfer import export as export_module
+from keras_transfer.export import saved_model as export_module
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +152,11 @@ def test_an_export_folder_whose_name_is_not_utf8_is_refused_up_front(image_model
 
 
 def test_cli_export_and_predict_from_the_saved_model(image_model, tmp_path):
-    from keras_transfer.run_folder import write_outputs
+    from keras_transfer.cli.run_folder import write_outputs
 
     write_outputs(tmp_path / "run", image_model, ["ants", "bees"])
     env = dict(os.environ)
-    command = [sys.executable, "-m", "keras_transfer.cli"]
+    command = [sys.executable, "-m", "keras_transfer.cli.main"]
     result = subprocess.run(
         [*command, "export", str(tmp_path / "run"), "--output", str(tmp_path / "serve")],
         capture_output=True,

@@ -8,7 +8,8 @@ import tensorflow as tf
 from conftest import SENTIMENT_ROWS, write_image_folder
 
 import keras_transfer as kt
-from keras_transfer import cli, runtimes
+from keras_transfer.cli import main as cli
+from keras_transfer.export import runtimes
 
 SIZE = 32
 NAMES = ["ants", "bees", "wasps"]
@@ -209,7 +210,7 @@ def test_text_onnx_takes_token_ids_and_ships_its_tokenizer(tiny_bert_preset, tmp
 
 
 def test_text_inputs_takes_a_list_of_texts_one_example_each(tiny_bert_preset, tmp_path):
-    from keras_transfer.export_text import save_preprocessor
+    from keras_transfer.export.text import save_preprocessor
 
     model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
     save_preprocessor(model, tmp_path / runtimes.PREPROCESSOR_FOLDER)
@@ -295,7 +296,7 @@ def test_quantize_classifier_refuses_models_without_dense_layers():
 def test_client_decoding_matches_the_training_pipeline(tmp_path):
     from PIL import Image
 
-    from keras_transfer.image_data import decode_and_resize
+    from keras_transfer.data.image_data import decode_and_resize
 
     rng = np.random.default_rng(2)
     files = {

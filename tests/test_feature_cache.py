@@ -10,9 +10,9 @@ from conftest import (
 )
 
 import keras_transfer as kt
-from keras_transfer.feature_cache import split_for_caching
-from keras_transfer.layers import FoldedFunctional
-from keras_transfer.precision import dtype_policy
+from keras_transfer.features.feature_cache import split_for_caching
+from keras_transfer.models.layers import FoldedFunctional
+from keras_transfer.models.precision import dtype_policy
 
 
 def _image_data():
@@ -133,7 +133,7 @@ def test_a_pipeline_that_gives_other_inputs_each_epoch_fails_with_a_clear_error(
 
 def _spy_on_inference_extractor(monkeypatch):
     """The list that collects what each `backbone_rewrites.inference_extractor` call returns."""
-    from keras_transfer import backbone_rewrites
+    from keras_transfer.features import backbone_rewrites
 
     made = []
     original = backbone_rewrites.inference_extractor
@@ -278,7 +278,7 @@ def test_batchnorm_is_folded_into_convolutions_for_the_caching_pass(monkeypatch)
 def test_folded_functional_gives_the_models_outputs(constants_limit):
     """`FoldedFunctional` (tensorflow's caching pass, usable on every backend): the model's
     outputs up to float noise, with the folded weights held as constants or variables."""
-    from keras_transfer.backbone_rewrites import _foldable_batchnorms
+    from keras_transfer.features.backbone_rewrites import _foldable_batchnorms
 
     backbone = _batchnorm_backbone().get_layer("backbone")
     folded = _foldable_batchnorms([backbone])
@@ -294,7 +294,7 @@ def test_folded_functional_gives_the_models_outputs(constants_limit):
 def test_folded_functional_takes_keyword_calls_and_the_models_policy():
     """A convolution called as `conv(inputs=x)` is folded like any other, and the layer
     computes in the model's float32 whatever the global policy was when it was made."""
-    from keras_transfer.backbone_rewrites import _foldable_batchnorms
+    from keras_transfer.features.backbone_rewrites import _foldable_batchnorms
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs=inputs)
@@ -317,7 +317,7 @@ def test_folded_functional_takes_keyword_calls_and_the_models_policy():
 def test_caching_falls_back_to_the_models_layers_when_the_rewrite_fails_to_run(monkeypatch):
     """A rewritten extractor that fails on its first batch (a layer call the rewrite does
     not handle) leaves the caching pass on the model's own layers, with their features."""
-    from keras_transfer import backbone_rewrites
+    from keras_transfer.features import backbone_rewrites
 
     made = _spy_on_inference_extractor(monkeypatch)
     predict = backbone_rewrites.predict_full_batch
@@ -364,7 +364,7 @@ def test_caching_falls_back_to_the_models_layers_when_a_rewrite_fails(monkeypatc
     """A layer that the folding (on jax: the depthwise rewrite) cannot inspect (here: the
     inspection raises) leaves the caching pass on the model's own layers, with the model's
     features."""
-    from keras_transfer import backbone_rewrites
+    from keras_transfer.features import backbone_rewrites
 
     def broken(layers):
         raise RuntimeError("an exotic layer")
@@ -522,7 +522,7 @@ def test_fine_tuning_after_a_cached_head_sees_the_uncached_batches(tmp_path, mon
     (`cache=False`: the caching pass decodes them in chunks), with small decode chunks and
     extraction batches (padded at the end), give the same features as images kept in memory
     (the other tests)."""
-    from keras_transfer import feature_split
+    from keras_transfer.features import feature_split
 
     write_image_folder(tmp_path / "train", per_class=7)
     write_image_folder(tmp_path / "val", per_class=3)
@@ -599,7 +599,7 @@ def test_csv_pipelines_are_remade_over_the_cached_encoder_outputs(
 
 
 def test_text_encoded_by_length_matches_fixed_padding(tiny_bert_preset):
-    from keras_transfer.feature_cache import _encode_by_length
+    from keras_transfer.features.feature_cache import _encode_by_length
 
     model = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=64)
     texts = [text for text, _ in SENTIMENT_ROWS] + ["a " * 40 + "good movie", "ok"]
@@ -634,7 +634,7 @@ def test_features_above_the_memory_budget_give_the_same_batches_from_a_memory_ma
     epoch's batches (reshuffled by each iterator, and each epoch's pipeline that `fine_tune`
     makes) and the validation batches are those of features in memory; and `fine_tune` with
     checkpoints trains the same head as without either."""
-    from keras_transfer.example_sources import epoch_pipeline
+    from keras_transfer.data.example_sources import epoch_pipeline
 
     write_image_folder(tmp_path / "train", per_class=5, size=(10, 12))
     write_image_folder(tmp_path / "val", per_class=2, size=(10, 12))
@@ -686,7 +686,7 @@ def test_features_above_the_memory_budget_give_the_same_batches_from_a_memory_ma
 
 
 def test_the_memory_budget_comes_from_the_environment(monkeypatch):
-    from keras_transfer.feature_store import DEFAULT_MEMORY_BUDGET, memory_budget
+    from keras_transfer.features.feature_store import DEFAULT_MEMORY_BUDGET, memory_budget
 
     monkeypatch.delenv("KERAS_TRANSFER_FEATURE_MEMORY", raising=False)
     assert memory_budget() == DEFAULT_MEMORY_BUDGET == 2 * 2**30

@@ -10,7 +10,7 @@ import pytest
 from conftest import SENTIMENT_ROWS, write_image_folder, write_text_file
 
 import keras_transfer as kt
-from keras_transfer.feature_cache import split_for_caching
+from keras_transfer.features.feature_cache import split_for_caching
 
 
 class Counted(keras.layers.Layer):

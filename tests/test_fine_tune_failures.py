@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import keras_transfer as kt
-from keras_transfer.stage_compiling import learning_rate_value
+from keras_transfer.training.stage_compiling import learning_rate_value
 
 
 def _mobilenet():
@@ -152,7 +152,7 @@ def test_numpy_integers_and_bools_are_accepted(tmp_path):
 
 
 def test_checkpoint_settings_are_kept_apart_from_fine_tunes_own(tmp_path):
-    from keras_transfer.checkpointing import read_checkpoint
+    from keras_transfer.training.checkpointing import read_checkpoint
 
     model, data, ckpt = _tiny_classifier(), _dataset(8), tmp_path / "ckpt"
     mine = {"finetune_epochs": 99, "n": np.int64(3)}

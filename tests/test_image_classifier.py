@@ -62,7 +62,7 @@ def test_no_augmentation_and_custom_layers():
 
 
 def test_resampling_augmentation_in_the_model_is_said_to_be_slow_on_torch_and_jax(backend):
-    from keras_transfer.pipeline_augmentation import warn_slow_augmentation
+    from keras_transfer.data.pipeline_augmentation import warn_slow_augmentation
 
     def said(model, stages):
         with warnings.catch_warnings(record=True) as record:

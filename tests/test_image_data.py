@@ -223,7 +223,7 @@ def test_empty_class_folder_and_val_missing_a_class(tmp_path):
 
 
 def test_evaluation_dataset_reads_one_folder_as_it_is(tmp_path):
-    from keras_transfer.image_data import evaluation_dataset
+    from keras_transfer.data.image_data import evaluation_dataset
 
     classes = ("bus", "car", "train")  # a class named like a split folder
     write_image_folder(tmp_path / "val", classes=classes, per_class=2)

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_transfer.layers import ShiftedDepthwiseConv2D
+from keras_transfer.models.layers import ShiftedDepthwiseConv2D
 
 # (kernel_size, strides, padding, dilation_rate, depth_multiplier); 11 rows by 10 columns,
 # so that "same" padding with stride 2 is split over an odd and an even size.
@@ -70,7 +70,7 @@ def test_fused_convolutions_are_keras_convolutions(
     """`FusedConv2D` / `FusedDepthwiseConv2D` give `Conv2D` / `DepthwiseConv2D`'s outputs
     with the same weights: on torch channels-first (their own torch call), elsewhere
     channels-last (Keras' call; TF on CPU has no channels-first convolution)."""
-    from keras_transfer.layers import FusedConv2D, FusedDepthwiseConv2D
+    from keras_transfer.models.layers import FusedConv2D, FusedDepthwiseConv2D
 
     data_format = "channels_first" if keras.backend.backend() == "torch" else "channels_last"
     settings = dict(

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_transfer as kt
-from keras_transfer.lr_finder import suggest_learning_rates
+from keras_transfer.training.lr_finder import suggest_learning_rates
 
 
 def _separable(n=256, dim=8, seed=0):

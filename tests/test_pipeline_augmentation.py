@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer.example_sources import epoch_pipeline
-from keras_transfer.pipeline_augmentation import (
+from keras_transfer.data.example_sources import epoch_pipeline
+from keras_transfer.data.pipeline_augmentation import (
     augment_in_pipeline,
     augmentation_in_pipeline,
     pipeline_layers,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer.feature_cache import split_for_caching
+from keras_transfer.features.feature_cache import split_for_caching
 
 
 def _image_model(mixed_precision):

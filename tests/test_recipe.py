@@ -8,10 +8,10 @@ import tensorflow as tf
 from sklearn.linear_model import LogisticRegression
 
 import keras_transfer as kt
-from keras_transfer.linear_probe import fit_linear_head
-from keras_transfer.schedules import WarmupDecay
-from keras_transfer.stage_compiling import learning_rate_value
-from keras_transfer.training_stages import finetune_budget
+from keras_transfer.models.schedules import WarmupDecay
+from keras_transfer.training.linear_probe import fit_linear_head
+from keras_transfer.training.stage_compiling import learning_rate_value
+from keras_transfer.training.stages import finetune_budget
 
 
 def _rates(schedule, steps):
@@ -155,8 +155,8 @@ def test_fine_tune_keeps_the_compiled_optimizer_and_reverts_a_worse_stage_2(tmp_
 
 @pytest.mark.parametrize("kind", ["mixup", "cutmix"])
 def test_batch_augmentation_mixes_images_and_labels_in_stage_2(tmp_path, kind):
-    from keras_transfer.batch_augmentation import mix_batches
-    from keras_transfer.feature_cache import epoch_pipeline
+    from keras_transfer.data.batch_augmentation import mix_batches
+    from keras_transfer.features.feature_cache import epoch_pipeline
 
     train_ds, val_ds, _ = _images(tmp_path)
     mixed = mix_batches(train_ds, kind, seed=1)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 from test_report_gradcam import corner_patch_images, tiny_cnn_classifier
 
-from keras_transfer.evaluation import evaluate_classifier
+from keras_transfer.report.evaluation import evaluate_classifier
 from keras_transfer.report.html import write_run_report
 
 SECTIONS = ["settings", "metrics", "curves", "confusion", "per-class", "top-losses"]
@@ -124,8 +124,8 @@ def test_report_renders_in_a_headless_browser(image_run, tmp_path):
 
 
 def test_explain_command_writes_overlays(tmp_path, capsys):
-    from keras_transfer.cli import main
-    from keras_transfer.saving import save_classifier
+    from keras_transfer.cli.main import main
+    from keras_transfer.models.saving import save_classifier
 
     images, _, _ = corner_patch_images(2, seed=3)
     model = tiny_cnn_classifier()

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_transfer.evaluation import classification_report_from_predictions
 from keras_transfer.report import plots
+from keras_transfer.report.evaluation import classification_report_from_predictions
 
 HEAD = {"loss": [1.0, 0.7, 0.5], "accuracy": [0.5, 0.7, 0.8], "val_loss": [0.9, 0.6, 0.55]}
 FINETUNE = {"loss": [0.45, 0.35], "accuracy": [0.85, 0.9], "val_loss": [0.5, 0.45]}

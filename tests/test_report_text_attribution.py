@@ -75,8 +75,8 @@ def test_word_pieces_merge_and_highlight(keyword_model):
 
 
 def test_explain_command_scores_the_words_of_texts(keyword_model, tmp_path, capsys):
-    from keras_transfer.cli import main
-    from keras_transfer.saving import save_classifier
+    from keras_transfer.cli.main import main
+    from keras_transfer.models.saving import save_classifier
 
     save_classifier(keyword_model, str(tmp_path / "model.keras"), ["other", "prize"])
     assert main(["explain", str(tmp_path), "ok call now prize", "--class", "prize"]) == 0

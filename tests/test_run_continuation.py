@@ -63,7 +63,7 @@ def test_a_finished_text_run_is_kept_or_continued(tiny_bert_preset, tmp_path, ca
     assert "holds a text classifier; continue it with `keras-transfer train text`" in result.stderr
     from argparse import Namespace
 
-    from keras_transfer.run_folder import check_not_finished
+    from keras_transfer.cli.run_folder import check_not_finished
 
     check_not_finished(Namespace(output=str(out), overwrite=True, init_from=None))
     check_not_finished(Namespace(output=str(out), overwrite=False, init_from=str(out)))

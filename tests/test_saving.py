@@ -137,3 +137,32 @@ def test_the_saved_file_leaves_the_optimizer_state_out_unless_asked(tmp_path):
         with pytest.raises(TypeError, match="`include_optimizer` must be True or False"):
             kt.save_classifier(model, tmp_path / "x.keras", ["a", "b"], include_optimizer=wrong)
     assert not (tmp_path / "x.keras").exists()
+
+
+def test_a_model_compiled_with_the_recipes_schedule_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    from keras_transfer.models.schedules import WarmupDecay
+
+    model = kt.build_image_classifier(
+        "mobilenet", 2, input_shape=(32, 32, 3), weights=None, backbone_kwargs={"alpha": 0.25}
+    )
+    schedule = WarmupDecay(1e-3, total_steps=10)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="categorical_crossentropy")
+    kt.save_classifier(model, tmp_path / "model.keras", ["a", "b"])
+    # A fresh process: nothing of ours is imported yet, so WarmupDecay is registered only if
+    # load_classifier (or `import keras_transfer` after keras) registers it.
+    code = (
+        "import sys, keras_transfer as kt\n"
+        "model, names = kt.load_classifier(sys.argv[1])\n"
+        "print(model.optimizer.get_config()['learning_rate']['class_name'], names)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "model.keras")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "WarmupDecay ['a', 'b']"

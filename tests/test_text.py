@@ -6,7 +6,7 @@ import pytest
 from conftest import SENTIMENT_ROWS, minilm_folder, without_encoder_dropout, write_text_file
 
 import keras_transfer as kt
-from keras_transfer.text_classifier import count_truncated
+from keras_transfer.models.text_classifier import count_truncated
 
 
 def _texts_and_labels():
@@ -221,7 +221,7 @@ def test_more_text_argument_errors(tiny_bert_preset, tmp_path):
 def test_padding_to_the_longest_row_gives_the_same_results(tiny_bert_preset):
     import tensorflow as tf
 
-    from keras_transfer.text_padding import pad_to_longest, without_preprocessor
+    from keras_transfer.data.text_padding import pad_to_longest, without_preprocessor
 
     texts = [text for text, _ in SENTIMENT_ROWS]
     labels = np.array([[label == "neg", label == "pos"] for _, label in SENTIMENT_ROWS], "float32")

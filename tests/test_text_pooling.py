@@ -9,8 +9,8 @@ import tensorflow as tf
 from conftest import SENTIMENT_ROWS, serve, write_text_file
 
 import keras_transfer as kt
-from keras_transfer.feature_cache import split_for_caching
-from keras_transfer.text_pooling import MeanPooledTextClassifier
+from keras_transfer.features.feature_cache import split_for_caching
+from keras_transfer.models.text_pooling import MeanPooledTextClassifier
 
 TEXTS = [text for text, _ in SENTIMENT_ROWS] + ["a " * 20 + "good movie", "ok"]
 
@@ -49,7 +49,7 @@ def test_mean_pooling_is_the_masked_mean_of_the_token_outputs(tiny_bert_preset):
 def test_auto_pooling_is_the_checkpoints_own(tiny_bert_preset, tmp_path):
     import shutil
 
-    from keras_transfer.text_classifier import checkpoint_pooling
+    from keras_transfer.models.text_classifier import checkpoint_pooling
 
     default = kt.build_text_classifier(tiny_bert_preset, 2, sequence_length=16)
     assert not isinstance(default, MeanPooledTextClassifier)

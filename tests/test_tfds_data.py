@@ -275,7 +275,7 @@ def test_names_that_are_not_prepared_fail_with_where_it_looked_and_what_to_do(
 # The CLI only passes its arguments on: its runs are checked on one backend.
 @pytest.mark.backends("tensorflow")
 def test_cli_trains_on_tfds_images_prepared_on_disk(data_dir, tmp_path):
-    from keras_transfer.cli import main
+    from keras_transfer.cli.main import main
 
     out = tmp_path / "out"
     args = ["train", "image", "--data", "tfds:kt_tiny_images", "--tfds-data-dir", data_dir]
@@ -292,7 +292,7 @@ def test_cli_trains_on_tfds_images_prepared_on_disk(data_dir, tmp_path):
 def test_cli_trains_on_tfds_text_and_names_missing_data(
     data_dir, tiny_bert_preset, tmp_path, capsys
 ):
-    from keras_transfer.cli import main
+    from keras_transfer.cli.main import main
 
     out = tmp_path / "out"
     args = ["train", "text", "--data", "tfds:kt_tiny_reviews", "--tfds-data-dir", data_dir]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer.cli import main
+from keras_transfer.cli.main import main
 
 pytest.importorskip("keras_tuner")
 
@@ -23,7 +23,7 @@ def _folder(tmp_path):
 
 
 def test_trials_reuse_cached_features_and_the_best_model_reloads(tmp_path, monkeypatch):
-    from keras_transfer.feature_cache import FeatureSplit
+    from keras_transfer.features.feature_cache import FeatureSplit
 
     passes = []
     original = FeatureSplit.cache
@@ -72,7 +72,7 @@ def test_trials_reuse_cached_features_and_the_best_model_reloads(tmp_path, monke
 def test_time_budget_stops_the_search(tmp_path, monkeypatch):
     import time
 
-    from keras_transfer import tuning
+    from keras_transfer.tuning import image as tuning
 
     # A clock that jumps past the budget once the first trial starts, so the test does not
     # depend on how fast this machine builds a model.
@@ -200,7 +200,7 @@ def test_fine_tuning_trial_is_kept_or_reverted_and_saved_frozen(tmp_path):
 def test_text_trials_reuse_each_presets_features_and_can_fine_tune(tiny_bert_preset, tmp_path):
     from conftest import SENTIMENT_ROWS, save_tiny_bert, write_text_file
 
-    from keras_transfer.feature_cache import FeatureSplit
+    from keras_transfer.features.feature_cache import FeatureSplit
 
     other = tmp_path / "other_bert"
     save_tiny_bert(str(other), max_sequence_length=64)

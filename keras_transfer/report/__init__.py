@@ -1,5 +1,6 @@
 """Looking at a trained classifier: plots, explanations and the HTML report.
 
+- `evaluation`: accuracy, per-class precision / recall / F1, the confusion matrix.
 - `plots`: training curves, confusion matrix, per-class precision / recall / F1 (matplotlib).
 - `gradients`: the gradient of a scalar score on tensorflow, jax and torch.
 - `gradcam`: Grad-CAM heatmaps and overlays for image classifiers.

@@ -202,7 +202,7 @@ def write_run_report(
     """
     import keras
 
-    from keras_transfer.compiling import is_text_classifier
+    from keras_transfer.models.compiling import is_text_classifier
     from keras_transfer.report.top_losses import top_losses
 
     gallery, note = None, ""

@@ -1,0 +1,141 @@
+"""`check_class_weight`: a `class_weight` dict checked before any training.
+
+Keras turns `class_weight` into a lookup table as long as its largest key, inside the data
+pipeline: a key missing below the largest fails deep in `tf.data` (`indices[1] = 2 is not in
+[0, 1)`), a key past the last class is silently ignored, and a class name as key fails with
+a `TypeError`. Here every key is checked against the model's classes first.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+MISSING_WEIGHT = 1.0
+
+
+def _classes(num_classes, class_names):
+    if class_names is None:
+        return f"the {num_classes} class ids 0 to {num_classes - 1} (no class names known)"
+    return "the classes " + ", ".join(f"{i} {name!r}" for i, name in enumerate(class_names))
+
+
+def _class_id(key, num_classes, class_names):
+    """The class id of one key, or None when it names no class."""
+    if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        return int(key) if 0 <= int(key) < num_classes else None
+    if isinstance(key, str):
+        if class_names is not None and key in class_names:
+            return class_names.index(key)
+        if key.strip().isdigit():  # e.g. JSON object keys: '{"0": 2.0}'
+            return _class_id(int(key), num_classes, None)
+    return None
+
+
+def check_class_weight(class_weight, num_classes, class_names=None):
+    """`class_weight` for `fit` as a complete `{class_id: weight}` dict, or None.
+
+    Args:
+        class_weight: None, or a dict whose keys are class ids (ints in
+            `[0, num_classes)`) or class names (str, mapped to ids through `class_names`;
+            a string of digits that is not a name is read as an id) and whose values are
+            finite numbers > 0.
+        num_classes: int, the model's number of outputs.
+        class_names: list of str (index = class id), or None when not known.
+
+    Returns:
+        None for None; else `{class_id: float}` with one entry for every class id; a class
+        without a weight gets `MISSING_WEIGHT` (1.0), said in a `UserWarning` that names it.
+
+    Raises:
+        ValueError: not a dict, a key that is no class (the error names it and lists the
+            classes), two keys for the same class, or a weight that is not a finite
+            number > 0.
+
+    Example:
+        >>> check_class_weight({"bees": 2.0}, 2, ["ants", "bees"])  # warns: 'ants' gets 1.0
+        {0: 1.0, 1: 2.0}
+    """
+    if class_weight is None:
+        return None
+    if not isinstance(class_weight, dict):
+        raise ValueError(
+            f"`class_weight` must be a dict {{class id or class name: weight}}, got a "
+            f"{type(class_weight).__name__}."
+        )
+    checked = {}
+    for key, weight in class_weight.items():
+        class_id = _class_id(key, num_classes, class_names)
+        if class_id is None:
+            raise ValueError(
+                f"`class_weight` key {key!r} is not a class of this model; use class ids "
+                f"or names among {_classes(num_classes, class_names)}."
+            )
+        if class_id in checked:
+            raise ValueError(
+                f"`class_weight` gives class {class_id} two weights (key {key!r} and another "
+                "key for the same class); keep one."
+            )
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            value = None
+        else:
+            value = float(weight)
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"`class_weight`[{key!r}] is {weight!r}; weights must be finite numbers > 0."
+            )
+        checked[class_id] = value
+    missing = [i for i in range(num_classes) if i not in checked]
+    if missing:
+        shown = ", ".join(
+            f"{i} {class_names[i]!r}" if class_names is not None else str(i) for i in missing
+        )
+        warnings.warn(
+            f"`class_weight` has no weight for class(es) {shown}; they get {MISSING_WEIGHT}.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return {i: checked.get(i, MISSING_WEIGHT) for i in range(num_classes)}
+
+
+def check_model_class_weight(model, class_weight, data=None):
+    """`check_class_weight` for `model`'s outputs, with the class names the model (or else
+    `data`, see `keras_transfer.models.class_names`) carries."""
+    from keras_transfer.models.class_names import class_names_of, dataset_class_names
+
+    if class_weight is None:
+        return None
+    names = class_names_of(model) or dataset_class_names(data)
+    num_classes = int(model.output_shape[-1])
+    if names is not None and len(names) != num_classes:
+        names = None
+    return check_class_weight(class_weight, num_classes, names)
+
+
+def fit_class_weight(model, class_weight, data):
+    """Before training `model` on `data`: the model takes the class names `data` carries
+    when it has none (`class_names.adopt_class_names`), and `class_weight` is checked
+    against them (`check_model_class_weight`). Returns the checked `class_weight`."""
+    from keras_transfer.models.class_names import adopt_class_names
+
+    adopt_class_names(model, data)
+    return check_model_class_weight(model, class_weight, data)
+
+
+def command_line_class_weight(args, train_ds, class_names):
+    """The `class_weight` of a `keras-transfer train` command, checked before training:
+    `--class-weight JSON` (class names or ids as keys), or balanced weights from the
+    training labels with `--class-weights` (text), or None.
+
+    Raises:
+        ValueError: both options, or a bad `--class-weight` (see `check_class_weight`).
+    """
+    from keras_transfer.data.text_data import class_weights
+
+    given, balanced = getattr(args, "class_weight", None), getattr(args, "class_weights", False)
+    if given is not None and balanced:
+        raise ValueError("Pass --class-weight JSON or --class-weights (balanced), not both.")
+    if balanced:
+        return class_weights(train_ds, len(class_names))
+    return check_class_weight(given, len(class_names), class_names)
