@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _EXPORTS = {
+    "attach_class_names": "models.class_names",
     "BackboneSpec": "models.backbones",
     "get_backbone_spec": "models.backbones",
     "list_backbones": "models.backbones",

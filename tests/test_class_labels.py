@@ -6,6 +6,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import write_image_folder, write_text_file
 
 import keras_transfer as kt
@@ -14,7 +15,7 @@ from keras_transfer.models.class_names import (
     class_names_of,
     remember_class_names,
 )
-from keras_transfer.training.class_weighting import check_class_weight
+from keras_transfer.training.class_weighting import check_class_weight, check_model_class_weight
 
 
 def _labels(dataset):
@@ -77,6 +78,22 @@ def test_fine_tune_and_resumable_fit_check_class_weight_before_training(tmp_path
                 verbose=0,
             )
         assert np.isfinite(history["head"].history["loss"]).all()
+    # "balanced" (scikit-learn's term) counts the training labels: 2 of each class here.
+    assert check_model_class_weight(model, "balanced", train_ds) == pytest.approx(
+        {0: 1.0, 1: 1.0, 2: 1.0}
+    )
+    skewed = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 8, 8, 3), "float32"), np.array([0, 0, 0, 1]))
+    ).batch(2)
+    assert check_model_class_weight(_tiny_classifier(2), "balanced", skewed) == pytest.approx(
+        {0: 4 / 6, 1: 2.0}
+    )
+    history = kt.fine_tune(model, train_ds, head_epochs=1, class_weight="balanced", verbose=0)
+    assert np.isfinite(history["head"].history["loss"]).all()
+    with pytest.raises(ValueError, match="or \"balanced\", got 'balance'"):
+        kt.fine_tune(model, train_ds, head_epochs=1, class_weight="balance", verbose=0)
+    with pytest.raises(ValueError, match="counts the labels of a tf.data.Dataset"):
+        check_model_class_weight(model, "balanced", None)
     kt.compile_classifier(model)
     with pytest.raises(ValueError, match="key 3 is not a class"):
         kt.resumable_fit(
@@ -428,3 +445,26 @@ def test_batches_keyed_by_the_models_input_and_output_names():
 
     with pytest.raises(ValueError, match=r"labels as a dict \(keys \['label'\]\).*the array"):
         kt.fine_tune(model, Keyed(images, labels), verbose=0)
+
+
+def test_the_command_line_takes_class_weight_balanced():
+    from argparse import Namespace
+
+    from keras_transfer.cli.arguments import class_weight_argument
+    from keras_transfer.cli.parser import build_parser
+    from keras_transfer.training.class_weighting import command_line_class_weight
+
+    assert class_weight_argument(" Balanced ") == "balanced"
+    assert class_weight_argument('{"bees": 2}') == {"bees": 2}
+    args = build_parser().parse_args(
+        ["train", "image", "--data", "d", "--output", "o", "--class-weight", "balanced"]
+    )
+    assert args.class_weight == "balanced"
+    skewed = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 2), "float32"), np.eye(2, dtype="float32")[[0, 0, 0, 1]])
+    ).batch(3)
+    weights = command_line_class_weight(args, skewed, ["ants", "bees"])
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+    both = Namespace(class_weight="balanced", class_weights=True)
+    with pytest.raises(ValueError, match="not both"):
+        command_line_class_weight(both, skewed, ["ants", "bees"])

@@ -186,6 +186,8 @@ def test_validation_split_and_class_weights(tmp_path):
     assert len(train_texts | set(val_texts)) == 40
     weights = kt.class_weights(np.array([0, 0, 0, 1]))
     assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+    # Sparse ids as a column were read as one-hot rows of one class: "[1] have no examples".
+    assert kt.class_weights(np.array([[0], [0], [0], [1]])) == pytest.approx(weights)
     from_ds = kt.class_weights(train_ds)
     assert from_ds[names.index("spam")] > from_ds[names.index("ham")]
     with pytest.raises(ValueError, match="no examples"):

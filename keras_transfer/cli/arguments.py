@@ -22,6 +22,11 @@ def json_object(text):
     return value
 
 
+def class_weight_argument(text):
+    """A --class-weight value: "balanced", or a JSON object of weights."""
+    return "balanced" if text.strip().lower() == "balanced" else json_object(text)
+
+
 def weights_argument(text):
     """A --weights value as `build_image_classifier`'s `weights`: None for "none"."""
     lowered = text.lower()
@@ -208,11 +213,11 @@ def add_output_arguments(parser):
     )
     parser.add_argument(
         "--class-weight",
-        type=json_object,
+        type=class_weight_argument,
         default=None,
-        metavar="JSON",
+        metavar="JSON|balanced",
         help="loss weight per class, e.g. '{\"bees\": 2.0}' (class names or ids; classes left "
-        "out get 1.0)",
+        "out get 1.0), or balanced: n / (classes * n_class) from the training labels",
     )
     parser.add_argument(
         "--mixed-precision",

@@ -150,7 +150,7 @@ def build_parser():
         "--max-rows", type=int, default=None, help="train on the first N rows of --data only"
     )
     text.add_argument(
-        "--class-weights", action="store_true", help="balanced class weights for imbalanced data"
+        "--class-weights", action="store_true", help="the same as --class-weight balanced"
     )
     text.add_argument(
         "--epochs",

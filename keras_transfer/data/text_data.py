@@ -314,8 +314,8 @@ def class_weights(data, num_classes=None):
     rule, so that every class contributes equally to the loss.
 
     Args:
-        data: a `tf.data.Dataset` of `(inputs, one_hot_labels)` batches (e.g. `train_ds`),
-            or an array of int class ids `(n,)` or one-hot labels `(n, num_classes)`.
+        data: a `tf.data.Dataset` of `(inputs, labels)` batches (e.g. `train_ds`), or an
+            array of labels: int class ids `(n,)` or `(n, 1)`, or one-hot `(n, num_classes)`.
         num_classes: int; default from the one-hot width or the largest id + 1.
 
     Returns:
@@ -331,7 +331,9 @@ def class_weights(data, num_classes=None):
         labels = np.concatenate(labels) if labels else np.zeros((0,))
     else:
         labels = np.asarray(data)
-    if labels.ndim == 2:
+    if labels.ndim == 2 and labels.shape[1] == 1:  # sparse ids as a column (batch, 1)
+        labels = labels[:, 0]
+    elif labels.ndim == 2:
         num_classes = num_classes or labels.shape[1]
         labels = labels.argmax(-1)
     if labels.size == 0:

@@ -17,7 +17,7 @@ ASSET_FILE = "keras_transfer_class_names.json"
 ARCHIVE_ENTRY = f"assets/{ASSET_FILE}"
 HOW_TO_ATTACH = (
     "save it with `save_classifier(model, path, class_names)`, call "
-    "`keras_transfer.models.class_names.attach_class_names(model, class_names)`, or pass "
+    "`keras_transfer.attach_class_names(model, class_names)`, or pass "
     "`class_names=` (the list `image_folder_datasets` / `text_csv_datasets` return)"
 )
 

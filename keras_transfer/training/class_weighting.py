@@ -1,4 +1,4 @@
-"""`check_class_weight`: a `class_weight` dict checked before any training.
+"""`check_class_weight`: a `class_weight` dict checked before any training, or "balanced".
 
 Keras turns `class_weight` into a lookup table as long as its largest key, inside the data
 pipeline: a key missing below the largest fails deep in `tf.data` (`indices[1] = 2 is not in
@@ -101,16 +101,49 @@ def check_class_weight(class_weight, num_classes, class_names=None):
 
 def check_model_class_weight(model, class_weight, data=None):
     """`check_class_weight` for `model`'s outputs, with the class names the model (or else
-    `data`, see `keras_transfer.models.class_names`) carries."""
+    `data`, see `keras_transfer.models.class_names`) carries. `class_weight="balanced"`
+    (scikit-learn's term) is computed from the labels of `data` (`balanced_class_weight`).
+
+    Raises:
+        ValueError: as `check_class_weight`; "balanced" without `data` to count, or another
+            string.
+    """
     from keras_transfer.models.class_names import class_names_of, dataset_class_names
 
     if class_weight is None:
         return None
-    names = class_names_of(model) or dataset_class_names(data)
     num_classes = int(model.output_shape[-1])
+    if isinstance(class_weight, str):
+        return balanced_class_weight(class_weight, data, num_classes)
+    names = class_names_of(model) or dataset_class_names(data)
     if names is not None and len(names) != num_classes:
         names = None
     return check_class_weight(class_weight, num_classes, names)
+
+
+def balanced_class_weight(class_weight, data, num_classes):
+    """`{class_id: weight}` for `class_weight="balanced"`: `n / (num_classes * n_c)` from the
+    labels of `data` (scikit-learn's rule, `keras_transfer.class_weights`), one pass over it.
+
+    Raises:
+        ValueError: a string other than "balanced"; `data` that is not a `tf.data.Dataset`
+            of `(inputs, labels)` batches (or None); a class without examples.
+    """
+    from keras_transfer.data.fit_inputs import is_tf_dataset
+    from keras_transfer.data.text_data import class_weights
+
+    if class_weight != "balanced":
+        raise ValueError(
+            f'`class_weight` must be a dict {{class id or class name: weight}} or "balanced", '
+            f"got {class_weight!r}."
+        )
+    if data is None or not is_tf_dataset(data):
+        raise ValueError(
+            '`class_weight="balanced"` counts the labels of a tf.data.Dataset of (inputs, '
+            "labels) batches; for other data pass a dict, e.g. "
+            "`keras_transfer.class_weights(labels)` of your label array."
+        )
+    return class_weights(data, num_classes)
 
 
 def fit_class_weight(model, class_weight, data):
@@ -125,8 +158,8 @@ def fit_class_weight(model, class_weight, data):
 
 def command_line_class_weight(args, train_ds, class_names):
     """The `class_weight` of a `keras-transfer train` command, checked before training:
-    `--class-weight JSON` (class names or ids as keys), or balanced weights from the
-    training labels with `--class-weights` (text), or None.
+    `--class-weight JSON` (class names or ids as keys), balanced weights from the training
+    labels with `--class-weight balanced` (or `--class-weights`, text), or None.
 
     Raises:
         ValueError: both options, or a bad `--class-weight` (see `check_class_weight`).
@@ -135,7 +168,7 @@ def command_line_class_weight(args, train_ds, class_names):
 
     given, balanced = getattr(args, "class_weight", None), getattr(args, "class_weights", False)
     if given is not None and balanced:
-        raise ValueError("Pass --class-weight JSON or --class-weights (balanced), not both.")
-    if balanced:
+        raise ValueError("Pass --class-weight JSON (or balanced) or --class-weights, not both.")
+    if balanced or given == "balanced":
         return class_weights(train_ds, len(class_names))
     return check_class_weight(given, len(class_names), class_names)

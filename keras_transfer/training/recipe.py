@@ -112,7 +112,9 @@ def fine_tune(
         finetune_learning_rate: peak rate of stage 2; default the compiled rate for text
             (5e-5, BERT's) and 0.1x it for images (1e-4 with Adam 1e-3).
         train_batchnorm: bool, default False: also train BatchNorm layers in stage 2.
-        class_weight: dict `{class_id: weight}` for `fit` and the probe.
+        class_weight: None (default), a dict `{class id or class name: weight}` for `fit`
+            and the probe, or "balanced": `n / (num_classes * n_c)` from the labels of
+            `train_ds` (a tf.data.Dataset; scikit-learn's rule).
         callbacks: list of Keras callbacks, used in both stages.
         checkpoint_dir: folder or None (default: no checkpoints). With a folder, every
             epoch of either stage is checkpointed there (`resumable_fit`), and calling
