@@ -175,6 +175,26 @@ def test_class_names_travel_with_the_model(tmp_path):
         assert json.loads(archive.read("keras_transfer/class_names.json")) == ["x", "y"]
 
 
+def test_class_names_come_through_label_keeping_steps_and_from_keras_loaders(tmp_path):
+    from keras_transfer.models.class_names import dataset_class_names
+
+    write_image_folder(tmp_path / "data", classes=("ants", "bees"), per_class=2)
+    ours, _, _ = kt.image_folder_datasets(tmp_path / "data", image_size=8, batch_size=4)
+    theirs = keras.utils.image_dataset_from_directory(
+        tmp_path / "data", image_size=(8, 8), batch_size=4, label_mode="categorical"
+    )
+    for dataset in (ours, theirs):
+        # The Keras guide's `.cache().prefetch()` dropped the names that fine_tune adopts.
+        kept = dataset.shuffle(4).repeat(2).take(2).cache().prefetch(1)
+        assert dataset_class_names(kept) == ["ants", "bees"]
+        # `.map` may change the labels: its names are not taken on trust.
+        assert dataset_class_names(dataset.map(lambda x, y: (x, y[:, ::-1]))) is None
+        model = _tiny_classifier(2)
+        kt.fine_tune(model, kept, head_epochs=1, verbose=0)
+        assert class_names_of(model) == ["ants", "bees"]
+    assert dataset_class_names(tf.data.Dataset.range(3).prefetch(1)) is None
+
+
 @pytest.mark.backends("tensorflow")
 def test_export_of_a_model_without_class_names_warns(tmp_path):
     layers = [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2, "softmax")]

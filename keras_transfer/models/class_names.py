@@ -79,10 +79,43 @@ def remember_class_names(dataset, class_names):
     return dataset
 
 
+# tf.data transformations that keep each element's label: a dataset made by one of them from
+# a dataset with class names has the same class names (`.map` may change labels: not walked).
+_LABEL_KEEPING = {
+    "AssertCardinalityDataset",
+    "BatchDataset",
+    "CacheDataset",
+    "FilterDataset",
+    "IgnoreErrorsDataset",
+    "OptionsDataset",
+    "PaddedBatchDataset",
+    "ParallelBatchDataset",
+    "PrefetchDataset",
+    "RepeatDataset",
+    "ShardDataset",
+    "ShuffleDataset",
+    "SkipDataset",
+    "TakeDataset",
+}
+
+
 def dataset_class_names(dataset):
-    """The class names noted on `dataset` by `remember_class_names`, or None."""
-    names = getattr(dataset, "_kt_class_names", None)
-    return list(names) if names is not None else None
+    """The class names of `dataset`'s labels, or None: those noted by `remember_class_names`
+    (our datasets), else the `class_names` attribute of Keras' own
+    `keras.utils.image_dataset_from_directory` / `text_dataset_from_directory`, also through
+    `tf.data` steps that keep the labels (`prefetch`, `cache`, `shuffle`, `batch`, `take`,
+    ...; not `map`, which may change them)."""
+    while dataset is not None:
+        for attribute in ("_kt_class_names", "class_names"):
+            names = getattr(dataset, attribute, None)
+            if isinstance(names, (list, tuple)) and names and all(
+                isinstance(name, str) for name in names
+            ):
+                return list(names)
+        if type(dataset).__name__.lstrip("_") not in _LABEL_KEEPING:
+            return None
+        dataset = getattr(dataset, "_input_dataset", None)
+    return None
 
 
 def adopt_class_names(model, dataset):
