@@ -58,8 +58,9 @@ def check_label_shape(model, shape, name="train_ds", label_smoothing=None):
         raise ValueError(
             f"`{name}` has class-id labels of shape {dims}, and {why} one-hot labels "
             f"(batch, {classes}), float32. Map them with tf.one_hot(y, {classes}) (or "
-            "keras.utils.to_categorical), or use our dataset functions "
-            "(image_folder_datasets, text_csv_datasets)."
+            "keras.utils.to_categorical), pass label_mode='categorical' to Keras' "
+            "image_dataset_from_directory / text_dataset_from_directory, or use our dataset "
+            "functions (image_folder_datasets, text_csv_datasets)."
         )
     if not ids and dims[1] is not None and kind == "categorical" and dims[1] != classes:
         raise ValueError(
