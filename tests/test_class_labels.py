@@ -468,6 +468,7 @@ def test_batches_keyed_by_the_models_input_and_output_names():
 
 
 def test_the_command_line_takes_class_weight_balanced():
+    import argparse
     from argparse import Namespace
 
     from keras_transfer.cli.arguments import class_weight_argument
@@ -476,6 +477,9 @@ def test_the_command_line_takes_class_weight_balanced():
 
     assert class_weight_argument(" Balanced ") == "balanced"
     assert class_weight_argument('{"bees": 2}') == {"bees": 2}
+    for wrong in ("balance", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected balanced or a JSON"):
+            class_weight_argument(wrong)
     args = build_parser().parse_args(
         ["train", "image", "--data", "d", "--output", "o", "--class-weight", "balanced"]
     )
@@ -488,3 +492,72 @@ def test_the_command_line_takes_class_weight_balanced():
     both = Namespace(class_weight="balanced", class_weights=True)
     with pytest.raises(ValueError, match="not both"):
         command_line_class_weight(both, skewed, ["ants", "bees"])
+
+
+def test_a_model_with_class_names_is_not_trained_or_read_under_others(tmp_path):
+    write_image_folder(tmp_path / "data", classes=("ants", "bees"), per_class=2)
+    train_ds, _, _ = kt.image_folder_datasets(tmp_path / "data", image_size=8, batch_size=4)
+    # The same examples, their one-hot columns swapped: id 0 is now "bees".
+    swapped = remember_class_names(train_ds.map(lambda x, y: (x, y[:, ::-1])), ["bees", "ants"])
+    model = _tiny_classifier(2)
+    kt.fine_tune(model, train_ds, head_epochs=1, verbose=0)
+    # Trained on, or evaluated on, data whose ids mean other classes: the names would be
+    # wrong (they were kept silently).
+    with pytest.raises(ValueError, match=r"carries the class names \['ants', 'bees'\]"):
+        kt.fine_tune(model, swapped, head_epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="`dataset` has \\['bees', 'ants'\\]"):
+        kt.evaluate_classifier(model, swapped)
+    assert kt.evaluate_classifier(model, swapped, ["x", "y"]).class_names == ["x", "y"]
+    kt.attach_class_names(model, ["bees", "ants"])  # the data's classes are meant
+    kt.fine_tune(model, swapped, head_epochs=1, verbose=0)
+    assert class_names_of(model) == ["bees", "ants"]
+    # save_classifier takes the names the model carries; a model without any is refused.
+    kt.save_classifier(model, tmp_path / "m.keras")
+    assert kt.load_classifier(tmp_path / "m.keras")[1] == ["bees", "ants"]
+    with pytest.raises(ValueError, match="carries no class names: pass class_names"):
+        kt.save_classifier(_tiny_classifier(2), tmp_path / "n.keras")
+    # Names of another count than the outputs describe no output: not used, and no error.
+    with pytest.warns(UserWarning, match="carries no class names"):
+        report = kt.evaluate_classifier(
+            _tiny_classifier(3),
+            train_ds.map(lambda x, y: (x, tf.pad(y, [[0, 0], [0, 1]]))).apply(
+                lambda d: remember_class_names(d, ["ants", "bees"])
+            ),
+        )
+    assert report.class_names == ["0", "1", "2"]
+
+
+def test_resumable_fit_takes_balanced_and_refuses_what_it_cannot_resume(tmp_path):
+    skewed = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 8, 8, 3), "float32"), np.eye(2, dtype="float32")[[0, 0, 0, 1]])
+    ).batch(2)
+    model = _tiny_classifier(2)
+    kt.compile_classifier(model)
+    history = kt.resumable_fit(
+        model, skewed, epochs=1, checkpoint_dir=tmp_path / "a", class_weight="balanced"
+    )
+    assert np.isfinite(history.history["loss"]).all()
+    with pytest.raises(ValueError, match="drop `steps_per_epoch`"):
+        kt.resumable_fit(model, skewed, epochs=1, checkpoint_dir=tmp_path / "b", steps_per_epoch=2)
+    with pytest.raises(ValueError, match="`train_ds` is an infinite tf.data.Dataset"):
+        kt.resumable_fit(model, skewed.repeat(), epochs=1, checkpoint_dir=tmp_path / "c")
+
+
+def test_class_weights_of_datasets_of_every_form():
+    images, ids = np.zeros((4, 2), "float32"), np.array([0, 0, 0, 1])
+    expected = {0: 4 / 6, 1: 2.0}
+    one_hot = np.eye(2, dtype="float32")[ids]
+    pairs = tf.data.Dataset.from_tensor_slices((images, one_hot))
+    assert kt.class_weights(pairs.batch(3)) == pytest.approx(expected)
+    assert kt.class_weights(tf.data.Dataset.from_tensor_slices((images, ids))) == pytest.approx(
+        expected
+    )  # single examples' ids
+    # One-hot rows of single examples were read as ids 0 and 1: {0: 1.0, 1: 1.0}.
+    with pytest.raises(ValueError, match="one-hot rows of single examples"):
+        kt.class_weights(pairs)
+    with pytest.raises(ValueError, match="labels as a dict"):
+        kt.class_weights(pairs.batch(2).map(lambda x, y: (x, {"out": y})))
+    with pytest.raises(ValueError, match="no \\(inputs, labels\\) tuples"):
+        kt.class_weights(tf.data.Dataset.from_tensor_slices(images).batch(2))
+    with pytest.raises(ValueError, match="infinite"):  # was a hang
+        kt.class_weights(pairs.batch(2).repeat())

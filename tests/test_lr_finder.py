@@ -140,6 +140,12 @@ def test_image_classifier_head_on_cached_features(tmp_path):
     from_pydataset = kt.lr_find(model, _Batches(train_ds), num_steps=30, end_lr=1.0)
     assert from_pydataset.trained == "head on cached features"
     assert len(from_pydataset.raw_losses) == len(head.raw_losses)
+    # class_weight as fine_tune takes it: "balanced" (was a str reaching Keras:
+    # "'str' object has no attribute 'get'"), and keys checked against the classes.
+    weighted = kt.lr_find(model, train_ds, num_steps=30, end_lr=1.0, class_weight="balanced")
+    assert len(weighted.raw_losses) == len(head.raw_losses)
+    with pytest.raises(ValueError, match="key 'hornets' is not a class"):
+        kt.lr_find(model, train_ds, num_steps=30, class_weight={"hornets": 2.0})
 
 
 @pytest.mark.backends("tensorflow")

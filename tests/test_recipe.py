@@ -204,8 +204,10 @@ def test_recipe_edge_cases(tmp_path):
     with pytest.raises(ValueError, match="`val_ds` has one-hot labels of 4 columns, and the "):
         kt.fine_tune(_model(), train_ds, wide, verbose=0)
     column = train_ds.map(lambda x, y: (x, tf.argmax(y, -1)[:, None]))  # ids (batch, 1)
-    with pytest.raises(ValueError, match=r"class-id labels of shape \(None, 1\)"):
+    with pytest.raises(ValueError, match=r"class-id labels of shape \(None, 1\).*y\[:, 0\]"):
         kt.fine_tune(_model(), column, verbose=0)
+    with pytest.raises(ValueError, match="`val_ds` is an infinite tf.data.Dataset"):
+        kt.fine_tune(_model(), train_ds, val_ds.repeat(), verbose=0)  # was a hang
     with pytest.raises(ValueError, match=r"gives single examples .* train_ds.batch\(32\)"):
         kt.fine_tune(_model(), train_ds.unbatch(), verbose=0)
     # Class ids train a model compiled with a sparse loss (a name, a function): the probe

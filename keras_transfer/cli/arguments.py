@@ -24,7 +24,14 @@ def json_object(text):
 
 def class_weight_argument(text):
     """A --class-weight value: "balanced", or a JSON object of weights."""
-    return "balanced" if text.strip().lower() == "balanced" else json_object(text)
+    if text.strip().lower() == "balanced":
+        return "balanced"
+    try:
+        return json_object(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected balanced or a JSON object like '{{\"bees\": 2.0}}': {error}"
+        ) from None
 
 
 def weights_argument(text):

@@ -170,12 +170,32 @@ def as_tf_dataset(data):
     )
 
 
+def check_finite(data, name="train_ds"):
+    """Refuse an infinite `tf.data.Dataset` (e.g. after `.repeat()`), which an epoch that is
+    one pass over the data would never finish reading.
+
+    Raises:
+        ValueError: `data` is a `tf.data.Dataset` of infinite cardinality.
+    """
+    if is_tf_dataset(data):
+        import tensorflow as tf
+
+        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError(
+                f"`{name}` is an infinite tf.data.Dataset (a .repeat() without a count?): an "
+                "epoch here is one pass over the data. Drop the .repeat() (epochs repeat it), "
+                f"or {name}.take(n) the batches an epoch should have."
+            )
+
+
 def check_resumable_data(data):
     """Refuse data that `resumable_fit` cannot read again after a resume.
 
     Raises:
-        ValueError: `data` is a one-shot Python generator or iterator.
+        ValueError: `data` is a one-shot Python generator or iterator, or an infinite
+            `tf.data.Dataset` (`check_finite`).
     """
+    check_finite(data)
     if isinstance(data, collections.abc.Iterator) and not is_tf_dataset(data):
         raise ValueError(
             f"Checkpoints need training data that can be read again in every epoch and after "

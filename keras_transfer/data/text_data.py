@@ -322,15 +322,13 @@ def class_weights(data, num_classes=None):
         dict `{class_id: weight}` of Python floats.
 
     Raises:
-        ValueError: no labels, or a class without examples.
+        ValueError: no labels, or a class without examples; a dataset that is infinite,
+            whose elements are not `(inputs, labels)` tuples, whose labels are a dict, or
+            of single examples with one-hot labels.
     """
     from sklearn.utils.class_weight import compute_class_weight
 
-    if hasattr(data, "as_numpy_iterator"):
-        labels = [np.asarray(batch[1]) for batch in data.as_numpy_iterator()]
-        labels = np.concatenate(labels) if labels else np.zeros((0,))
-    else:
-        labels = np.asarray(data)
+    labels = _dataset_labels(data) if hasattr(data, "as_numpy_iterator") else np.asarray(data)
     if labels.ndim == 2 and labels.shape[1] == 1:  # sparse ids as a column (batch, 1)
         labels = labels[:, 0]
     elif labels.ndim == 2:
@@ -355,3 +353,36 @@ def class_weights(data, num_classes=None):
         )
     weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
     return {i: float(w) for i, w in enumerate(weights)}
+
+
+def _dataset_labels(data):
+    """The labels of every element of a `tf.data.Dataset` of `(inputs, labels)` batches, end
+    to end (ids `(n,)`, `(n, 1)` or one-hot `(n, classes)`), or of single examples' ids.
+
+    Raises:
+        ValueError: see `class_weights`.
+    """
+    from keras_transfer.data.fit_inputs import check_finite
+
+    check_finite(data, "data")
+    spec = data.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        raise ValueError(
+            "`data` gives no (inputs, labels) tuples (an image-only dataset?): pass labelled "
+            "batches, or the label array itself."
+        )
+    if not hasattr(spec[1], "shape"):
+        raise ValueError(
+            "`data` gives its labels as a dict or nested structure: pass the label array "
+            "itself, or map the dataset to (inputs, labels) pairs."
+        )
+    shape, dtype = spec[1].shape, spec[1].dtype
+    if shape.rank == 1 and dtype.is_floating and shape[0] is not None:
+        raise ValueError(
+            f"`data` gives labels of shape {tuple(shape)}: one-hot rows of single examples? "
+            "Batch the dataset first (e.g. data.batch(32)), or pass the label array itself."
+        )
+    labels = [np.asarray(batch[1]) for batch in data.as_numpy_iterator()]
+    if labels and labels[0].ndim == 0:  # single examples' class ids
+        return np.stack(labels)
+    return np.concatenate(labels) if labels else np.zeros((0,))

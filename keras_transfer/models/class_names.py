@@ -118,15 +118,47 @@ def dataset_class_names(dataset):
     return None
 
 
+def _fitting_names(model, dataset):
+    """The class names of `dataset` when there are as many as `model` has outputs, else None
+    (e.g. `label_mode="binary"`: two names, one output)."""
+    found = dataset_class_names(dataset)
+    if found is not None and len(found) == int(model.output_shape[-1]):
+        return found
+    return None
+
+
+def check_same_class_names(model, dataset, name="train_ds"):
+    """Raise when `model` carries class names and `dataset` others (or in another order):
+    its outputs would be trained or read under the wrong names.
+
+    Raises:
+        ValueError: the two lists differ.
+    """
+    names, found = class_names_of(model), _fitting_names(model, dataset)
+    if names is not None and found is not None and names != found:
+        raise ValueError(
+            f"{model.name!r} carries the class names {names}, and `{name}` has {found}: "
+            "its outputs would be read under the wrong names. Give data whose label ids "
+            "follow the model's classes, or, if the data's classes are meant (a model "
+            "trained on others before), call `keras_transfer.attach_class_names(model, "
+            f"{found})` first."
+        )
+
+
 def adopt_class_names(model, dataset):
     """Attach the class names of `dataset` to `model` when it has none and they fit its outputs.
 
     Returns:
         The model's class names (list of str) after this, or None when neither knows them.
+
+    Raises:
+        ValueError: the model carries other class names than `dataset`
+            (`check_same_class_names`).
     """
+    check_same_class_names(model, dataset)
     names = class_names_of(model)
-    found = dataset_class_names(dataset)
-    if names is None and found is not None and len(found) == int(model.output_shape[-1]):
+    found = _fitting_names(model, dataset)
+    if names is None and found is not None:
         attach_class_names(model, found)
         names = found
     return names
@@ -143,11 +175,13 @@ def resolve_class_names(model, class_names, what, data=None):
         data: a dataset that may carry class names, or None.
 
     Raises:
-        ValueError: `class_names` of another length than the model's outputs.
+        ValueError: `class_names` of another length than the model's outputs; without
+            `class_names`, a model that carries other class names than `data`.
     """
     if class_names is not None:
         return _checked(model, class_names)
-    names = class_names_of(model) or dataset_class_names(data)
+    check_same_class_names(model, data, "dataset")
+    names = class_names_of(model) or _fitting_names(model, data)
     if names is not None:
         return _checked(model, names)
     count = int(model.output_shape[-1])

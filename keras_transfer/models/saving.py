@@ -73,7 +73,7 @@ def _drop_optimizer_state(path):
     os.replace(rewritten, path)
 
 
-def save_classifier(model, path, class_names, include_optimizer=False):
+def save_classifier(model, path, class_names=None, include_optimizer=False):
     """Save `model` to a `.keras` file with its class names inside, atomically.
 
     The file is a normal Keras archive (`keras.saving.load_model` reads it) with two extra
@@ -87,7 +87,9 @@ def save_classifier(model, path, class_names, include_optimizer=False):
     Args:
         model: a `keras.Model`.
         path: str or path-like ending in `.keras`.
-        class_names: list of str, index = class id; its length must match the model output.
+        class_names: list of str, index = class id; its length must match the model
+            output. Default None: the names the model carries (learnt by `fine_tune` from
+            its data, or `attach_class_names`).
         include_optimizer: bool, default False: a file for serving and sharing does not
             need the optimizer's state (Adam keeps two values per weight: two thirds of a
             fine-tuned model's file). The compile settings stay, so `load_classifier`
@@ -106,8 +108,15 @@ def save_classifier(model, path, class_names, include_optimizer=False):
             f"`include_optimizer` must be True or False, got {include_optimizer!r} "
             f"({type(include_optimizer).__name__})."
         )
-    from keras_transfer.models.class_names import attach_class_names
+    from keras_transfer.models.class_names import attach_class_names, class_names_of
 
+    if class_names is None:
+        class_names = class_names_of(model)
+        if class_names is None:
+            raise ValueError(
+                f"{model.name!r} carries no class names: pass class_names=[...] (index = class "
+                "id; the list image_folder_datasets / text_csv_datasets return)."
+            )
     class_names = [str(name) for name in class_names]
     if len(class_names) != int(model.output_shape[-1]):
         raise ValueError(

@@ -157,8 +157,10 @@ def evaluate_classifier(model, dataset, class_names=None):
 
     Raises:
         ValueError: an empty dataset, a model whose number of outputs differs from
-            `len(class_names)`, or labels given as a dict of another key than the
-            model's output name (`label_checks.check_not_keyed`).
+            `len(class_names)`, without `class_names` a model that carries other class
+            names than `dataset` (`class_names.check_same_class_names`), or labels given
+            as a dict of another key than the model's output name
+            (`label_checks.check_not_keyed`).
     """
     from keras_transfer.training.label_checks import keyed_batches
 

@@ -295,7 +295,9 @@ def resumable_fit(
             the stage with its best weights.
         **fit_kwargs: other `fit` arguments (`validation_data`, `class_weight`, `verbose`);
             `class_weight` is checked first (`class_weighting.check_class_weight`: class
-            ids or names of the model's classes, weights > 0; missing classes get 1.0).
+            ids or names of the model's classes, weights > 0; missing classes get 1.0), or
+            "balanced" (from the labels of `train_ds`). Not `steps_per_epoch`: an epoch is
+            one pass over `train_ds`.
 
     Returns:
         `keras.callbacks.History` of the whole stage: `history.history` maps each metric to
@@ -303,15 +305,23 @@ def resumable_fit(
 
     Raises:
         ValueError: the checkpoint has other `settings`, is unreadable or incomplete, the
-            folder is not writable, or `class_weight` names no class of the model (checked
-            before training).
+            folder is not writable, `train_ds` is infinite, `steps_per_epoch` is given, or
+            `class_weight` names no class of the model (checked before training).
         TypeError: `settings` is neither None nor a dict.
     """
     from keras_transfer.data.fit_inputs import check_resumable_data
     from keras_transfer.training.class_weighting import check_model_class_weight
 
     check_resumable_data(train_ds)  # a generator is read once: it cannot resume
-    fit_kwargs["class_weight"] = check_model_class_weight(model, fit_kwargs.get("class_weight"))
+    if "steps_per_epoch" in fit_kwargs:
+        raise ValueError(
+            "resumable_fit trains one pass over `train_ds` an epoch (so that a resumed epoch "
+            "goes on where it stopped): drop `steps_per_epoch` (and any `.repeat()`), or "
+            "`.take(n)` the batches an epoch should have."
+        )
+    fit_kwargs["class_weight"] = check_model_class_weight(
+        model, fit_kwargs.get("class_weight"), train_ds
+    )
     from keras_transfer.training.processes import (
         barrier,
         is_chief,

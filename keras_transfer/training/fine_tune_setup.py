@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from keras_transfer.data.batch_augmentation import mix_batches
-from keras_transfer.data.fit_inputs import plan_for_inputs
+from keras_transfer.data.fit_inputs import check_finite, plan_for_inputs
 from keras_transfer.models.compiling import is_text_classifier
 from keras_transfer.models.freezing import backbone_units, get_backbone
 from keras_transfer.training.class_weighting import fit_class_weight
@@ -217,6 +217,7 @@ def plan_run(
     check_fine_tune_arguments(train_ds, val_ds, verbose=verbose, **checked)
     check_unfreeze_top_n(model, checked["unfreeze_top_n"])
     for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
+        check_finite(data, name)  # a .repeat(): an epoch of fine_tune is one pass
         check_batches(model, data, name, label_smoothing)  # labels that cannot meet the loss
     cache_features, text_padding = checked["cache_features"], checked["text_padding"]
     check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide

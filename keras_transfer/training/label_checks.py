@@ -55,9 +55,10 @@ def check_label_shape(model, shape, name="train_ds", label_smoothing=None):
             if label_smoothing and kind != "categorical"
             else f"the model's loss ({loss}) takes"
         )
+        column = "y" if len(dims) == 1 else "y[:, 0]"  # (batch, 1): one id a row
         raise ValueError(
             f"`{name}` has class-id labels of shape {dims}, and {why} one-hot labels "
-            f"(batch, {classes}), float32. Map them with tf.one_hot(y, {classes}) (or "
+            f"(batch, {classes}), float32. Map them with tf.one_hot({column}, {classes}) (or "
             "keras.utils.to_categorical), pass label_mode='categorical' to Keras' "
             "image_dataset_from_directory / text_dataset_from_directory, or use our dataset "
             "functions (image_folder_datasets, text_csv_datasets)."

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from keras_transfer.data.fit_inputs import is_tf_dataset, iter_batches
+from keras_transfer.training.class_weighting import check_model_class_weight
 from keras_transfer.training.label_checks import (
     check_batches,
     check_label_shape,
@@ -153,7 +154,8 @@ def lr_find(
             in `suggestions`.
         cache_features: `"auto"` (default: on cached features when every trainable weight
             is in the head) or False (always the whole model, the frozen part run every step).
-        class_weight: dict `{class_id: weight}` or None, as for `fit`.
+        class_weight: None, a dict `{class id or class name: weight}` or "balanced", as
+            for `fine_tune` (checked against the model's classes).
 
     Returns:
         An `LRFinderResult`; `result.plot("lr.png")` draws and saves the curve.
@@ -189,6 +191,7 @@ def lr_find(
         )
     train_ds = keyed_batches(model, train_ds)  # ({"image": x}, y) as (x, y), then checked
     check_batches(model, train_ds)  # a tf.data spec or a PyDataset's first batch
+    class_weight = check_model_class_weight(model, class_weight, train_ds)  # "balanced" too
     rates = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     weights = model.get_weights()
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]

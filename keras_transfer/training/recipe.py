@@ -161,19 +161,20 @@ def fine_tune(
 
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
-            "auto" or an int >= 0, learning rates that are not positive numbers,
-            an infinite `PyDataset`, labels of a `tf.data` dataset or a `PyDataset` that
-            cannot meet the model's loss (class ids
-            for a one-hot loss or with `label_smoothing`, one-hot labels of another width
-            than the model's classes or for a sparse loss; `label_checks.check_label_shape`),
-            a `tf.data` dataset that is not batched or gives dicts, not (inputs, labels)
+            "auto" or an int >= 0, learning rates that are not positive numbers, an
+            infinite `PyDataset` or `tf.data` dataset (`.repeat()`), labels of a `tf.data`
+            dataset or a `PyDataset` that cannot meet the model's loss (class ids for a
+            one-hot loss or with `label_smoothing`, one-hot labels of another width than
+            the model's classes or for a sparse loss; `label_checks.check_label_shape`), a
+            `tf.data` dataset that is not batched or gives dicts, not (inputs, labels)
             pairs, labels given as a dict of another key than the model's output name
             (`label_checks.check_not_keyed`), class ids beyond the model's classes (the
-            linear probe),
-            `unfreeze_top_n=0` with an int of fine-tuning epochs or one above the number of the
-            backbone's units, `verbose` not "auto", 0, 1 or 2, `train_batchnorm` not a
-            bool, `checkpoint_settings` not a dict of JSON values, a `class_weight` key
-            that is no class (`check_class_weight`), an optimizer object (use a name, or
+            linear probe), a model that carries other class names than the data's
+            (`class_names.adopt_class_names`), `unfreeze_top_n=0` with an int of
+            fine-tuning epochs or one above the number of the backbone's units, `verbose`
+            not "auto", 0, 1 or 2, `train_batchnorm` not a bool, `checkpoint_settings` not
+            a dict of JSON values, a `class_weight` key that is no class
+            (`check_class_weight`) or a string but "balanced", an optimizer object (use a name, or
             compile the model with it), a checkpoint folder written by a run with other
             arguments, `cache_features=True` for a model that cannot be cut into backbone
             and head, `feature_store` with `cache_features=False` or not a path (or an
