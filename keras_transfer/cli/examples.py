@@ -7,7 +7,7 @@ import argparse
 # One example per help screen (argparse epilogs), shown as written.
 EXAMPLES = {
     "main": """examples:
-  keras-transfer demo                      # the offline main job: about a minute on a CPU
+  keras-transfer demo                      # the offline main job: about 90 s on a CPU
   keras-transfer backbones                 # the image backbones' registry names
   keras-transfer train image --help        # options of one command
 set KERAS_BACKEND=tensorflow|jax|torch to choose the backend.""",
