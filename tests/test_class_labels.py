@@ -467,7 +467,7 @@ def test_batches_keyed_by_the_models_input_and_output_names():
         kt.fine_tune(model, Keyed(images, labels), verbose=0)
 
 
-def test_the_command_line_takes_class_weight_balanced():
+def test_the_command_line_takes_class_weight_balanced(capsys):
     import argparse
     from argparse import Namespace
 
@@ -489,6 +489,7 @@ def test_the_command_line_takes_class_weight_balanced():
     ).batch(3)
     weights = command_line_class_weight(args, skewed, ["ants", "bees"])
     assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+    assert "Balanced class weights: ants 0.667, bees 2" in capsys.readouterr().out
     both = Namespace(class_weight="balanced", class_weights=True)
     with pytest.raises(ValueError, match="not both"):
         command_line_class_weight(both, skewed, ["ants", "bees"])

@@ -170,5 +170,8 @@ def command_line_class_weight(args, train_ds, class_names):
     if given is not None and balanced:
         raise ValueError("Pass --class-weight JSON (or balanced) or --class-weights, not both.")
     if balanced or given == "balanced":
-        return class_weights(train_ds, len(class_names))
+        weights = class_weights(train_ds, len(class_names))
+        shown = ", ".join(f"{name} {weights[i]:.3g}" for i, name in enumerate(class_names))
+        print(f"Balanced class weights: {shown}")
+        return weights
     return check_class_weight(given, len(class_names), class_names)
