@@ -151,3 +151,9 @@ def test_a_bad_class_names_file_beside_a_keras_file_is_named(tmp_path, capsys):
     shutil.copy(tmp_path / "plain.keras", tmp_path / "model.keras")
     assert main(["predict", str(tmp_path), str(image)]) == 2
     assert "holds both 'model.keras'" in capsys.readouterr().err
+    # An ONNX export's folder: named as such, with where such exports run.
+    (tmp_path / "onnx" / "1").mkdir(parents=True)
+    (tmp_path / "onnx" / "1" / "model.onnx").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "onnx"), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "No 'model.keras'" in err and "model.onnx' is an ONNX / LiteRT export" in err

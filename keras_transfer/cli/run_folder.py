@@ -57,9 +57,23 @@ def trained_model_path(model_dir):
         )
     if found:
         return found[0]
+    import glob
+
+    exported = [
+        path
+        for pattern in ("model.onnx", "model.tflite", "*/model.onnx", "*/model.tflite")
+        for path in glob.glob(os.path.join(glob.escape(os.fsdecode(model_dir)), pattern))
+    ]
+    hint = (
+        f" {exported[0]!r} is an ONNX / LiteRT export: run it in its own runtime "
+        "(keras_transfer.export.runtimes, docs/serving.md)."
+        if exported
+        else ""
+    )
     raise FileNotFoundError(
         f"No {MODEL_FILE!r} (or {BEST_MODEL!r}) in {os.fsdecode(model_dir)!r}: pass the "
         "--output folder of `keras-transfer train` or `keras-transfer tune`, or a .keras file."
+        + hint
     )
 
 
