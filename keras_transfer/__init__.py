@@ -39,7 +39,7 @@ _EXPORTS = {
     "load_classifier": "models.saving",
     "save_classifier": "models.saving",
     "build_text_classifier": "models.text_classifier",
-    "class_weights": "data.text_data",
+    "class_weights": "data.labels",
     "read_labelled_text": "data.text_data",
     "text_csv_datasets": "data.text_data",
     "tfds_datasets": "data.tfds_data",

@@ -10,6 +10,7 @@ import tensorflow as tf
 from conftest import write_image_folder, write_text_file
 
 import keras_transfer as kt
+from keras_transfer.data.batch_augmentation import mix_batches
 from keras_transfer.models.class_names import (
     attach_class_names,
     class_names_of,
@@ -562,3 +563,44 @@ def test_class_weights_of_datasets_of_every_form():
         kt.class_weights(tf.data.Dataset.from_tensor_slices(images).batch(2))
     with pytest.raises(ValueError, match="infinite"):  # was a hang
         kt.class_weights(pairs.batch(2).repeat())
+
+
+def test_balanced_weights_of_our_pipelines_decode_no_image(tmp_path):
+    root = write_image_folder(tmp_path / "data", classes=("ants", "bees"), per_class=4)
+    for i in range(4):  # 8 ants, 4 bees
+        (root / "ants" / f"more_{i}.png").write_bytes(
+            (root / "ants" / f"ants_{i}.png").read_bytes()
+        )
+    train_ds, val_ds, _ = kt.image_folder_datasets(
+        root, image_size=8, batch_size=4, validation_split=0.25, cache=False
+    )
+    counted = kt.class_weights(train_ds)  # read from the pipeline's batches
+    assert counted == pytest.approx({0: 9 / 12, 1: 9 / 6})  # 6 ants, 3 bees kept
+    mixed = mix_batches(train_ds, "mixup", seed=1)  # derived batch by batch: the same labels
+    for path in root.rglob("*.png"):
+        path.unlink()
+    # The streamed pipeline remembers its labels: no photo is decoded to count them (they
+    # are gone: reading a batch would fail).
+    with pytest.raises(tf.errors.NotFoundError):
+        next(iter(train_ds))
+    assert kt.class_weights(train_ds) == pytest.approx(counted)
+    assert kt.class_weights(mixed) == pytest.approx(counted)
+    assert kt.class_weights(val_ds) == pytest.approx({0: 3 / 4, 1: 3 / 2})  # 2 ants, 1 bee
+    assert check_model_class_weight(_tiny_classifier(2), "balanced", train_ds) == pytest.approx(
+        counted
+    )
+
+
+def test_class_weight_with_sample_weights_is_refused_before_training():
+    images, ids = np.zeros((4, 8, 8, 3), "float32"), np.array([0, 0, 0, 1])
+    weighted = tf.data.Dataset.from_tensor_slices(
+        (images, np.eye(2, dtype="float32")[ids], np.ones(4, "float32"))
+    ).batch(2)
+    model = _tiny_classifier(2)
+    for class_weight in ("balanced", {0: 1.0, 1: 3.0}):
+        # Was Keras' "You cannot `class_weight` and `sample_weight` at the same time" after
+        # the frozen stage.
+        with pytest.raises(ValueError, match="gives sample weights too .* drop `class_weight`"):
+            kt.fine_tune(model, weighted, head_epochs=1, class_weight=class_weight, verbose=0)
+    history = kt.fine_tune(model, weighted, head_epochs=1, finetune_epochs=0, verbose=0)
+    assert np.isfinite(history["head"].history["loss"]).all()

@@ -38,6 +38,8 @@ class ExampleSource(NamedTuple):
         in_memory: whether `load` also takes a vector of examples and gives their batch
             straight from memory (e.g. decoded images taken by index); the caching pass
             then reads them without a pipeline.
+        labels: the examples' int class ids `(n,)`, in file order, or None; balanced
+            class weights are counted from them without reading the pipeline.
     """
 
     examples: Any
@@ -45,6 +47,7 @@ class ExampleSource(NamedTuple):
     build: Callable
     shuffle: bool
     in_memory: bool = False
+    labels: Any = None
 
 
 def remember_examples(dataset, source):
@@ -118,6 +121,17 @@ def remade_per_epoch(dataset):
         return True
     parent, _ = getattr(dataset, "_kt_derived", (None, None))
     return parent is not None and remade_per_epoch(parent)
+
+
+def example_labels(dataset):
+    """The int class ids `(n,)` of every example of `dataset`, in file order, when it is a
+    pipeline of ours (or derived from one batch by batch, e.g. augmented or over cached
+    features) that remembers them; else None. Nothing is decoded."""
+    source = getattr(dataset, "_kt_examples", None)
+    if source is not None:
+        return None if source.labels is None else np.asarray(source.labels)
+    parent, _ = getattr(dataset, "_kt_derived", (None, None))
+    return None if parent is None else example_labels(parent)
 
 
 def epoch_pipeline(dataset, epoch):

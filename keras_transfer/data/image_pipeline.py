@@ -212,5 +212,5 @@ def dataset(
 
     return remember_examples(
         data.prefetch(tf.data.AUTOTUNE),
-        ExampleSource(sources, load, build, shuffle, in_memory),
+        ExampleSource(sources, load, build, shuffle, in_memory, labels),
     )

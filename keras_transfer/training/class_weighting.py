@@ -106,37 +106,54 @@ def check_model_class_weight(model, class_weight, data=None):
 
     Raises:
         ValueError: as `check_class_weight`; "balanced" without `data` to count, or another
-            string.
+            string; a `tf.data.Dataset` `data` whose elements carry sample weights (Keras
+            takes `class_weight` or sample weights, not both).
     """
     from keras_transfer.models.class_names import class_names_of, dataset_class_names
 
     if class_weight is None:
         return None
+    _check_no_sample_weights(data)
     num_classes = int(model.output_shape[-1])
     if isinstance(class_weight, str):
-        return balanced_class_weight(class_weight, data, num_classes)
+        if class_weight != "balanced":
+            raise ValueError(
+                '`class_weight` must be a dict {class id or class name: weight} or "balanced", '
+                f"got {class_weight!r}."
+            )
+        return balanced_class_weight(data, num_classes)
     names = class_names_of(model) or dataset_class_names(data)
     if names is not None and len(names) != num_classes:
         names = None
     return check_class_weight(class_weight, num_classes, names)
 
 
-def balanced_class_weight(class_weight, data, num_classes):
+def _check_no_sample_weights(data):
+    """Refuse `(inputs, labels, sample_weights)` tf.data elements before training: Keras'
+    `fit` would stop at them with "You cannot `class_weight` and `sample_weight` at the
+    same time", after the frozen stage."""
+    spec = getattr(data, "element_spec", None)
+    if isinstance(spec, tuple) and len(spec) == 3:
+        raise ValueError(
+            "`class_weight` was given, but `train_ds` gives sample weights too (a third "
+            "element): Keras takes one or the other. Multiply the class weights into the "
+            "sample weights (e.g. `.map(lambda x, y, w: (x, y, w * tf.gather(weights, "
+            "tf.argmax(y, -1))))`), or drop `class_weight`."
+        )
+
+
+def balanced_class_weight(data, num_classes):
     """`{class_id: weight}` for `class_weight="balanced"`: `n / (num_classes * n_c)` from the
-    labels of `data` (scikit-learn's rule, `keras_transfer.class_weights`), one pass over it.
+    labels of `data` (scikit-learn's rule, `keras_transfer.class_weights`), one pass over it
+    (none for a pipeline of ours, which remembers its labels).
 
     Raises:
-        ValueError: a string other than "balanced"; `data` that is not a `tf.data.Dataset`
-            of `(inputs, labels)` batches (or None); a class without examples.
+        ValueError: `data` that is not a `tf.data.Dataset` of `(inputs, labels)` batches (or
+            None); a class without examples.
     """
     from keras_transfer.data.fit_inputs import is_tf_dataset
-    from keras_transfer.data.text_data import class_weights
+    from keras_transfer.data.labels import class_weights
 
-    if class_weight != "balanced":
-        raise ValueError(
-            f'`class_weight` must be a dict {{class id or class name: weight}} or "balanced", '
-            f"got {class_weight!r}."
-        )
     if data is None or not is_tf_dataset(data):
         raise ValueError(
             '`class_weight="balanced"` counts the labels of a tf.data.Dataset of (inputs, '
@@ -164,7 +181,7 @@ def command_line_class_weight(args, train_ds, class_names):
     Raises:
         ValueError: both options, or a bad `--class-weight` (see `check_class_weight`).
     """
-    from keras_transfer.data.text_data import class_weights
+    from keras_transfer.data.labels import class_weights
 
     given, balanced = getattr(args, "class_weight", None), getattr(args, "class_weights", False)
     if given is not None and balanced:
