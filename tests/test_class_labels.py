@@ -339,6 +339,27 @@ def test_the_auto_head_is_the_linear_probe_on_data_read_again(capsys):
     assert "cannot be fitted as a linear probe here" in out
 
 
+def test_a_pydatasets_batches_keyed_by_the_models_input_and_output_names_are_cached():
+    """`({"image": x}, {"predictions": y})` batches, as Keras takes them, from a PyDataset:
+    the one pass that caches the features reads the tensors out (was `TypeError:
+    unhashable type: 'slice'` in the feature pass); the head is the linear probe."""
+    images, labels = _arrays()
+    model = _tiny_classifier(3)
+    input_name, output_name = model.layers[0].name, model.output_names[0]  # an InputLayer
+
+    class Keyed(_Batches):
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            return {input_name: x}, {output_name: y}
+
+    history = kt.fine_tune(model, Keyed(images, labels), Keyed(images, labels), finetune_epochs=0)
+    head = history["head"].history
+    assert len(head["loss"]) == 1 and np.isfinite(head["val_loss"]).all()
+    assert head["accuracy"][0] > 0.5  # chance is 1/3
+    result = kt.lr_find(model, Keyed(images, labels), num_steps=3)
+    assert len(result.learning_rates) == 3
+
+
 def test_text_features_of_a_pydataset_are_the_models(tiny_bert_preset, capsys):
     from conftest import SENTIMENT_ROWS
 

@@ -23,6 +23,7 @@ from keras_transfer.training.label_checks import (
     check_label_shape,
     check_not_keyed,
     keyed_batches,
+    keyed_names,
 )
 
 SMOOTHING = 0.9  # EMA factor of the plotted loss (fastai: 0.98 for its 100-step default)
@@ -322,7 +323,7 @@ def _what_to_train(model, train_ds, cache_features):
     if cache_features == "auto":
         split = split_for_caching(model)
         if split is not None and len(split.head.trainable_weights) == len(model.trainable_weights):
-            features, _ = cached_feature_datasets(split, train_ds)
+            features, _ = cached_feature_datasets(split, train_ds, keys=keyed_names(model))
             return split.head, features, "head on cached features", lambda: None
     if is_tf_dataset(train_ds) and is_text_classifier(model) and model.preprocessor is not None:
         from keras_transfer.data.text_padding import pad_to_longest

@@ -17,6 +17,7 @@ from keras_transfer.models.compiling import compile_arguments, is_text_classifie
 from keras_transfer.models.freezing import freeze_backbone, unfreeze_backbone
 from keras_transfer.training.checkpointing import clear_checkpoint, resumable_fit
 from keras_transfer.training.epoch_passes import fit_one_pass_per_epoch
+from keras_transfer.training.label_checks import keyed_names
 from keras_transfer.training.linear_probe import fit_linear_head, linear_head_layer
 from keras_transfer.training.stage_compiling import compile_stage, learning_rate_value
 
@@ -159,7 +160,8 @@ class StageRunner:
         """Compile `split.head` as the model is compiled; the feature datasets of the data."""
         split.head.compile(**compile_arguments(self.model))
         progress = self.verbose not in (0, 2)
-        features = cached_feature_datasets(split, self.train_ds, self.val_ds, progress)
+        keys = keyed_names(self.model)  # ({"image": x}, y) batches of a PyDataset
+        features = cached_feature_datasets(split, self.train_ds, self.val_ds, progress, keys)
         if split.store_hit:
             self.say(f"Backbone features read from the feature store {split.store}.")
         elif split.store_hit is False:
