@@ -128,6 +128,12 @@ def test_cli_pooling_option(tiny_bert_preset, tmp_path, capsys):
     model, _ = kt.load_classifier(out / "model.keras")
     assert isinstance(model, MeanPooledTextClassifier)
     assert json.loads((out / "history.json").read_text())["head"]["loss"]
+    # `auto` takes the checkpoint's own pooling ([CLS] for this plain BERT folder); the
+    # report names the one chosen (it showed "auto").
+    auto = ["auto" if arg == "mean" else arg for arg in args[:-1]] + [tmp_path / "auto"]
+    result = _cli_in_process(capsys, *auto)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "auto (cls)" in (tmp_path / "auto" / "report.html").read_text()
     wrong = _cli_in_process(capsys, *args[:-1], tmp_path / "other", "--pooling", "max")
     assert wrong.returncode == 2 and "invalid choice: 'max'" in wrong.stderr
     help_text = _cli_in_process(capsys, "train", "text", "--help").stdout

@@ -272,7 +272,13 @@ def _evaluate_and_write(args, model, val_ds, class_names, histories):
     elif report is not None:
         from keras_transfer.report.html import write_run_report
 
-        write_run_report(args.output, model, class_names, report, histories, val_ds, vars(args))
+        settings = vars(args)
+        if settings.get("pooling") == "auto":  # the report names the pooling it chose
+            from keras_transfer.models.text_pooling import MeanPooledTextClassifier
+
+            chosen = "mean" if isinstance(model, MeanPooledTextClassifier) else "cls"
+            settings = {**settings, "pooling": f"auto ({chosen})"}
+        write_run_report(args.output, model, class_names, report, histories, val_ds, settings)
     if report is None:
         print(
             f"Wrote {os.path.join(args.output, MODEL_FILE)}, {CLASS_NAMES_FILE} and "
