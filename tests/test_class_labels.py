@@ -285,6 +285,16 @@ def test_fine_tune_takes_torch_dataloaders(tmp_path, capsys):
     assert len(history["head"].history["val_loss"]) == 2
     report = kt.evaluate_classifier(model, loader, ["a", "b", "c"])
     assert report.num_examples == 12
+    # Class ids for the one-hot loss: refused from the first batch, before any pass (was
+    # Keras' "`target` and `output` must have the same shape" after the feature pass).
+    ids = torch.tensor(labels.argmax(-1))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.tensor(images), ids), batch_size=4, shuffle=True
+    )
+    state = torch.random.get_rng_state()
+    with pytest.raises(ValueError, match=r"class-id labels of shape \(4,\).*tf.one_hot\(y, 3\)"):
+        kt.fine_tune(model, loader, head_epochs=1, verbose=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no sampler drawn
 
 
 def test_fine_tune_takes_grain_datasets(capsys):
@@ -298,6 +308,9 @@ def test_fine_tune_takes_grain_datasets(capsys):
     assert len(history["finetune"].history["val_loss"]) == 1
     report = kt.evaluate_classifier(model, data, ["a", "b", "c"])
     assert report.num_examples == 12 and sum(report.support) == 12
+    ids = grain.MapDataset.source(list(zip(images, labels.argmax(-1), strict=True))).batch(4)
+    with pytest.raises(ValueError, match=r"class-id labels of shape \(4,\)"):
+        kt.fine_tune(model, ids, head_epochs=1, verbose=0)
 
 
 def test_the_auto_head_is_the_linear_probe_on_data_read_again(capsys):

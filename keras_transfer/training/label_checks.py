@@ -164,16 +164,15 @@ def keyed_batches(model, data):
 
 def check_batches(model, data, name="train_ds", label_smoothing=None):
     """`check_label_shape` and `check_not_keyed` for a `tf.data.Dataset` (its element
-    spec) or a `PyDataset` (its first batch), and a clear error for a dataset of single
-    examples or of dict elements (TFDS without `as_supervised`); other data (generators,
-    DataLoaders) is read as it trains, and left to Keras.
+    spec), or the first batch of a `PyDataset`, a grain `MapDataset` or a torch
+    `DataLoader` over a map-style dataset (`_first_batch`), and a clear error for a dataset
+    of single examples or of dict elements (TFDS without `as_supervised`); other data
+    (generators, iterable datasets) is read as it trains, and left to Keras.
 
     Raises:
         ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
             that is not batched, or whose elements are dicts.
     """
-    import keras
-
     from keras_transfer.data.fit_inputs import is_tf_dataset
 
     if is_tf_dataset(data):
@@ -189,15 +188,36 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         check_not_keyed(model, spec[1], name)
         inputs, labels = (getattr(part, "shape", None) for part in spec[:2])
         _check_batched(model, inputs, name)
-    elif isinstance(data, keras.utils.PyDataset) and data.num_batches:
-        batch = data[0]
+    else:
+        batch = _first_batch(data)
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return
         check_not_keyed(model, batch[1], name, tf_data=False)
-        labels = np.shape(batch[1]) if not isinstance(batch[1], dict) else None
-    else:
-        return
+        labels = None if isinstance(batch[1], dict) else tuple(np.shape(np.asarray(batch[1])))
     check_label_shape(model, labels, name, label_smoothing)
+
+
+def _first_batch(data):
+    """The first batch of data that can be read again without side effects: a `PyDataset`
+    (`data[0]`), a grain `MapDataset` (`data[0]`), a torch `DataLoader` over a map-style
+    dataset (its `collate_fn` over the first `batch_size` examples: no worker started, no
+    sampler drawn); None for other data."""
+    import keras
+
+    from keras_transfer.data.fit_inputs import kind_of
+
+    kind = kind_of(data)
+    if isinstance(data, keras.utils.PyDataset):
+        return data[0] if data.num_batches else None
+    if kind == "grain MapDataset":
+        return data[0] if len(data) else None
+    if kind == "torch DataLoader" and data.batch_size is not None:
+        examples = getattr(data, "dataset", None)
+        if not hasattr(examples, "__getitem__") or not hasattr(examples, "__len__"):
+            return None  # an IterableDataset: read as it trains
+        count = min(data.batch_size, len(examples))
+        return data.collate_fn([examples[i] for i in range(count)]) if count else None
+    return None
 
 
 def _check_batched(model, inputs, name):
