@@ -91,10 +91,14 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         model, x, y=y, epochs=2, checkpoint_dir=tmp_path, settings={"lr": 0.1}, verbose=0
     )
     assert len(history.history["loss"]) == 2
-    with pytest.raises(ValueError, match="other settings.*lr: 0.1 then, 0.2 now"):
+    with pytest.raises(ValueError, match="lr: 0.1 then, 0.2 now.*Re-run with the same settings"):
         kt.resumable_fit(
             model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings={"lr": 0.2}, verbose=0
         )
+    # Settings only the checkpoint records (e.g. what an older version recorded): no re-run
+    # can give them again, and the message says so.
+    with pytest.raises(ValueError, match="lr: 0.1 then, unset now.*records none of those"):
+        kt.resumable_fit(model, x, y=y, epochs=3, checkpoint_dir=tmp_path, settings={}, verbose=0)
     settings = {"lr": 0.1, "tag": None}  # a None is not taken for an unset setting
     with pytest.raises(ValueError, match="other settings.*tag: unset then, None now"):
         kt.resumable_fit(

@@ -75,10 +75,15 @@ def read_checkpoint(directory, settings):
             f"{_name(key)}: {_shown(saved, key)} then, {_shown(settings, key)} now"
             for key in changed
         )
+        fix = "Re-run with the same settings to resume it"
+        if all(key not in settings for key in changed):  # nothing this run could set again
+            fix = (
+                "This run records none of those settings (a checkpoint of an older "
+                "keras-transfer?), so it cannot resume it"
+            )
         raise ValueError(
             f"The checkpoint in {directory!r} is from a run with other settings ({details}). "
-            "Re-run with the same settings to resume it, or use another (or an empty) "
-            "checkpoint folder to start over."
+            f"{fix}; use another (or an empty) checkpoint folder to start over."
         )
     return state
 
