@@ -28,6 +28,7 @@ from keras_transfer.cli.commands import (
 )
 from keras_transfer.cli.parser import build_parser
 from keras_transfer.cli.run_folder import check_output
+from keras_transfer.cli.start_up import device_summary, start_tensorflow_quietly
 from keras_transfer.cli.train import check_model_options, train_image, train_text
 
 _INPUTS = {
@@ -90,6 +91,7 @@ def main(argv=None):
         if args.command == "train":
             check_output(args.output)
             check_model_options(args)
+        start_tensorflow_quietly()  # its C++ start-up lines left out
         if args.command == "backbones":
             import keras_transfer as kt
 
@@ -104,7 +106,7 @@ def main(argv=None):
 
         print(
             f"keras-transfer: Keras {keras.__version__}, {keras.backend.backend()} backend "
-            "(KERAS_BACKEND chooses it)",
+            f"(KERAS_BACKEND chooses it) on {device_summary()}",
             file=sys.stderr,
         )
         if args.command == "train":
