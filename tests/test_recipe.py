@@ -56,6 +56,27 @@ def test_linear_probe_is_sklearns_cross_validated_logistic_regression(num_classe
     )
 
 
+def test_linear_probe_searches_c_on_a_stratified_draw_of_many_examples(monkeypatch):
+    """Above `CV_EXAMPLES` examples, C is searched on a draw that keeps every class (the
+    rare one with at least MAX_FOLDS examples), then the probe is fitted on all of them."""
+    from keras_transfer.training import linear_probe
+
+    monkeypatch.setattr(linear_probe, "CV_EXAMPLES", 60)
+    rng = np.random.default_rng(2)
+    y = np.concatenate([np.zeros(150, "int64"), np.ones(100, "int64"), np.full(6, 2)])
+    x = (rng.normal(0, 1.5, (3, 4))[y] + rng.normal(0, 1, (len(y), 4))).astype("float32")
+    data = tf.data.Dataset.from_tensor_slices((x, np.eye(3)[y])).shuffle(256, seed=1).batch(32)
+    head = _head(3, 4)
+    chosen = fit_linear_head(head, data)
+    assert chosen["examples"] == 256 and 60 <= chosen["searched"] <= 64
+    assert chosen["folds"] == 5  # the class of 6 kept 5 of them at least
+    mean, scale = x.mean(0), x.std(0)
+    reference = LogisticRegression(C=chosen["C"], max_iter=1000).fit((x - mean) / scale, y)
+    np.testing.assert_allclose(  # fitted on all 256 examples with the C found
+        head.predict(x, verbose=0), reference.predict_proba((x - mean) / scale), atol=2e-3
+    )
+
+
 def test_linear_probe_weights_classes_and_handles_an_absent_class():
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (40, 3)).astype("float32")

@@ -208,6 +208,8 @@ class StageRunner:
         history.params = {"epochs": 1, "verbose": 0, "steps": None}
         shown = ", ".join(f"{key} {value:.4f}" for key, value in logs.items())
         how = f"{chosen['folds']}-fold cross-validated" if chosen["folds"] else "fixed"
+        if chosen["searched"] < chosen["examples"]:
+            how += f" on {chosen['searched']:,} of the {chosen['examples']:,} examples"
         self.say(f"Head fitted as a linear probe (L2, C={chosen['C']:.3g}, {how}): {shown}")
         return history, 1
 
