@@ -295,6 +295,66 @@ def test_fine_tune_takes_torch_dataloaders(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"class-id labels of shape \(4,\).*tf.one_hot\(y, 3\)"):
         kt.fine_tune(model, loader, head_epochs=1, verbose=0)
     assert torch.equal(torch.random.get_rng_state(), state)  # no sampler drawn
+    with pytest.raises(ValueError, match="Keras' fit does not take it with a torch DataLoader"):
+        kt.fine_tune(model, torch.utils.data.DataLoader(tensors, batch_size=4), class_weight={0: 2})
+
+
+def test_dataloaders_the_label_check_cannot_read_by_index_train(tmp_path):
+    """The first-batch check reads a DataLoader's examples 0..batch_size-1 only where those
+    are its indices, and puts back the random states an augmenting dataset draws from; an
+    iterable dataset with a length and a sampler of keys train as before (the check raised
+    NotImplementedError and KeyError: 0)."""
+    import random
+
+    import torch
+
+    from keras_transfer.data.fit_inputs import first_batch
+
+    images, labels = _arrays()
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(zip(torch.tensor(images), torch.tensor(labels), strict=True))
+
+        def __len__(self):
+            return len(images)
+
+    class Keyed(torch.utils.data.Dataset):  # rows looked up by name
+        def __getitem__(self, key):
+            index = int(key[3:])
+            return torch.tensor(images[index]), torch.tensor(labels[index])
+
+        def __len__(self):
+            return len(images)
+
+    class Names(torch.utils.data.Sampler):
+        def __iter__(self):
+            return iter(f"img{i}" for i in range(len(images)))
+
+        def __len__(self):
+            return len(images)
+
+    class Augmenting(torch.utils.data.Dataset):  # draws from every global generator
+        def __getitem__(self, index):
+            shift = torch.rand(()) + np.random.rand() + random.random()
+            return torch.tensor(images[index]) + shift, torch.tensor(labels[index])
+
+        def __len__(self):
+            return len(images)
+
+    model = _tiny_classifier(3)
+    for loader in (
+        torch.utils.data.DataLoader(Stream(), batch_size=4),
+        torch.utils.data.DataLoader(Keyed(), batch_size=4, sampler=Names()),
+    ):
+        assert first_batch(loader) is None
+        history = kt.fine_tune(model, loader, head_epochs=1, finetune_epochs=0, verbose=0)
+        assert np.isfinite(history["head"].history["loss"]).all()
+    loader = torch.utils.data.DataLoader(Augmenting(), batch_size=4, shuffle=True)
+    states = torch.random.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    assert first_batch(loader)[1].shape == (4, 3)
+    assert torch.equal(torch.random.get_rng_state(), states[0])
+    assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
 
 
 def test_fine_tune_takes_grain_datasets(capsys):
@@ -311,6 +371,9 @@ def test_fine_tune_takes_grain_datasets(capsys):
     ids = grain.MapDataset.source(list(zip(images, labels.argmax(-1), strict=True))).batch(4)
     with pytest.raises(ValueError, match=r"class-id labels of shape \(4,\)"):
         kt.fine_tune(model, ids, head_epochs=1, verbose=0)
+    single = grain.MapDataset.source(list(zip(images, labels, strict=True)))  # not batched
+    with pytest.raises(ValueError, match=r"single examples of shape \(8, 8, 3\).*batch it first"):
+        kt.fine_tune(model, single, head_epochs=1, verbose=0)  # was "class-id labels (3,)"
 
 
 def test_the_auto_head_is_the_linear_probe_on_data_read_again(capsys):
@@ -352,25 +415,47 @@ def test_the_auto_head_is_the_linear_probe_on_data_read_again(capsys):
     assert "cannot be fitted as a linear probe here" in out
 
 
-def test_a_pydatasets_batches_keyed_by_the_models_input_and_output_names_are_cached():
-    """`({"image": x}, {"predictions": y})` batches, as Keras takes them, from a PyDataset:
-    the one pass that caches the features reads the tensors out (was `TypeError:
-    unhashable type: 'slice'` in the feature pass); the head is the linear probe."""
+def _named_classifier(num_classes):
+    """`_tiny_classifier` on an input named "image" (Keras takes `{"image": x}` for it)."""
+    backbone = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.GlobalAveragePooling2D()],
+        name="backbone",
+    )
+    images = keras.Input((8, 8, 3), name="image")
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(backbone(images))
+    return keras.Model(images, outputs)
+
+
+def test_a_pydatasets_inputs_keyed_by_the_models_input_name_are_cached():
+    """`({"image": x}, y)` batches, as Keras takes them, from a PyDataset: the one pass that
+    caches the features reads the tensors out (was `TypeError: unhashable type: 'slice'`
+    in the feature pass); the head is the linear probe, and fine-tuning trains on them.
+    Labels keyed by the output's name (which Keras' fit takes from tf.data only) are
+    refused before training (they failed in the fine-tuning stage)."""
     images, labels = _arrays()
-    model = _tiny_classifier(3)
-    input_name, output_name = model.layers[0].name, model.output_names[0]  # an InputLayer
+    model = _named_classifier(3)
 
     class Keyed(_Batches):
         def __getitem__(self, index):
             x, y = super().__getitem__(index)
-            return {input_name: x}, {output_name: y}
+            return {"image": x}, y
 
-    history = kt.fine_tune(model, Keyed(images, labels), Keyed(images, labels), finetune_epochs=0)
+    history = kt.fine_tune(model, Keyed(images, labels), Keyed(images, labels), finetune_epochs=1)
     head = history["head"].history
     assert len(head["loss"]) == 1 and np.isfinite(head["val_loss"]).all()
     assert head["accuracy"][0] > 0.5  # chance is 1/3
+    assert len(history["finetune"].history["val_loss"]) == 1
     result = kt.lr_find(model, Keyed(images, labels), num_steps=3)
     assert len(result.learning_rates) == 3
+
+    class KeyedLabels(_Batches):
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            return {"image": x}, {model.output_names[0]: y}
+
+    for call in (kt.fine_tune, kt.lr_find):
+        with pytest.raises(ValueError, match="labels as a dict .* give the array itself"):
+            call(model, KeyedLabels(images, labels))
 
 
 def test_text_features_of_a_pydataset_are_the_models(tiny_bert_preset, capsys):
@@ -625,6 +710,15 @@ def test_balanced_weights_of_our_pipelines_decode_no_image(tmp_path):
     )
 
 
+def test_class_weights_of_our_pipelines_keep_the_one_hot_width(tmp_path):
+    path = write_text_file(tmp_path / "t.csv", [("one", "a"), ("two", "b"), ("three", "a")])
+    train_ds, _, _ = kt.text_csv_datasets(path, class_names=["a", "b", "c"], batch_size=2)
+    # Labels one-hot of width 3, class "c" without examples: refused, as counting the
+    # batches does (the remembered ids alone gave {0: 0.75, 1: 1.5}).
+    with pytest.raises(ValueError, match=r"Class id\(s\) \[2\] have no examples"):
+        kt.class_weights(train_ds)
+
+
 def test_class_weight_with_sample_weights_is_refused_before_training():
     images, ids = np.zeros((4, 8, 8, 3), "float32"), np.array([0, 0, 0, 1])
     weighted = tf.data.Dataset.from_tensor_slices(
@@ -638,3 +732,14 @@ def test_class_weight_with_sample_weights_is_refused_before_training():
             kt.fine_tune(model, weighted, head_epochs=1, class_weight=class_weight, verbose=0)
     history = kt.fine_tune(model, weighted, head_epochs=1, finetune_epochs=0, verbose=0)
     assert np.isfinite(history["head"].history["loss"]).all()
+    unweighted = weighted.map(lambda x, y, w: (x, y, None))  # as Keras' fit takes it
+    history = kt.fine_tune(model, unweighted, head_epochs=1, class_weight="balanced", verbose=0)
+    assert np.isfinite(history["head"].history["loss"]).all()
+
+    class Weighted(_Batches):
+        def __getitem__(self, index):
+            x, y = super().__getitem__(index)
+            return x, y, np.ones(len(x), "float32")
+
+    with pytest.raises(ValueError, match="gives sample weights too"):
+        kt.fine_tune(model, Weighted(images, np.eye(2)[ids]), class_weight={0: 1.0}, verbose=0)

@@ -134,6 +134,9 @@ def test_cli_pooling_option(tiny_bert_preset, tmp_path, capsys):
     result = _cli_in_process(capsys, *auto)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "auto (cls)" in (tmp_path / "auto" / "report.html").read_text()
+    unset = [arg for arg in args[:-1] if arg not in ("--pooling", "mean")] + [tmp_path / "unset"]
+    assert _cli_in_process(capsys, *unset).returncode == 0
+    assert "&quot;cls&quot;" in (tmp_path / "unset" / "report.html").read_text()  # was null
     wrong = _cli_in_process(capsys, *args[:-1], tmp_path / "other", "--pooling", "max")
     assert wrong.returncode == 2 and "invalid choice: 'max'" in wrong.stderr
     help_text = _cli_in_process(capsys, "train", "text", "--help").stdout

@@ -273,11 +273,12 @@ def _evaluate_and_write(args, model, val_ds, class_names, histories):
         from keras_transfer.report.html import write_run_report
 
         settings = vars(args)
-        if settings.get("pooling") == "auto":  # the report names the pooling it chose
+        if getattr(args, "kind", None) == "text" and settings.get("pooling") in (None, "auto"):
             from keras_transfer.models.text_pooling import MeanPooledTextClassifier
 
             chosen = "mean" if isinstance(model, MeanPooledTextClassifier) else "cls"
-            settings = {**settings, "pooling": f"auto ({chosen})"}
+            given = settings.get("pooling")  # the report names the pooling the model has
+            settings = {**settings, "pooling": chosen if given is None else f"auto ({chosen})"}
         write_run_report(args.output, model, class_names, report, histories, val_ds, settings)
     if report is None:
         print(

@@ -246,3 +246,40 @@ def labels_of(targets):
     if targets.ndim == 2 and targets.shape[1] > 1:
         return targets.argmax(-1)
     return targets.reshape(-1).astype(int)
+
+
+def first_batch(data):
+    """The first batch of data that can be read again, read without drawing from its
+    sampler or the global random generators: a `PyDataset` (`data[0]`), a grain `MapDataset`
+    (`data[0]`), or a torch `DataLoader` over a map-style dataset with the default
+    sequential or random sampler (its `collate_fn` over examples `0..batch_size-1`, in this
+    process; torch's, NumPy's and Python's random states are put back after). None for
+    other data (generators, iterable datasets, custom samplers, `batch_size=None`).
+    """
+    import keras
+
+    kind = kind_of(data)
+    if isinstance(data, keras.utils.PyDataset):
+        return data[0] if data.num_batches else None
+    if kind == "grain MapDataset":
+        return data[0] if len(data) else None
+    if kind != "torch DataLoader" or data.batch_size is None:
+        return None
+    import random
+
+    import torch
+
+    examples = data.dataset
+    plain = (torch.utils.data.SequentialSampler, torch.utils.data.RandomSampler)
+    if isinstance(examples, torch.utils.data.IterableDataset) or type(data.sampler) not in plain:
+        return None  # read as it trains (its indices may not be 0..n-1)
+    count = min(data.batch_size, len(examples))
+    if not count:
+        return None
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):  # an augmenting __getitem__ draws from these
+        try:
+            return data.collate_fn([examples[i] for i in range(count)])
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])

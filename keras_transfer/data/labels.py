@@ -30,7 +30,14 @@ def class_weights(data, num_classes=None):
     """
     from sklearn.utils.class_weight import compute_class_weight
 
-    labels = _dataset_labels(data) if hasattr(data, "as_numpy_iterator") else np.asarray(data)
+    if hasattr(data, "as_numpy_iterator"):
+        labels = _dataset_labels(data)
+        spec = getattr(data, "element_spec", None)
+        shape = getattr(spec[1], "shape", None) if isinstance(spec, tuple) and spec else None
+        if num_classes is None and labels.ndim == 1 and shape is not None and shape.rank == 2:
+            num_classes = shape[-1] if shape[-1] not in (None, 1) else None  # one-hot width
+    else:
+        labels = np.asarray(data)
     # (a pipeline of ours gives its labels without decoding an image: `example_labels`)
     if labels.ndim == 2 and labels.shape[1] == 1:  # sparse ids as a column (batch, 1)
         labels = labels[:, 0]

@@ -18,12 +18,12 @@ from keras_transfer.features.feature_split import VALIDATION_BATCH
 
 
 def _read_out(part, key):
-    """`part[key]` when `part` is a dict of that one key (a batch keyed by the model's input
-    or output name, as Keras takes it), else `part`."""
+    """`part[key]` when `part` is a dict of that one key (inputs keyed by the model's input
+    name, as Keras takes them), else `part`."""
     return part[key] if key is not None and isinstance(part, dict) and list(part) == [key] else part
 
 
-def _arrays(split, data, progress, keys):
+def _arrays(split, data, progress, input_key):
     """`(batch size, features, labels, sample weights or None)` of one pass over `data`."""
     labels, weights, sizes = [], [], []
 
@@ -34,11 +34,11 @@ def _arrays(split, data, progress, keys):
                     f"Batch {index} of the {kind_of(data)} is not an (inputs, labels) or "
                     "(inputs, labels, sample_weights) tuple; give batches of that form."
                 )
-            labels.append(np.asarray(_read_out(batch[1], keys[1])))
+            labels.append(np.asarray(batch[1]))
             if len(batch) == 3:
                 weights.append(np.asarray(batch[2], dtype="float32").reshape(-1))
             sizes.append(len(labels[-1]))
-            yield _read_out(batch[0], keys[0])
+            yield _read_out(batch[0], input_key)
 
     features = list(split.features_of(inputs(), progress))
     if not sizes:
@@ -49,7 +49,7 @@ def _arrays(split, data, progress, keys):
     return sizes[0], np.concatenate(features), np.concatenate(labels), weight
 
 
-def one_pass_feature_datasets(split, train_data, val_data=None, progress=False, keys=(None, None)):
+def one_pass_feature_datasets(split, train_data, val_data=None, progress=False, input_key=None):
     """`(train_features_ds, val_features_ds)` for data that is not a tf.data pipeline.
 
     Args:
@@ -58,8 +58,8 @@ def one_pass_feature_datasets(split, train_data, val_data=None, progress=False, 
             dataset, or a `tf.data.Dataset`), each giving `(inputs, labels[, weights])`
             batches; `val_data` may be None. Each is read once.
         progress: bool, a progress bar of the examples.
-        keys: `(input name, output name)` (each str or None): inputs or labels given as a
-            dict of that one key (`{"image": x}`, as Keras takes them) are read out of it.
+        input_key: the model's input name, or None: inputs given as a dict of that one key
+            (`{"image": x}`, as Keras takes them) are read out of it.
 
     Returns:
         `tf.data.Dataset`s of `(features float32 (batch, *feature_shape), labels[,
@@ -89,7 +89,7 @@ def one_pass_feature_datasets(split, train_data, val_data=None, progress=False, 
         if data is None:
             datasets.append(None)
             continue
-        size, *arrays = _arrays(split, data, progress, keys)
+        size, *arrays = _arrays(split, data, progress, input_key)
         dataset = tf.data.Dataset.from_tensor_slices(tuple(a for a in arrays if a is not None))
         if data is not train_data:
             dataset = dataset.batch(VALIDATION_BATCH)
@@ -102,9 +102,9 @@ def one_pass_feature_datasets(split, train_data, val_data=None, progress=False, 
     return datasets[0], datasets[1]
 
 
-def cached_feature_datasets(split, train_data, val_data=None, progress=False, keys=(None, None)):
+def cached_feature_datasets(split, train_data, val_data=None, progress=False, input_key=None):
     """`split.cache(...)` for `tf.data` datasets, else `one_pass_feature_datasets(...)`:
-    the `(train_features_ds, val_features_ds)` of any data `fit` takes. `keys`: see
+    the `(train_features_ds, val_features_ds)` of any data `fit` takes. `input_key`: see
     `one_pass_feature_datasets` (`tf.data` batches are read out before, `keyed_batches`).
 
     Raises:
@@ -112,4 +112,4 @@ def cached_feature_datasets(split, train_data, val_data=None, progress=False, ke
     """
     if all(is_tf_dataset(data) for data in (train_data, val_data) if data is not None):
         return split.cache(train_data, val_data, progress=progress)
-    return one_pass_feature_datasets(split, train_data, val_data, progress, keys)
+    return one_pass_feature_datasets(split, train_data, val_data, progress, input_key)

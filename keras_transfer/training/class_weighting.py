@@ -129,15 +129,36 @@ def check_model_class_weight(model, class_weight, data=None):
 
 
 def _check_no_sample_weights(data):
-    """Refuse `(inputs, labels, sample_weights)` tf.data elements before training: Keras'
-    `fit` would stop at them with "You cannot `class_weight` and `sample_weight` at the
-    same time", after the frozen stage."""
-    spec = getattr(data, "element_spec", None)
-    if isinstance(spec, tuple) and len(spec) == 3:
+    """Refuse, before training, `class_weight` with data Keras' `fit` cannot weight by class:
+    batches of `(inputs, labels, sample_weights)` (a `tf.data` element spec, or the first
+    batch of a `PyDataset`, grain or `DataLoader`: "You cannot `class_weight` and
+    `sample_weight` at the same time"), and torch `DataLoader`s, grain datasets and
+    generators ("`class_weight` is not supported for ..."), which Keras refused only in the
+    stage that trains through the backbone, after the frozen one."""
+    from keras_transfer.data.fit_inputs import first_batch, is_tf_dataset, kind_of
+
+    if data is None:
+        return
+    if is_tf_dataset(data):
+        spec = data.element_spec
+        weighted = isinstance(spec, tuple) and len(spec) == 3
+        weighted = weighted and type(spec[2]).__name__ != "NoneTensorSpec"  # (x, y, None)
+    else:
+        kind = kind_of(data)
+        if kind in ("torch DataLoader", "Python generator", "iterator") or kind.startswith("grain"):
+            raise ValueError(
+                f"`class_weight` was given, and Keras' fit does not take it with a {kind}: "
+                "give (inputs, labels, sample_weights) batches with each example's class "
+                "weight, or a tf.data.Dataset or keras.utils.PyDataset."
+            )
+        batch = first_batch(data)
+        weighted = isinstance(batch, (tuple, list)) and len(batch) == 3 and batch[2] is not None
+    if weighted:
         raise ValueError(
             "`class_weight` was given, but `train_ds` gives sample weights too (a third "
-            "element): Keras takes one or the other. Multiply the class weights into the "
-            "sample weights (e.g. `.map(lambda x, y, w: (x, y, w * tf.gather(weights, "
+            "element): Keras takes one or the other. Multiply each example's class weight "
+            "into its sample weight (e.g. with `table = tf.constant([weights[c] for c in "
+            "range(num_classes)])`, `.map(lambda x, y, w: (x, y, w * tf.gather(table, "
             "tf.argmax(y, -1))))`), or drop `class_weight`."
         )
 

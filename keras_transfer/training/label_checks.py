@@ -101,19 +101,21 @@ def keyed_names(model):
 
 
 def check_not_keyed(model, labels, name="train_ds", tf_data=True):
-    """Refuse labels given as a dict (e.g. `(x, {"label": y})`) other than one keyed by
-    the name of the model's one output (`keyed_batches` reads that one out of `tf.data`).
+    """Refuse labels given as a dict (e.g. `(x, {"label": y})`) other than, in `tf.data`,
+    one keyed by the name of the model's one output (`keyed_batches` reads that one out;
+    Keras' `fit` takes no dict labels from other data for a one-output model).
 
     Args:
         model: the classifier.
         labels: one batch's labels, or a `tf.data` element spec's.
         name: what the data was passed as, named in the message.
-        tf_data: whether the message may suggest `name.map(...)`.
+        tf_data: whether the data is a `tf.data.Dataset` (the message may then suggest
+            `name.map(...)`).
 
     Raises:
-        ValueError: dict labels with another key.
+        ValueError: dict labels with another key, or any dict labels outside `tf.data`.
     """
-    if not isinstance(labels, dict) or list(labels) == [keyed_names(model)[1]]:
+    if not isinstance(labels, dict) or (tf_data and list(labels) == [keyed_names(model)[1]]):
         return
     keys = sorted(labels)
     fix = f"map each batch to it, e.g. {name}.map(lambda x, y: (x, y[{keys[0]!r}]))"
@@ -173,7 +175,7 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
             that is not batched, or whose elements are dicts.
     """
-    from keras_transfer.data.fit_inputs import is_tf_dataset
+    from keras_transfer.data.fit_inputs import first_batch, is_tf_dataset
 
     if is_tf_dataset(data):
         spec = data.element_spec
@@ -187,49 +189,31 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
             return
         check_not_keyed(model, spec[1], name)
         inputs, labels = (getattr(part, "shape", None) for part in spec[:2])
-        _check_batched(model, inputs, name)
+        if inputs is not None and inputs.rank is not None:
+            _check_batched(model, tuple(inputs.as_list()), name)
     else:
-        batch = _first_batch(data)
+        batch = first_batch(data)
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return
         check_not_keyed(model, batch[1], name, tf_data=False)
-        labels = None if isinstance(batch[1], dict) else tuple(np.shape(np.asarray(batch[1])))
+        if not isinstance(batch[0], dict):
+            _check_batched(model, tuple(np.shape(np.asarray(batch[0]))), name, tf_data=False)
+        labels = tuple(np.shape(np.asarray(batch[1])))
     check_label_shape(model, labels, name, label_smoothing)
 
 
-def _first_batch(data):
-    """The first batch of data that can be read again without side effects: a `PyDataset`
-    (`data[0]`), a grain `MapDataset` (`data[0]`), a torch `DataLoader` over a map-style
-    dataset (its `collate_fn` over the first `batch_size` examples: no worker started, no
-    sampler drawn); None for other data."""
-    import keras
-
-    from keras_transfer.data.fit_inputs import kind_of
-
-    kind = kind_of(data)
-    if isinstance(data, keras.utils.PyDataset):
-        return data[0] if data.num_batches else None
-    if kind == "grain MapDataset":
-        return data[0] if len(data) else None
-    if kind == "torch DataLoader" and data.batch_size is not None:
-        examples = getattr(data, "dataset", None)
-        if not hasattr(examples, "__getitem__") or not hasattr(examples, "__len__"):
-            return None  # an IterableDataset: read as it trains
-        count = min(data.batch_size, len(examples))
-        return data.collate_fn([examples[i] for i in range(count)]) if count else None
-    return None
-
-
-def _check_batched(model, inputs, name):
-    """A dataset of single examples (its inputs one rank short of the model's)."""
+def _check_batched(model, inputs, name, tf_data=True):
+    """A dataset of single examples: its inputs' shape (a tuple) one rank short of the
+    model's."""
     try:
         expected = model.input_shape
     except (AttributeError, ValueError):  # several inputs, or not built
         return
-    if not isinstance(expected, tuple) or inputs is None or inputs.rank is None:
+    if not isinstance(expected, tuple):
         return
-    if inputs.rank == len(expected) - 1 and len(expected) > 1:
+    if len(inputs) == len(expected) - 1 and len(expected) > 1:
+        fix = f"{name}.batch(32)" if tf_data else "give batches, e.g. its .batch(32)"
         raise ValueError(
-            f"`{name}` gives single examples of shape {tuple(inputs.as_list())}, and the "
-            f"model takes batches {expected}: batch it first, e.g. {name}.batch(32)."
+            f"`{name}` gives single examples of shape {inputs}, and the model takes "
+            f"batches {expected}: batch it first, e.g. {fix}."
         )

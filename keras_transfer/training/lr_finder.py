@@ -323,7 +323,7 @@ def _what_to_train(model, train_ds, cache_features):
     if cache_features == "auto":
         split = split_for_caching(model)
         if split is not None and len(split.head.trainable_weights) == len(model.trainable_weights):
-            features, _ = cached_feature_datasets(split, train_ds, keys=keyed_names(model))
+            features, _ = cached_feature_datasets(split, train_ds, input_key=keyed_names(model)[0])
             return split.head, features, "head on cached features", lambda: None
     if is_tf_dataset(train_ds) and is_text_classifier(model) and model.preprocessor is not None:
         from keras_transfer.data.text_padding import pad_to_longest

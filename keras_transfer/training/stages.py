@@ -160,8 +160,8 @@ class StageRunner:
         """Compile `split.head` as the model is compiled; the feature datasets of the data."""
         split.head.compile(**compile_arguments(self.model))
         progress = self.verbose not in (0, 2)
-        keys = keyed_names(self.model)  # ({"image": x}, y) batches of a PyDataset
-        features = cached_feature_datasets(split, self.train_ds, self.val_ds, progress, keys)
+        key = keyed_names(self.model)[0]  # ({"image": x}, y) batches of a PyDataset
+        features = cached_feature_datasets(split, self.train_ds, self.val_ds, progress, key)
         if split.store_hit:
             self.say(f"Backbone features read from the feature store {split.store}.")
         elif split.store_hit is False:
