@@ -30,7 +30,7 @@ def class_weights(data, num_classes=None):
     """
     from sklearn.utils.class_weight import compute_class_weight
 
-    if hasattr(data, "as_numpy_iterator"):
+    if hasattr(data, "as_numpy_iterator"):  # ours give the ids they remember, undecoded
         labels = _dataset_labels(data)
         spec = getattr(data, "element_spec", None)
         shape = getattr(spec[1], "shape", None) if isinstance(spec, tuple) and spec else None
@@ -38,7 +38,6 @@ def class_weights(data, num_classes=None):
             num_classes = shape[-1] if shape[-1] not in (None, 1) else None  # one-hot width
     else:
         labels = np.asarray(data)
-    # (a pipeline of ours gives its labels without decoding an image: `example_labels`)
     if labels.ndim == 2 and labels.shape[1] == 1:  # sparse ids as a column (batch, 1)
         labels = labels[:, 0]
     elif labels.ndim == 2:
