@@ -106,8 +106,9 @@ def check_model_class_weight(model, class_weight, data=None):
 
     Raises:
         ValueError: as `check_class_weight`; "balanced" without `data` to count, or another
-            string; a `tf.data.Dataset` `data` whose elements carry sample weights (Keras
-            takes `class_weight` or sample weights, not both).
+            string; `data` whose batches carry sample weights (Keras takes `class_weight`
+            or sample weights, not both), or a torch `DataLoader`, grain dataset or
+            generator (Keras' `fit` takes no `class_weight` with them).
     """
     from keras_transfer.models.class_names import class_names_of, dataset_class_names
 

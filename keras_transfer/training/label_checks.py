@@ -167,9 +167,9 @@ def keyed_batches(model, data):
 def check_batches(model, data, name="train_ds", label_smoothing=None):
     """`check_label_shape` and `check_not_keyed` for a `tf.data.Dataset` (its element
     spec), or the first batch of a `PyDataset`, a grain `MapDataset` or a torch
-    `DataLoader` over a map-style dataset (`_first_batch`), and a clear error for a dataset
-    of single examples or of dict elements (TFDS without `as_supervised`); other data
-    (generators, iterable datasets) is read as it trains, and left to Keras.
+    `DataLoader` over a map-style dataset (`fit_inputs.first_batch`), and a clear error for
+    a dataset of single examples or of dict elements (TFDS without `as_supervised`); other
+    data (generators, iterable datasets) is read as it trains, and left to Keras.
 
     Raises:
         ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
@@ -196,9 +196,10 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return
         check_not_keyed(model, batch[1], name, tf_data=False)
-        if not isinstance(batch[0], dict):
-            _check_batched(model, tuple(np.shape(np.asarray(batch[0]))), name, tf_data=False)
-        labels = tuple(np.shape(np.asarray(batch[1])))
+        inputs = getattr(batch[0], "shape", None)  # not a list or dict of several inputs
+        if inputs is not None:
+            _check_batched(model, tuple(inputs), name, tf_data=False)
+        labels = tuple(getattr(batch[1], "shape", None) or np.shape(batch[1]))
     check_label_shape(model, labels, name, label_smoothing)
 
 

@@ -21,9 +21,10 @@ from keras_transfer.data.fit_inputs import labels_of
 C_GRID = np.logspace(-4, 2, 13)
 MAX_FOLDS = 5
 # C is searched on at most this many training examples (each class keeps its share, and at
-# least MAX_FOLDS examples), then the probe is fitted once on all of them: the search costs
-# 13 Cs x 5 folds fits (27 s for 5,000 examples of 1,280 features and 10 classes on a
-# 2-core CPU), and scikit-learn's loss sums over examples, so a C fits more data as well.
+# least MAX_FOLDS examples), then the probe is fitted once on all of them: the search is
+# 13 Cs x 5 folds of fits (on 20,000 examples of 256 features, 10 classes, 2-core CPU: 651 s
+# searched on all, 476 s on a draw; benchmarks/results.md), and scikit-learn's loss sums
+# over the examples, so a C found on fewer suits more as well.
 CV_EXAMPLES = 10_000
 MAX_ITER = 1000
 ABSENT_CLASS_BIAS = -30.0  # logit offset of a class with no training example
