@@ -741,5 +741,18 @@ def test_class_weight_with_sample_weights_is_refused_before_training():
             x, y = super().__getitem__(index)
             return x, y, np.ones(len(x), "float32")
 
-    with pytest.raises(ValueError, match="gives sample weights too"):
-        kt.fine_tune(model, Weighted(images, np.eye(2)[ids]), class_weight={0: 1.0}, verbose=0)
+    class Counted(Weighted):
+        reads = 0
+
+        def __getitem__(self, index):
+            self.reads += 1
+            return super().__getitem__(index)
+
+    for check in (
+        lambda data: kt.fine_tune(model, data, class_weight={0: 1.0}, verbose=0),
+        lambda data: kt.lr_find(model, data, num_steps=3, class_weight={0: 1.0}),
+    ):
+        weighted_batches = Counted(images, np.eye(2)[ids])
+        with pytest.raises(ValueError, match="gives sample weights too"):
+            check(weighted_batches)
+        assert weighted_batches.reads == 1  # the label check's first batch, not read again

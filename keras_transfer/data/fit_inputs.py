@@ -248,6 +248,10 @@ def labels_of(targets):
     return targets.reshape(-1).astype(int)
 
 
+# The first batch of data not read yet (`first_batch` may return None: nothing to read).
+UNREAD = object()
+
+
 def first_batch(data):
     """The first batch of data that can be read again, read without drawing from its
     sampler or the global random generators: a `PyDataset` (`data[0]`), a grain `MapDataset`

@@ -12,6 +12,8 @@ import math
 import numbers
 import warnings
 
+from keras_transfer.data.fit_inputs import UNREAD
+
 MISSING_WEIGHT = 1.0
 
 
@@ -99,10 +101,12 @@ def check_class_weight(class_weight, num_classes, class_names=None):
     return {i: checked.get(i, MISSING_WEIGHT) for i in range(num_classes)}
 
 
-def check_model_class_weight(model, class_weight, data=None):
+def check_model_class_weight(model, class_weight, data=None, batch=UNREAD):
     """`check_class_weight` for `model`'s outputs, with the class names the model (or else
     `data`, see `keras_transfer.models.class_names`) carries. `class_weight="balanced"`
     (scikit-learn's term) is computed from the labels of `data` (`balanced_class_weight`).
+    `batch`: the first batch of `data` where a check has read it already
+    (`label_checks.check_batches` returns it); by default it is read here if needed.
 
     Raises:
         ValueError: as `check_class_weight`; "balanced" without `data` to count, or another
@@ -114,7 +118,7 @@ def check_model_class_weight(model, class_weight, data=None):
 
     if class_weight is None:
         return None
-    _check_no_sample_weights(data)
+    _check_no_sample_weights(data, batch)
     num_classes = int(model.output_shape[-1])
     if isinstance(class_weight, str):
         if class_weight != "balanced":
@@ -129,7 +133,7 @@ def check_model_class_weight(model, class_weight, data=None):
     return check_class_weight(class_weight, num_classes, names)
 
 
-def _check_no_sample_weights(data):
+def _check_no_sample_weights(data, batch=UNREAD):
     """Refuse, before training, `class_weight` with data Keras' `fit` cannot weight by class:
     batches of `(inputs, labels, sample_weights)` (a `tf.data` element spec, or the first
     batch of a `PyDataset`, grain or `DataLoader`: "You cannot `class_weight` and
@@ -152,7 +156,8 @@ def _check_no_sample_weights(data):
                 "give (inputs, labels, sample_weights) batches with each example's class "
                 "weight, or a tf.data.Dataset or keras.utils.PyDataset."
             )
-        batch = first_batch(data)
+        if batch is UNREAD:
+            batch = first_batch(data)
         weighted = isinstance(batch, (tuple, list)) and len(batch) == 3 and batch[2] is not None
     if weighted:
         raise ValueError(
@@ -185,14 +190,15 @@ def balanced_class_weight(data, num_classes):
     return class_weights(data, num_classes)
 
 
-def fit_class_weight(model, class_weight, data):
+def fit_class_weight(model, class_weight, data, batch=UNREAD):
     """Before training `model` on `data`: the model takes the class names `data` carries
     when it has none (`class_names.adopt_class_names`), and `class_weight` is checked
-    against them (`check_model_class_weight`). Returns the checked `class_weight`."""
+    against them (`check_model_class_weight`, with `batch`, the first batch of `data`
+    where it was read already). Returns the checked `class_weight`."""
     from keras_transfer.models.class_names import adopt_class_names
 
     adopt_class_names(model, data)
-    return check_model_class_weight(model, class_weight, data)
+    return check_model_class_weight(model, class_weight, data, batch)
 
 
 def command_line_class_weight(args, train_ds, class_names):

@@ -216,9 +216,10 @@ def plan_run(
     """
     check_fine_tune_arguments(train_ds, val_ds, verbose=verbose, **checked)
     check_unfreeze_top_n(model, checked["unfreeze_top_n"])
+    first = {}  # each one's first batch, read once
     for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
         check_finite(data, name)  # a .repeat(): an epoch of fine_tune is one pass
-        check_batches(model, data, name, label_smoothing)  # labels that cannot meet the loss
+        first[name] = check_batches(model, data, name, label_smoothing)  # labels fit the loss
     cache_features, text_padding = checked["cache_features"], checked["text_padding"]
     check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
     cache_features = check_processes(cache_features, checked["feature_store"])
@@ -227,7 +228,8 @@ def plan_run(
             f"Feature caching is off in a run of {process_count()} processes: the head is "
             "trained through the frozen backbone."
         )
-    class_weight = fit_class_weight(model, class_weight, train_ds)  # checked; names adopted
+    # Checked (once its first batch is read), with the class names of train_ds adopted.
+    class_weight = fit_class_weight(model, class_weight, train_ds, first["train_ds"])
     cache_features, text_padding = plan_for_inputs(  # generators, PyDatasets, DataLoaders
         model, cache_features, text_padding, train_ds, val_ds, verbose
     )

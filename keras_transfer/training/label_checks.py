@@ -171,12 +171,18 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
     a dataset of single examples or of dict elements (TFDS without `as_supervised`); other
     data (generators, iterable datasets) is read as it trains, and left to Keras.
 
+    Returns:
+        The first batch it read (for the next check, e.g. `check_model_class_weight`, to
+        read it no more), None where there was none, or `fit_inputs.UNREAD` (a
+        `tf.data.Dataset`, checked by its element spec).
+
     Raises:
         ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
             that is not batched, or whose elements are dicts.
     """
-    from keras_transfer.data.fit_inputs import first_batch, is_tf_dataset
+    from keras_transfer.data.fit_inputs import UNREAD, first_batch, is_tf_dataset
 
+    batch = UNREAD
     if is_tf_dataset(data):
         spec = data.element_spec
         if isinstance(spec, dict):
@@ -186,7 +192,7 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
                 "TFDS data with as_supervised=True (or our tfds_datasets)."
             )
         if not isinstance(spec, tuple) or len(spec) < 2:
-            return
+            return batch
         check_not_keyed(model, spec[1], name)
         inputs, labels = (getattr(part, "shape", None) for part in spec[:2])
         if inputs is not None and inputs.rank is not None:
@@ -194,13 +200,14 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
     else:
         batch = first_batch(data)
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            return
+            return batch
         check_not_keyed(model, batch[1], name, tf_data=False)
         inputs = getattr(batch[0], "shape", None)  # not a list or dict of several inputs
         if inputs is not None:
             _check_batched(model, tuple(inputs), name, tf_data=False)
         labels = tuple(getattr(batch[1], "shape", None) or np.shape(batch[1]))
     check_label_shape(model, labels, name, label_smoothing)
+    return batch
 
 
 def _check_batched(model, inputs, name, tf_data=True):

@@ -191,8 +191,8 @@ def lr_find(
             "unfreeze_backbone(model)) before looking for its learning rate."
         )
     train_ds = keyed_batches(model, train_ds)  # ({"image": x}, y) as (x, y), then checked
-    check_batches(model, train_ds)  # a tf.data spec or a PyDataset's first batch
-    class_weight = check_model_class_weight(model, class_weight, train_ds)  # "balanced" too
+    first = check_batches(model, train_ds)  # a tf.data spec or a PyDataset's first batch
+    class_weight = check_model_class_weight(model, class_weight, train_ds, first)  # "balanced"
     rates = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     weights = model.get_weights()
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
