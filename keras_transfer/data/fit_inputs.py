@@ -248,6 +248,13 @@ def labels_of(targets):
     return targets.reshape(-1).astype(int)
 
 
+def keyed_by(part, key):
+    """Whether `part` (a batch's inputs or labels, or their element spec) is a dict of the
+    one key `key` (not None): the name of the model's one input or output, by which Keras
+    takes them. Such a part is read out to `part[key]` before caching or the probe."""
+    return key is not None and isinstance(part, dict) and list(part) == [key]
+
+
 # The first batch of data not read yet (`first_batch` may return None: nothing to read).
 UNREAD = object()
 

@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_transfer.data.fit_inputs import is_tf_dataset, iter_batches, kind_of
+from keras_transfer.data.fit_inputs import is_tf_dataset, iter_batches, keyed_by, kind_of
 from keras_transfer.features.feature_split import VALIDATION_BATCH
-
-
-def _read_out(part, key):
-    """`part[key]` when `part` is a dict of that one key (inputs keyed by the model's input
-    name, as Keras takes them), else `part`."""
-    return part[key] if key is not None and isinstance(part, dict) and list(part) == [key] else part
 
 
 def _arrays(split, data, progress, input_key):
@@ -38,7 +32,7 @@ def _arrays(split, data, progress, input_key):
             if len(batch) == 3:
                 weights.append(np.asarray(batch[2], dtype="float32").reshape(-1))
             sizes.append(len(labels[-1]))
-            yield _read_out(batch[0], input_key)
+            yield batch[0][input_key] if keyed_by(batch[0], input_key) else batch[0]
 
     features = list(split.features_of(inputs(), progress))
     if not sizes:

@@ -141,14 +141,14 @@ def keyed_batches(model, data):
         tensor, or `data` itself when nothing is keyed so. Raises nothing: keys of
         other names are left to `check_batches`.
     """
-    from keras_transfer.data.fit_inputs import is_tf_dataset
+    from keras_transfer.data.fit_inputs import is_tf_dataset, keyed_by
     from keras_transfer.models.class_names import dataset_class_names, remember_class_names
 
     if not is_tf_dataset(data) or not isinstance(data.element_spec, tuple):
         return data
     spec = data.element_spec
     keys = [
-        key if isinstance(part, dict) and list(part) == [key] else None
+        key if keyed_by(part, key) else None
         for part, key in zip(spec[:2], keyed_names(model), strict=False)
     ]
     if not any(keys):
