@@ -374,6 +374,9 @@ def test_fine_tune_takes_grain_datasets(capsys):
     single = grain.MapDataset.source(list(zip(images, labels, strict=True)))  # not batched
     with pytest.raises(ValueError, match=r"single examples of shape \(8, 8, 3\).*batch it first"):
         kt.fine_tune(model, single, head_epochs=1, verbose=0)  # was "class-id labels (3,)"
+    with pytest.raises(ValueError, match=r"`val_ds` is an infinite grain MapDataset.*val_ds\[:n\]"):
+        kt.fine_tune(model, data, data.repeat(), verbose=0)  # was a run that never ended
+    kt.fine_tune(model, data.repeat()[:3], data, head_epochs=1, finetune_epochs=0, verbose=0)
 
 
 def test_the_auto_head_is_the_linear_probe_on_data_read_again(capsys):

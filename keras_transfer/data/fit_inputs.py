@@ -14,6 +14,7 @@ one they give, not the uninterrupted run's), not a one-shot generator or iterato
 from __future__ import annotations
 
 import collections.abc
+import sys
 
 import numpy as np
 
@@ -171,21 +172,30 @@ def as_tf_dataset(data):
 
 
 def check_finite(data, name="train_ds"):
-    """Refuse an infinite `tf.data.Dataset` (e.g. after `.repeat()`), which an epoch that is
-    one pass over the data would never finish reading.
+    """Refuse infinite data, which an epoch that is one pass over the data would never
+    finish reading: a `tf.data.Dataset` or grain `MapDataset` after `.repeat()` without a
+    count (an infinite `PyDataset` is refused by `prepared_for_fine_tune`). Other data
+    (generators, grain `IterDataset`s) cannot tell, and is read as it comes.
 
     Raises:
-        ValueError: `data` is a `tf.data.Dataset` of infinite cardinality.
+        ValueError: `data` is infinite, as above; the message names `name` and the fix.
     """
+    drop = "Drop the .repeat() (epochs repeat it), or"
     if is_tf_dataset(data):
         import tensorflow as tf
 
-        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-            raise ValueError(
-                f"`{name}` is an infinite tf.data.Dataset (a .repeat() without a count?): an "
-                "epoch here is one pass over the data. Drop the .repeat() (epochs repeat it), "
-                f"or {name}.take(n) the batches an epoch should have."
-            )
+        if int(data.cardinality()) != int(tf.data.INFINITE_CARDINALITY):
+            return
+        what = "an infinite tf.data.Dataset (a .repeat() without a count?)"
+        fix = f"{drop} {name}.take(n) the batches an epoch should have."
+    elif kind_of(data) == "grain MapDataset":
+        if len(data) < sys.maxsize:  # grain's length of a .repeat() without a count
+            return
+        what = "an infinite grain MapDataset (a .repeat() without a count?)"
+        fix = f"{drop} slice the batches an epoch should have: {name}[:n]."
+    else:
+        return
+    raise ValueError(f"`{name}` is {what}: an epoch here is one pass over the data. {fix}")
 
 
 def check_resumable_data(data):
