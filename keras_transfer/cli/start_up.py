@@ -74,6 +74,8 @@ def device_summary():
     if backend == "tensorflow":
         import tensorflow as tf
 
+        # Physical, not logical devices (`distribution.local_devices`): listing those
+        # starts TensorFlow's runtime, and `--devices N` may still set up virtual CPUs.
         count, kind = len(tf.config.list_physical_devices("GPU")), "GPU"
     elif backend == "jax":
         import jax
