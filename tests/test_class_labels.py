@@ -499,8 +499,13 @@ def test_only_data_that_can_be_read_again_is_cached(capsys):
     assert capsys.readouterr().out == ""
     assert plan_for_inputs(model, "auto", None, Endless(images, labels), None) == (False, None)
     assert "without feature caching: the data is a keras.utils.PyDataset" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"infinite \(num_batches is None\), so a fine_tune epoch"):
-        kt.fine_tune(model, Endless(images, labels))  # fit would never end an epoch
+    endless = Endless(images, labels)
+    for train, val, name in (
+        (endless, None, "train_ds"),
+        (_Batches(images, labels), endless, "val_ds"),
+    ):
+        with pytest.raises(ValueError, match=f"`{name}` is an infinite keras.utils.PyDataset"):
+            kt.fine_tune(model, train, val)  # fit would never end an epoch
 
 
 class _Shuffled(_Batches):

@@ -97,25 +97,20 @@ def readable_again(data):
     return not isinstance(data, collections.abc.Iterator)
 
 
-def prepared_for_fine_tune(model, data):
-    """`data` as `fine_tune` trains on it: unchanged, except text models' data that can be
-    read again (a `PyDataset`, a `DataLoader`, grain), which becomes a `tf.data.Dataset` of
-    the same batches (KerasHub's text models preprocess in `tf.data`; their `fit` cannot
-    read a `PyDataset` or a `DataLoader` of strings). None stays None.
+def prepared_for_fine_tune(model, data, name="train_ds"):
+    """`data` (the argument `name` of `fine_tune`) as `fine_tune` trains on it: unchanged,
+    except text models' data that can be read again (a `PyDataset`, a `DataLoader`,
+    grain), which becomes a `tf.data.Dataset` of the same batches (KerasHub's text models
+    preprocess in `tf.data`; their `fit` cannot read a `PyDataset` or a `DataLoader` of
+    strings). None stays None.
 
     Raises:
-        ValueError: an infinite `PyDataset` (`num_batches` None): `fine_tune` has no
-            `steps_per_epoch`, so an epoch would never end.
+        ValueError: infinite data (`check_finite`): `fine_tune` has no `steps_per_epoch`,
+            so an epoch would never end.
     """
-    import keras
-
     from keras_transfer.models.compiling import is_text_classifier
 
-    if isinstance(data, keras.utils.PyDataset) and data.num_batches is None:
-        raise ValueError(
-            "The PyDataset is infinite (num_batches is None), so a fine_tune epoch would "
-            "never end; give it a __len__ (or num_batches), or pass a tf.data.Dataset."
-        )
+    check_finite(data, name)
     ours = (tuple, list, dict, np.ndarray)  # arrays: refused by `fine_tune` with a hint
     if data is None or is_tf_dataset(data) or isinstance(data, ours) or hasattr(data, "__array__"):
         return data
@@ -174,8 +169,8 @@ def as_tf_dataset(data):
 def check_finite(data, name="train_ds"):
     """Refuse infinite data, which an epoch that is one pass over the data would never
     finish reading: a `tf.data.Dataset` or grain `MapDataset` after `.repeat()` without a
-    count (an infinite `PyDataset` is refused by `prepared_for_fine_tune`). Other data
-    (generators, grain `IterDataset`s) cannot tell, and is read as it comes.
+    count, or a `keras.utils.PyDataset` whose `num_batches` is None (Keras' "infinite").
+    Other data (generators, grain `IterDataset`s) cannot tell, and is read as it comes.
 
     Raises:
         ValueError: `data` is infinite, as above; the message names `name` and the fix.
@@ -193,9 +188,21 @@ def check_finite(data, name="train_ds"):
             return
         what = "an infinite grain MapDataset (a .repeat() without a count?)"
         fix = f"{drop} slice the batches an epoch should have: {name}[:n]."
+    elif kind_of(data) == "keras.utils.PyDataset" and _num_batches(data) is None:
+        what = "an infinite keras.utils.PyDataset (its num_batches is None)"
+        fix = "Give it a __len__ (or num_batches): the number of batches in one pass."
     else:
         return
     raise ValueError(f"`{name}` is {what}: an epoch here is one pass over the data. {fix}")
+
+
+def _num_batches(data):
+    """A `PyDataset`'s `num_batches` (None: infinite); 0 when it has neither that nor a
+    `__len__` (Keras' `fit` names what is missing)."""
+    try:
+        return data.num_batches
+    except NotImplementedError:
+        return 0
 
 
 def check_resumable_data(data):

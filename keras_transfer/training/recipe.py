@@ -198,7 +198,8 @@ def fine_tune(
     if unfreeze_top_n == 0 and finetune_epochs == "auto":
         finetune_epochs = 0  # nothing to unfreeze: stage 2 could not help
     train_ds, val_ds = (  # ({"image": x}, y), keyed by the input's name, read as (x, y)
-        keyed_batches(model, prepared_for_fine_tune(model, data)) for data in (train_ds, val_ds)
+        keyed_batches(model, prepared_for_fine_tune(model, data, name))
+        for name, data in (("train_ds", train_ds), ("val_ds", val_ds))
     )
     plan = plan_run(
         model,
