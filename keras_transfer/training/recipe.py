@@ -162,7 +162,7 @@ def fine_tune(
     Raises:
         ValueError: data given as arrays or tuples (not a dataset), epochs that are not
             "auto" or an int >= 0, learning rates that are not positive numbers, an
-            infinite `PyDataset` or `tf.data` dataset (`.repeat()`), labels of a `tf.data`
+            infinite `PyDataset`, `tf.data` or grain dataset (`.repeat()`), labels of a `tf.data`
             dataset or a `PyDataset` that cannot meet the model's loss (class ids for a
             one-hot loss or with `label_smoothing`, one-hot labels of another width than
             the model's classes or for a sparse loss; `label_checks.check_label_shape`), a
