@@ -140,6 +140,16 @@ def test_image_classifier_head_on_cached_features(tmp_path):
     from_pydataset = kt.lr_find(model, _Batches(train_ds), num_steps=30, end_lr=1.0)
     assert from_pydataset.trained == "head on cached features"
     assert len(from_pydataset.raw_losses) == len(head.raw_losses)
+
+    # Infinite data: the features of the first num_steps batches, all the sweep reads
+    # (was a feature pass that never ended).
+    def forever():
+        while True:
+            yield from train_ds.as_numpy_iterator()
+
+    for endless in (train_ds.repeat(), forever()):
+        swept = kt.lr_find(model, endless, num_steps=30, end_lr=1.0)
+        assert swept.trained == "head on cached features" and len(swept.raw_losses) > 2
     # class_weight as fine_tune takes it: "balanced" (was a str reaching Keras:
     # "'str' object has no attribute 'get'"), and keys checked against the classes.
     weighted = kt.lr_find(model, train_ds, num_steps=30, end_lr=1.0, class_weight="balanced")

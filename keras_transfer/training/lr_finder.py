@@ -10,13 +10,14 @@ state) are restored after the sweep.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import itertools
 import math
 
 import numpy as np
 
-from keras_transfer.data.fit_inputs import is_tf_dataset, iter_batches
+from keras_transfer.data.fit_inputs import is_tf_dataset, iter_batches, kind_of
 from keras_transfer.training.class_weighting import check_model_class_weight
 from keras_transfer.training.label_checks import (
     check_batches,
@@ -153,8 +154,9 @@ def lr_find(
             of the curve before its minimum), `"minimum/10"` (a tenth of the rate of the
             lowest smoothed loss) or `"valley"` (fastai's default); all three are returned
             in `suggestions`.
-        cache_features: `"auto"` (default: on cached features when every trainable weight
-            is in the head) or False (always the whole model, the frozen part run every step).
+        cache_features: `"auto"` (default: on the cached features of the first `num_steps`
+            batches, so infinite data too, when every trainable weight is in the head) or
+            False (always the whole model, the frozen part run every step).
         class_weight: None, a dict `{class id or class name: weight}` or "balanced", as
             for `fine_tune` (checked against the model's classes).
 
@@ -198,7 +200,9 @@ def lr_find(
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
     optimizer = model.optimizer
     compiled = compile_arguments(model)
-    trained, data, trained_name, restore_inputs = _what_to_train(model, train_ds, cache_features)
+    trained, data, trained_name, restore_inputs = _what_to_train(
+        model, train_ds, cache_features, num_steps
+    )
     try:
         config = dict(compiled)
         inner = getattr(optimizer, "inner_optimizer", None) or optimizer  # mixed_float16
@@ -313,9 +317,10 @@ def _check_arguments(
         raise ValueError(f"`cache_features` must be 'auto' or False, got {cache_features!r}.")
 
 
-def _what_to_train(model, train_ds, cache_features):
-    """`(trained model, data, description, undo)`: the head on cached features when every
-    trainable weight is in it, else the whole model (text: preprocessed in tf.data)."""
+def _what_to_train(model, train_ds, cache_features, num_steps):
+    """`(trained model, data, description, undo)`: the head on the cached features of the
+    first `num_steps` batches (all the sweep reads) when every trainable weight is in it,
+    else the whole model (text: preprocessed in tf.data)."""
     from keras_transfer.features.feature_cache import split_for_caching
     from keras_transfer.features.feature_passes import cached_feature_datasets
     from keras_transfer.models.compiling import is_text_classifier
@@ -323,7 +328,8 @@ def _what_to_train(model, train_ds, cache_features):
     if cache_features == "auto":
         split = split_for_caching(model)
         if split is not None and len(split.head.trainable_weights) == len(model.trainable_weights):
-            features, _ = cached_feature_datasets(split, train_ds, input_key=keyed_names(model)[0])
+            first = _first_batches(train_ds, num_steps)  # an infinite .repeat() too
+            features, _ = cached_feature_datasets(split, first, input_key=keyed_names(model)[0])
             return split.head, features, "head on cached features", lambda: None
     if is_tf_dataset(train_ds) and is_text_classifier(model) and model.preprocessor is not None:
         from keras_transfer.data.text_padding import pad_to_longest
@@ -337,6 +343,19 @@ def _what_to_train(model, train_ds, cache_features):
 
         return model, data, "whole model", undo
     return model, train_ds, "whole model", lambda: None
+
+
+def _first_batches(data, count):
+    """The first `count` batches of `data`, where it can be cut without reading it: a
+    `tf.data.Dataset` (`.take`), a grain `MapDataset` (a slice), an iterator or generator
+    (`itertools.islice`); other data (a `PyDataset`, a `DataLoader`: finite) as it is."""
+    if is_tf_dataset(data):
+        return data.take(count)
+    if kind_of(data) == "grain MapDataset":
+        return data[:count]
+    if isinstance(data, collections.abc.Iterator):
+        return itertools.islice(data, count)
+    return data
 
 
 def _batches(data):
