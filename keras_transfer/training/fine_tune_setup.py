@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from keras_transfer.data.batch_augmentation import mix_batches
-from keras_transfer.data.fit_inputs import check_finite, plan_for_inputs
+from keras_transfer.data.fit_inputs import plan_for_inputs
 from keras_transfer.models.compiling import is_text_classifier
 from keras_transfer.models.freezing import backbone_units, get_backbone
 from keras_transfer.training.class_weighting import fit_class_weight
@@ -205,7 +205,8 @@ def plan_run(
 
     Args:
         model, train_ds, val_ds, class_weight, batch_augmentation, verbose,
-            label_smoothing: `fine_tune`'s.
+            label_smoothing: `fine_tune`'s (`train_ds` and `val_ds` finite:
+            `fit_inputs.prepared_for_fine_tune` checked them).
         **checked: the keyword arguments of `check_fine_tune_arguments`
             (`head_epochs`, `finetune_epochs`, `unfreeze_top_n`, `optimizer`,
             `text_padding`, `cache_features`, `feature_store`, `learning_rate`,
@@ -218,7 +219,6 @@ def plan_run(
     check_unfreeze_top_n(model, checked["unfreeze_top_n"])
     first = {}  # each one's first batch, read once
     for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
-        check_finite(data, name)  # a .repeat(): an epoch of fine_tune is one pass
         first[name] = check_batches(model, data, name, label_smoothing)  # labels fit the loss
     cache_features, text_padding = checked["cache_features"], checked["text_padding"]
     check_distributed_fit(model, train_ds, val_ds)  # built in its scope; batches divide
