@@ -154,6 +154,10 @@ def test_image_classifier_head_on_cached_features(tmp_path):
     # "'str' object has no attribute 'get'"), and keys checked against the classes.
     weighted = kt.lr_find(model, train_ds, num_steps=30, end_lr=1.0, class_weight="balanced")
     assert len(weighted.raw_losses) == len(head.raw_losses)
+    # On infinite data "balanced" counts the labels of the num_steps batches the sweep reads
+    # (was "`data` is an infinite tf.data.Dataset", a name lr_find does not have).
+    endless = kt.lr_find(model, train_ds.repeat(), num_steps=30, class_weight="balanced")
+    assert len(endless.raw_losses) > 2
     with pytest.raises(ValueError, match="key 'hornets' is not a class"):
         kt.lr_find(model, train_ds, num_steps=30, class_weight={"hornets": 2.0})
 

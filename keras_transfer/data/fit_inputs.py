@@ -166,34 +166,57 @@ def as_tf_dataset(data):
     )
 
 
-def check_finite(data, name="train_ds"):
-    """Refuse infinite data, which an epoch that is one pass over the data would never
-    finish reading: a `tf.data.Dataset` or grain `MapDataset` after `.repeat()` without a
-    count, or a `keras.utils.PyDataset` whose `num_batches` is None (Keras' "infinite").
-    Other data (generators, grain `IterDataset`s) cannot tell, and is read as it comes.
-
-    Raises:
-        ValueError: `data` is infinite, as above; the message names `name` and the fix.
-    """
-    drop = "Drop the .repeat() (epochs repeat it), or"
+def infinite_kind(data):
+    """What infinite data `data` is (e.g. "an infinite tf.data.Dataset"), or None: a
+    `tf.data.Dataset` or grain `MapDataset` after `.repeat()` without a count, or a
+    `keras.utils.PyDataset` whose `num_batches` is None (Keras' "infinite"). Other data
+    (generators, grain `IterDataset`s) cannot tell: None."""
     if is_tf_dataset(data):
         import tensorflow as tf
 
-        if int(data.cardinality()) != int(tf.data.INFINITE_CARDINALITY):
-            return
-        what = "an infinite tf.data.Dataset (a .repeat() without a count?)"
+        if int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            return "an infinite tf.data.Dataset (a .repeat() without a count?)"
+    elif kind_of(data) == "grain MapDataset":
+        if len(data) >= sys.maxsize:  # grain's length of a .repeat() without a count
+            return "an infinite grain MapDataset (a .repeat() without a count?)"
+    elif kind_of(data) == "keras.utils.PyDataset" and _num_batches(data) is None:
+        return "an infinite keras.utils.PyDataset (its num_batches is None)"
+    return None
+
+
+def check_finite(data, name="train_ds"):
+    """Refuse infinite data (`infinite_kind`), which an epoch that is one pass over the data
+    would never finish reading; other data is read as it comes.
+
+    Raises:
+        ValueError: `data` is infinite; the message names `name` and the fix.
+    """
+    what = infinite_kind(data)
+    if what is None:
+        return
+    drop = "Drop the .repeat() (epochs repeat it), or"
+    if is_tf_dataset(data):
         fix = f"{drop} {name}.take(n) the batches an epoch should have."
     elif kind_of(data) == "grain MapDataset":
-        if len(data) < sys.maxsize:  # grain's length of a .repeat() without a count
-            return
-        what = "an infinite grain MapDataset (a .repeat() without a count?)"
         fix = f"{drop} slice the batches an epoch should have: {name}[:n]."
-    elif kind_of(data) == "keras.utils.PyDataset" and _num_batches(data) is None:
-        what = "an infinite keras.utils.PyDataset (its num_batches is None)"
+    else:  # a PyDataset
         fix = "Give it a __len__ (or num_batches): the number of batches in one pass."
-    else:
-        return
     raise ValueError(f"`{name}` is {what}: an epoch here is one pass over the data. {fix}")
+
+
+def first_batches(data, count):
+    """The first `count` batches of `data`, where it can be cut without reading it: a
+    `tf.data.Dataset` (`.take`), a grain `MapDataset` (a slice), an iterator or generator
+    (`itertools.islice`); other data (a `PyDataset`, a `DataLoader`) as it is."""
+    import itertools
+
+    if is_tf_dataset(data):
+        return data.take(count)
+    if kind_of(data) == "grain MapDataset":
+        return data[:count]
+    if isinstance(data, collections.abc.Iterator):
+        return itertools.islice(data, count)
+    return data
 
 
 def _num_batches(data):

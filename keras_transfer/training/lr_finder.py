@@ -10,14 +10,18 @@ state) are restored after the sweep.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import itertools
 import math
 
 import numpy as np
 
-from keras_transfer.data.fit_inputs import is_tf_dataset, iter_batches, kind_of
+from keras_transfer.data.fit_inputs import (
+    first_batches,
+    infinite_kind,
+    is_tf_dataset,
+    iter_batches,
+)
 from keras_transfer.training.class_weighting import check_model_class_weight
 from keras_transfer.training.label_checks import (
     check_batches,
@@ -158,7 +162,8 @@ def lr_find(
             batches, so infinite data too, when every trainable weight is in the head) or
             False (always the whole model, the frozen part run every step).
         class_weight: None, a dict `{class id or class name: weight}` or "balanced", as
-            for `fine_tune` (checked against the model's classes).
+            for `fine_tune` (checked against the model's classes); "balanced" on infinite
+            data counts the labels of the first `num_steps` batches, those the sweep reads.
 
     Returns:
         An `LRFinderResult`; `result.plot("lr.png")` draws and saves the curve.
@@ -194,7 +199,8 @@ def lr_find(
         )
     train_ds = keyed_batches(model, train_ds)  # ({"image": x}, y) as (x, y), then checked
     first = check_batches(model, train_ds)  # a tf.data spec or a PyDataset's first batch
-    class_weight = check_model_class_weight(model, class_weight, train_ds, first)  # "balanced"
+    counted = first_batches(train_ds, num_steps) if infinite_kind(train_ds) else train_ds
+    class_weight = check_model_class_weight(model, class_weight, counted, first)  # "balanced"
     rates = start_lr * (end_lr / start_lr) ** (np.arange(num_steps) / (num_steps - 1))
     weights = model.get_weights()
     flags = [(layer, layer.trainable) for layer in model._flatten_layers(include_self=True)]
@@ -328,7 +334,7 @@ def _what_to_train(model, train_ds, cache_features, num_steps):
     if cache_features == "auto":
         split = split_for_caching(model)
         if split is not None and len(split.head.trainable_weights) == len(model.trainable_weights):
-            first = _first_batches(train_ds, num_steps)  # an infinite .repeat() too
+            first = first_batches(train_ds, num_steps)  # an infinite .repeat() too
             features, _ = cached_feature_datasets(split, first, input_key=keyed_names(model)[0])
             return split.head, features, "head on cached features", lambda: None
     if is_tf_dataset(train_ds) and is_text_classifier(model) and model.preprocessor is not None:
@@ -343,19 +349,6 @@ def _what_to_train(model, train_ds, cache_features, num_steps):
 
         return model, data, "whole model", undo
     return model, train_ds, "whole model", lambda: None
-
-
-def _first_batches(data, count):
-    """The first `count` batches of `data`, where it can be cut without reading it: a
-    `tf.data.Dataset` (`.take`), a grain `MapDataset` (a slice), an iterator or generator
-    (`itertools.islice`); other data (a `PyDataset`, a `DataLoader`: finite) as it is."""
-    if is_tf_dataset(data):
-        return data.take(count)
-    if kind_of(data) == "grain MapDataset":
-        return data[:count]
-    if isinstance(data, collections.abc.Iterator):
-        return itertools.islice(data, count)
-    return data
 
 
 def _batches(data):
