@@ -182,7 +182,11 @@ def build_parser():
     evaluate.add_argument(
         "--batch-size", type=positive, default=32, help="examples per batch (default %(default)s)"
     )
-    evaluate.add_argument("--output", default=None, help="also write report.json/report.txt here")
+    evaluate.add_argument(
+        "--output",
+        default=None,
+        help="also write the report (report.json, .txt, .html), model and class names here",
+    )
 
     predict = sub_parser(commands, "predict", "top-k classes for images or texts")
     predict.add_argument(

@@ -17,7 +17,8 @@ def _class_index(class_name, class_names):
 
 
 def explain_images(model, class_names, paths, images, output, class_name=None):
-    """Write `<output>/<file stem>_gradcam.png` (the image beside its Grad-CAM overlay).
+    """Write `<output>/NNN_<file stem>_gradcam.png` (the image beside its Grad-CAM overlay;
+    NNN its place in `paths` from 000, so that two files of one name do not collide).
 
     Args:
         model: an image classifier from `build_image_classifier`.

@@ -32,7 +32,8 @@ class DataParallelRun:
         engine: the Keras or TensorFlow object doing the work: a
             `keras.distribution.DataParallel` (jax) or a `tf.distribute.MirroredStrategy`
             (tensorflow).
-        devices: list of device names, e.g. `["cpu:0", "cpu:1"]` or `["/gpu:0", "/gpu:1"]`.
+        devices: list of device names, e.g. `["gpu:0", "gpu:1"]` (jax) or
+            `["/device:GPU:0", "/device:GPU:1"]` (tensorflow).
         num_replicas: int, the number of devices each global batch is split over.
     """
 
