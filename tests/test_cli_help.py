@@ -42,6 +42,7 @@ for name, argv in {
                     "o", "--finetune-epochs", "0"],
     "tune_time": ["tune", "image", "--data", "d", "--backbones", "mobilenet", "--output",
                   "o", "--max-time", "-5"],
+    "weights_kwarg": ["train", "image", "--data", "d", "--backbone-kwargs", '{"weights": null}'],
 }.items():
     text, errors = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(text), contextlib.redirect_stderr(errors):
@@ -83,6 +84,8 @@ def test_help_version_and_usage_errors_import_no_framework():
         ("tune_batch", "--batch-size: must be an int >= 1, got '0'"),
         ("tune_epochs", "--finetune-epochs: must be an int >= 1, got '0'"),
         ("tune_time", "--max-time: must be a number of seconds > 0, got '-5'"),
+        # was a traceback: "got multiple values for argument 'weights'"
+        ("weights_kwarg", "--backbone-kwargs: 'weights' cannot be set here (use --weights)"),
     ):
         assert out["codes"][name] == 2 and said in out["help"][name], out["help"][name]
     assert out["codes"]["missing"] == 2

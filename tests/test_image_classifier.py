@@ -116,6 +116,11 @@ def test_fine_tune_says_which_stages_run_through_slow_augmentation():
         ({"pooling": "sum"}, "pooling"),
         ({"dropout": 1.5}, "dropout"),
         ({"freeze": "all"}, "freeze"),
+        # Keys the classifier sets (was "got multiple values for argument 'weights'").
+        ({"backbone_kwargs": {"weights": None}}, "`backbone_kwargs` sets 'weights'.*weights="),
+        ({"backbone_kwargs": {"input_shape": (32, 32, 3)}}, "sets 'input_shape'"),
+        ({"backbone_kwargs": {"pooling": "max"}}, "sets 'pooling'.*pooling='avg' or 'max'"),
+        ({"backbone_kwargs": {"include_top": True}}, "sets 'include_top'"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, match):

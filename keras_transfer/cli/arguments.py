@@ -22,6 +22,18 @@ def json_object(text):
     return value
 
 
+def backbone_kwargs_argument(text):
+    """A --backbone-kwargs value: a JSON object without the keys other flags or the
+    classifier set (`build_image_classifier` refuses them too, naming its arguments)."""
+    value = json_object(text)
+    flags = {"weights": "--weights", "input_shape": "--image-size"}
+    for key in ("weights", "input_shape", "pooling", "include_top", "input_tensor"):
+        if key in value:
+            how = f"use {flags[key]}" if key in flags else "the classifier sets it"
+            raise argparse.ArgumentTypeError(f"{key!r} cannot be set here ({how}): {text!r}")
+    return value
+
+
 def class_weight_argument(text):
     """A --class-weight value: "balanced", or a JSON object of weights."""
     if text.strip().lower() == "balanced":

@@ -10,11 +10,11 @@ from keras_transfer.cli.arguments import (
     add_output_arguments,
     add_tfds_arguments,
     add_training_arguments,
+    backbone_kwargs_argument,
     count,
     epochs_argument,
     fraction,
     freeze_argument,
-    json_object,
     positive,
 )
 from keras_transfer.cli.examples import EXAMPLES, sub_parser
@@ -60,7 +60,7 @@ def build_parser():
     )
     image.add_argument(
         "--backbone-kwargs",
-        type=json_object,
+        type=backbone_kwargs_argument,
         default=None,
         help="JSON for the Keras constructor, e.g. '{\"alpha\": 0.25}'; not with --init-from",
     )

@@ -107,6 +107,25 @@ def _hub_backbone(preset, input_shape, weights, policy=None):
     return backbone, converter, tuple(input_shape)
 
 
+_SET_BY_THE_CLASSIFIER = {  # keras.applications arguments that build_image_classifier sets
+    "weights": "pass weights=... to build_image_classifier",
+    "input_shape": "pass input_shape=... to build_image_classifier",
+    "pooling": "pass pooling='avg' or 'max' to build_image_classifier",
+    "include_top": "the classifier's head replaces the ImageNet one",
+    "input_tensor": "the classifier makes its own input",
+}
+
+
+def _check_backbone_kwargs(backbone_kwargs):
+    """Refuse `backbone_kwargs` keys that `build_image_classifier` sets itself (they reached
+    the Keras constructor twice: "got multiple values for argument 'weights'")."""
+    for key, what_to_do in _SET_BY_THE_CLASSIFIER.items():
+        if key in backbone_kwargs:
+            raise ValueError(
+                f"`backbone_kwargs` sets {key!r}, which the classifier sets: {what_to_do}."
+            )
+
+
 def build_image_classifier(
     backbone,
     num_classes,
@@ -160,8 +179,10 @@ def build_image_classifier(
         ValueError: unknown backbone (lists the closest names), `num_classes` < 2, an
             input shape below the backbone's minimum or without 3 channels while using
             pretrained weights, a bad `pooling` / `dropout` / `augmentation` / `freeze` /
-            `mixed_precision`, augmentation that changes the image size, or a weights file
-            that does not fit the architecture.
+            `mixed_precision`, augmentation that changes the image size, a weights file
+            that does not fit the architecture, or `backbone_kwargs` that set what the
+            classifier sets (`weights`, `input_shape`, `pooling`, `include_top`,
+            `input_tensor`).
         FileNotFoundError: `weights` names a missing file.
 
     Example:
@@ -181,6 +202,7 @@ def build_image_classifier(
     if freeze not in ("backbone", None):
         raise ValueError(f"`freeze` must be 'backbone' or None, got {freeze!r}.")
     backbone_kwargs = dict(backbone_kwargs or {})
+    _check_backbone_kwargs(backbone_kwargs)
     policy = mixed_precision_policy(mixed_precision)
     base, preprocessing, input_shape = _backbone_and_preprocessing(
         backbone, input_shape, weights, backbone_kwargs, policy
