@@ -252,6 +252,14 @@ def test_fine_tune_takes_generators_and_pydatasets(tmp_path, capsys):
     assert len(history["head"].history["loss"]) == 1
     with pytest.raises(ValueError, match="a Python generator is read once"):
         kt.fine_tune(model, batches(), head_epochs=1, checkpoint_dir=tmp_path / "c", verbose=0)
+    # A generator gives one epoch: the default head trains that one (was 20 epochs, all
+    # but the first repeating its numbers without data), more epochs are refused.
+    history = kt.fine_tune(model, batches(), verbose=0)
+    assert len(history["head"].history["loss"]) == 1
+    with pytest.raises(ValueError, match="`train_ds` is a Python generator, read once, .* 3 times"):
+        kt.fine_tune(model, batches(), head_epochs=3, verbose=0)
+    with pytest.raises(ValueError, match="`val_ds` is a Python generator, read once"):
+        kt.fine_tune(model, _Batches(images, labels), batches(), finetune_epochs=2, verbose=0)
     data = _Batches(images, labels)
     history = kt.fine_tune(
         model,

@@ -48,3 +48,18 @@ def test_evaluate_classifier_errors():
     data = tf.data.Dataset.from_tensor_slices((np.zeros((2, 1)), np.eye(2))).batch(2)
     with pytest.raises(ValueError, match="3 class names"):
         kt.evaluate_classifier(_Constant(), data, ["a", "b", "c"])
+
+
+def test_evaluate_classifier_refuses_arrays_and_single_examples():
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    x, y = np.zeros((6, 4), "float32"), np.eye(2, dtype="float32")[[0, 1] * 3]
+    # Was Keras' "expected shape=(None, 4), found shape=(4,)" in both cases.
+    with pytest.raises(ValueError, match=r"`dataset` must be a tf.data.Dataset .*got a tuple"):
+        kt.evaluate_classifier(model, (x, y), ["a", "b"])
+    single = tf.data.Dataset.from_tensor_slices((x, y))
+    with pytest.raises(ValueError, match=r"`dataset` gives single examples of shape \(4,\)"):
+        kt.evaluate_classifier(model, single, ["a", "b"])
+    report = kt.evaluate_classifier(model, single.batch(4), ["a", "b"])
+    assert report.num_examples == 6

@@ -158,6 +158,10 @@ def test_image_classifier_head_on_cached_features(tmp_path):
     # (was "`data` is an infinite tf.data.Dataset", a name lr_find does not have).
     endless = kt.lr_find(model, train_ds.repeat(), num_steps=30, class_weight="balanced")
     assert len(endless.raw_losses) > 2
+    # Empty data (was "LookupTableImportV2: keys and values cannot be empty tensors").
+    for nothing in (train_ds.take(0), train_ds.filter(lambda x, y: False)):
+        with pytest.raises(ValueError, match="`train_ds` (is empty|gave no batches)"):
+            kt.lr_find(model, nothing, num_steps=10)
     with pytest.raises(ValueError, match="key 'hornets' is not a class"):
         kt.lr_find(model, train_ds, num_steps=30, class_weight={"hornets": 2.0})
 

@@ -229,6 +229,13 @@ def test_recipe_edge_cases(tmp_path):
         kt.fine_tune(_model(), column, verbose=0)
     with pytest.raises(ValueError, match="`val_ds` is an infinite tf.data.Dataset"):
         kt.fine_tune(_model(), train_ds, val_ds.repeat(), verbose=0)  # was a hang
+    # Empty validation data (was a fine-tuning stage with nothing to compare on tensorflow,
+    # "The input 'features' is not optional" on torch, a StopIteration on jax).
+    empty = r"`val_ds` (is empty \(a tf.data.Dataset of 0 batches\)|gave no batches).*val_ds=None"
+    for nothing in (val_ds.take(0), val_ds.filter(lambda x, y: False)):  # cardinality 0, unknown
+        for cache in ("auto", False):
+            with pytest.raises(ValueError, match=empty):
+                kt.fine_tune(_model(), train_ds, nothing, head_epochs=1, cache_features=cache)
     with pytest.raises(ValueError, match=r"gives single examples .* train_ds.batch\(32\)"):
         kt.fine_tune(_model(), train_ds.unbatch(), verbose=0)
     # Class ids train a model compiled with a sparse loss (a name, a function): the probe

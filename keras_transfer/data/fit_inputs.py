@@ -166,6 +166,21 @@ def as_tf_dataset(data):
     )
 
 
+def check_not_arrays(data, name="train_ds"):
+    """Refuse arrays, tuples, lists and dicts where batches are expected (Keras' `fit(x, y)`
+    style): read as an iterable they gave single examples, or a shape error deep in Keras.
+
+    Raises:
+        ValueError: as above; the message names `name` and shows `from_tensor_slices`.
+    """
+    if isinstance(data, (tuple, list, dict)) or hasattr(data, "__array__"):
+        raise ValueError(
+            f"`{name}` must be a tf.data.Dataset (or a PyDataset, torch DataLoader, grain "
+            f"dataset) of (inputs, one_hot_labels) batches, got a {type(data).__name__}; for "
+            "NumPy arrays pass tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
+        )
+
+
 def infinite_kind(data):
     """What infinite data `data` is (e.g. "an infinite tf.data.Dataset"), or None: a
     `tf.data.Dataset` or grain `MapDataset` after `.repeat()` without a count, or a

@@ -90,6 +90,7 @@ class FeatureSplit:
 
         Raises:
             NotADirectoryError: `store` is a file.
+            ValueError: a dataset (other than a pipeline of ours) that gives no batches.
         """
         datasets = [data for data in (train_ds, val_ds) if data is not None]
         self._progress = progress
@@ -240,17 +241,22 @@ class FeatureSplit:
     def _cache_by_fingerprint(self, datasets):
         import tensorflow as tf
 
-        keys = []
+        keys, counts = [], [0] * len(datasets)
 
-        def batches(dataset):
+        def batches(position, dataset):
             for inputs, batch_keys in self._keyed_inputs(dataset):
                 keys.append(batch_keys)
+                counts[position] += 1
                 yield inputs
 
-        features = list(self._features(batch for data in datasets for batch in batches(data)))
-        features = np.concatenate(features) if features else np.zeros([0], "float32")
-        keys = keys or [np.zeros([0], "int64")]
-        keys = np.concatenate(keys)
+        features = list(
+            self._features(batch for i, data in enumerate(datasets) for batch in batches(i, data))
+        )
+        for name, count in zip(("train_ds", "val_ds")[: len(counts)], counts, strict=True):
+            if count == 0:  # an empty .filter(), ...: a lookup table of nothing, a head not fit
+                fix = ", or val_ds=None to train without validation" if name == "val_ds" else ""
+                raise ValueError(f"`{name}` gave no batches: pass data of at least one batch{fix}.")
+        features, keys = np.concatenate(features), np.concatenate(keys)
         unique_keys, first = np.unique(keys, return_index=True)  # equal inputs, equal features
         table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(unique_keys, first.astype("int64")),

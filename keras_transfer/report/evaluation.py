@@ -118,7 +118,7 @@ def predict_labelled(model, dataset):
     import tensorflow as tf
 
     from keras_transfer.data.fit_inputs import is_tf_dataset, iter_batches, labels_of
-    from keras_transfer.training.label_checks import check_not_keyed
+    from keras_transfer.training.label_checks import check_batched, check_not_keyed
     from keras_transfer.training.processes import predict_on_batch
 
     probabilities, labels = [], []
@@ -126,6 +126,7 @@ def predict_labelled(model, dataset):
         inputs, targets = batch[0], batch[1]
         if index == 0:
             check_not_keyed(model, targets, "dataset", is_tf_dataset(dataset))
+            check_batched(model, tuple(np.shape(inputs)), "dataset", is_tf_dataset(dataset))
         if isinstance(inputs, tf.Tensor) and inputs.dtype != tf.string:
             inputs = inputs.numpy()
         probabilities.append(np.asarray(predict_on_batch(model, inputs), dtype="float32"))
@@ -156,14 +157,17 @@ def evaluate_classifier(model, dataset, class_names=None):
         a readable table.
 
     Raises:
-        ValueError: an empty dataset, a model whose number of outputs differs from
-            `len(class_names)`, without `class_names` a model that carries other class
-            names than `dataset` (`class_names.check_same_class_names`), or labels given
-            as a dict of another key than the model's output name
-            (`label_checks.check_not_keyed`).
+        ValueError: arrays or a tuple as `dataset` (`fit_inputs.check_not_arrays`), a
+            dataset of single examples (`label_checks.check_batched`), an empty dataset, a
+            model whose number of outputs differs from `len(class_names)`, without
+            `class_names` a model that carries other class names than `dataset`
+            (`class_names.check_same_class_names`), or labels given as a dict of another
+            key than the model's output name (`label_checks.check_not_keyed`).
     """
+    from keras_transfer.data.fit_inputs import check_not_arrays
     from keras_transfer.training.label_checks import keyed_batches
 
+    check_not_arrays(dataset, "dataset")
     if class_names is None:
         from keras_transfer.models.class_names import resolve_class_names
 

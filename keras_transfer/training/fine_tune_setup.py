@@ -13,7 +13,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from keras_transfer.data.batch_augmentation import mix_batches
-from keras_transfer.data.fit_inputs import plan_for_inputs
+from keras_transfer.data.fit_inputs import (
+    check_not_arrays,
+    kind_of,
+    plan_for_inputs,
+    readable_again,
+)
 from keras_transfer.models.compiling import is_text_classifier
 from keras_transfer.models.freezing import backbone_units, get_backbone
 from keras_transfer.training.class_weighting import fit_class_weight
@@ -107,12 +112,7 @@ def check_fine_tune_arguments(
             "made when missing) to keep the cached features in."
         )
     for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
-        if isinstance(data, (tuple, list, dict)) or hasattr(data, "__array__"):
-            raise ValueError(
-                f"`{name}` must be a tf.data.Dataset of (inputs, one_hot_labels) batches "
-                f"(e.g. from image_folder_datasets), got a {type(data).__name__}; for NumPy "
-                "arrays pass tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
-            )
+        check_not_arrays(data, name)
     _check_run_options(verbose, train_batchnorm, checkpoint_settings)
 
 
@@ -190,6 +190,30 @@ class RunPlan(NamedTuple):
     text: bool
 
 
+def _check_read_once(train_ds, val_ds, head_epochs, finetune_epochs):
+    """Refuse epochs a one-shot generator cannot give: after its one pass, Keras' `fit`
+    repeats the last epoch's numbers without training, or fails on the empty validation
+    generator ("auto" stages take one pass: see `stages.StageRunner`).
+
+    Raises:
+        ValueError: `train_ds` or `val_ds` is read once and the epochs asked for read it
+            more often.
+    """
+    passes = (1 if head_epochs == "auto" else head_epochs) + (
+        0 if finetune_epochs == "auto" else finetune_epochs
+    )
+    for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):
+        if data is None or readable_again(data) or passes <= 1:
+            continue
+        raise ValueError(
+            f"`{name}` is a {kind_of(data)}, read once, and head_epochs={head_epochs!r} "
+            f"with finetune_epochs={finetune_epochs!r} read it {passes} times. Pass a "
+            "tf.data.Dataset (e.g. tf.data.Dataset.from_generator), a keras.utils.PyDataset "
+            "or a torch DataLoader, or train one pass in all (head_epochs=1, "
+            "finetune_epochs=0)."
+        )
+
+
 def plan_run(
     model,
     train_ds,
@@ -216,6 +240,7 @@ def plan_run(
         A `RunPlan`.
     """
     check_fine_tune_arguments(train_ds, val_ds, verbose=verbose, **checked)
+    _check_read_once(train_ds, val_ds, checked["head_epochs"], checked["finetune_epochs"])
     check_unfreeze_top_n(model, checked["unfreeze_top_n"])
     first = {}  # each one's first batch, read once
     for name, data in (("train_ds", train_ds), ("val_ds", val_ds)):

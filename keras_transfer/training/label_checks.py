@@ -178,7 +178,8 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
 
     Raises:
         ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
-            that is not batched, or whose elements are dicts.
+            that is not batched, whose elements are dicts, or that is empty (by its
+            cardinality).
     """
     from keras_transfer.data.fit_inputs import UNREAD, first_batch, is_tf_dataset
 
@@ -191,12 +192,14 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
                 f"map them, e.g. {name}.map(lambda e: (e['image'], e['label'])), or load "
                 "TFDS data with as_supervised=True (or our tfds_datasets)."
             )
+        if int(data.cardinality()) == 0:  # e.g. a .take(0), or a .batch() with drop_remainder
+            raise ValueError(_empty(name, "a tf.data.Dataset of 0 batches"))
         if not isinstance(spec, tuple) or len(spec) < 2:
             return batch
         check_not_keyed(model, spec[1], name)
         inputs, labels = (getattr(part, "shape", None) for part in spec[:2])
         if inputs is not None and inputs.rank is not None:
-            _check_batched(model, tuple(inputs.as_list()), name)
+            check_batched(model, tuple(inputs.as_list()), name)
     else:
         batch = first_batch(data)
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -204,15 +207,25 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         check_not_keyed(model, batch[1], name, tf_data=False)
         inputs = getattr(batch[0], "shape", None)  # not a list or dict of several inputs
         if inputs is not None:
-            _check_batched(model, tuple(inputs), name, tf_data=False)
+            check_batched(model, tuple(inputs), name, tf_data=False)
         labels = tuple(getattr(batch[1], "shape", None) or np.shape(batch[1]))
     check_label_shape(model, labels, name, label_smoothing)
     return batch
 
 
-def _check_batched(model, inputs, name, tf_data=True):
-    """A dataset of single examples: its inputs' shape (a tuple) one rank short of the
-    model's."""
+def _empty(name, what):
+    """The message for empty data given as the argument `name`."""
+    fix = ", or val_ds=None to train without validation" if name == "val_ds" else ""
+    return f"`{name}` is empty ({what}): pass data of at least one batch{fix}."
+
+
+def check_batched(model, inputs, name, tf_data=True):
+    """Refuse a dataset of single examples: its inputs' shape (a tuple) one rank short of
+    the model's.
+
+    Raises:
+        ValueError: as above; the message names `name` and says how to batch it.
+    """
     try:
         expected = model.input_shape
     except (AttributeError, ValueError):  # several inputs, or not built

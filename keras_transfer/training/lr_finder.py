@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from keras_transfer.data.fit_inputs import (
+    check_not_arrays,
     first_batches,
     infinite_kind,
     is_tf_dataset,
@@ -296,13 +297,7 @@ def _valley(losses):
 def _check_arguments(
     train_ds, start_lr, end_lr, num_steps, smoothing, diverge_factor, method, cache_features
 ):
-    if isinstance(train_ds, (tuple, list, dict)) or hasattr(train_ds, "__array__"):
-        raise ValueError(
-            "`train_ds` must be a tf.data.Dataset (or a PyDataset, torch DataLoader, grain "
-            "dataset) of (inputs, one_hot_labels) batches, got a "
-            f"{type(train_ds).__name__}; for NumPy arrays pass "
-            "tf.data.Dataset.from_tensor_slices((x, y)).batch(32)."
-        )
+    check_not_arrays(train_ds)
     if not (
         isinstance(start_lr, (int, float))
         and isinstance(end_lr, (int, float))

@@ -9,6 +9,7 @@ import warnings
 
 import keras
 
+from keras_transfer.data.fit_inputs import kind_of, readable_again
 from keras_transfer.data.pipeline_augmentation import augmentation_in_pipeline
 from keras_transfer.data.text_padding import pad_to_longest, without_preprocessor
 from keras_transfer.features.feature_cache import split_for_caching
@@ -183,10 +184,10 @@ class StageRunner:
         """Stage 1 of `head_epochs="auto"`: the linear probe on cached features, else
         `fallback_epochs` of `fit` with early stopping. Returns `(History, epochs)`."""
         if split is None or linear_head_layer(split.head) is None:
-            self.say(
-                f"The head cannot be fitted as a linear probe here; training it for up to "
-                f"{fallback_epochs} epochs instead."
-            )
+            how = f"up to {fallback_epochs} epochs"
+            if self.read_once():
+                how = f"1 epoch, the one pass a {kind_of(self.read_once()[0])} gives"
+            self.say(f"The head cannot be fitted as a linear probe here; training it for {how}.")
             history = self.fit_head(split, fallback_epochs, patience)
             return history, len(history.epoch)
         head = split.head
@@ -213,6 +214,11 @@ class StageRunner:
         self.say(f"Head fitted as a linear probe (L2, C={chosen['C']:.3g}, {how}): {shown}")
         return history, 1
 
+    def read_once(self):
+        """The data of this run that can be read only once (one-shot generators): one
+        epoch is all it gives."""
+        return [d for d in (self.train_ds, self.val_ds) if d is not None and not readable_again(d)]
+
     def empty_history(self):
         history = keras.callbacks.History()
         history.epoch, history.history = [], {}
@@ -228,7 +234,8 @@ class StageRunner:
         """Stage 1 on the frozen backbone: `(History, epochs it counts)`; `epochs` "auto"
         (the linear probe), an int, or 0 (nothing trained)."""
         if epochs == "auto":
-            return self.fit_head_auto(split, AUTO_HEAD_EPOCHS, patience(AUTO_HEAD_EPOCHS))
+            epochs = 1 if self.read_once() else AUTO_HEAD_EPOCHS
+            return self.fit_head_auto(split, epochs, patience(epochs))
         if not epochs:
             return self.empty_history(), 0
         return self.fit_head(split, epochs), epochs
@@ -243,9 +250,15 @@ class StageRunner:
         model, text = self.model, is_text_classifier(self.model)
         auto = epochs == "auto"
         if auto:
-            epochs = finetune_budget(self.train_ds) if self.val_ds is not None else 0
+            once = self.read_once()
+            epochs = finetune_budget(self.train_ds) if self.val_ds is not None and not once else 0
             if self.val_ds is None:
                 self.say("No validation data: no fine-tuning stage (finetune_epochs='auto').")
+            elif once:
+                self.say(
+                    f"The {kind_of(once[0])} was read once, by the head: no fine-tuning "
+                    "stage (finetune_epochs='auto')."
+                )
         if not epochs:
             return None
         before = self.snapshot(head) if auto else None
@@ -270,7 +283,20 @@ class StageRunner:
         return history
 
     def snapshot(self, head_history):
-        """The model's weights and stage 1's best `val_loss` (inf when unknown)."""
+        """The model's weights and stage 1's best `val_loss` (inf when unknown).
+
+        Raises:
+            ValueError: `val_ds` gave no batches to stage 1 (an empty `.filter()`, ...).
+        """
+        if (
+            self.val_ds is not None
+            and head_history.epoch
+            and "val_loss" not in head_history.history
+        ):
+            raise ValueError(
+                "`val_ds` gave no batches: pass data of at least one batch, or val_ds=None "
+                "to train without validation."
+            )
         losses = head_history.history.get("val_loss") or [math.inf]
         return self.model.get_weights(), min(losses)
 
