@@ -592,6 +592,12 @@ def test_batches_keyed_by_the_models_input_and_output_names():
     elements = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels}).batch(6)
     with pytest.raises(ValueError, match=r"gives dicts \(keys \['image', 'label'\]\).*supervised"):
         kt.fine_tune(model, elements, verbose=0)
+    # Inputs keyed by another name (was a TypeError in the feature cache's fingerprints).
+    misnamed = tf.data.Dataset.from_tensor_slices(({"pixels": images}, labels)).batch(6)
+    with pytest.raises(ValueError, match=r"`train_ds` gives its inputs as a dict \(keys \['pixels"):
+        kt.fine_tune(model, misnamed, verbose=0)
+    with pytest.raises(ValueError, match=rf"`dataset` .*named '{image_name}': key them by"):
+        kt.evaluate_classifier(model, misnamed, ["a", "b", "c"])
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights(), strict=True))
 
     class Keyed(_Batches):

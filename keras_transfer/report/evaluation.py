@@ -118,7 +118,11 @@ def predict_labelled(model, dataset):
     import tensorflow as tf
 
     from keras_transfer.data.fit_inputs import is_tf_dataset, iter_batches, labels_of
-    from keras_transfer.training.label_checks import check_batched, check_not_keyed
+    from keras_transfer.training.label_checks import (
+        check_batched,
+        check_inputs_keyed,
+        check_not_keyed,
+    )
     from keras_transfer.training.processes import predict_on_batch
 
     probabilities, labels = [], []
@@ -126,6 +130,7 @@ def predict_labelled(model, dataset):
         inputs, targets = batch[0], batch[1]
         if index == 0:
             check_not_keyed(model, targets, "dataset", is_tf_dataset(dataset))
+            check_inputs_keyed(model, inputs, "dataset", is_tf_dataset(dataset))
             check_batched(model, tuple(np.shape(inputs)), "dataset", is_tf_dataset(dataset))
         if isinstance(inputs, tf.Tensor) and inputs.dtype != tf.string:
             inputs = inputs.numpy()

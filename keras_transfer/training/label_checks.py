@@ -125,6 +125,25 @@ def check_not_keyed(model, labels, name="train_ds", tf_data=True):
     )
 
 
+def check_inputs_keyed(model, inputs, name="train_ds", tf_data=True):
+    """Refuse inputs given as a dict without the name of the model's one input (Keras
+    looks dict inputs up by it; `keyed_batches` reads `{"image": x}` out).
+
+    Raises:
+        ValueError: as above (was a TypeError deep in the feature cache, or Keras' own
+            error); the message names `name`, the keys and the input's name.
+    """
+    key = keyed_names(model)[0]
+    if key is None or not isinstance(inputs, dict) or key in inputs:
+        return
+    keys = sorted(inputs)
+    fix = f"the array itself, e.g. {name}.map(lambda x, y: (x[{keys[0]!r}], y))"
+    raise ValueError(
+        f"`{name}` gives its inputs as a dict (keys {keys}), and the model's one input is "
+        f"named {key!r}: key them by {key!r}, or give {fix if tf_data else 'the array itself'}."
+    )
+
+
 def keyed_batches(model, data):
     """`data` with a `tf.data.Dataset`'s inputs (labels) given as a dict keyed by the
     name of the model's one input (output) read out to the tensors themselves, so that
@@ -165,11 +184,12 @@ def keyed_batches(model, data):
 
 
 def check_batches(model, data, name="train_ds", label_smoothing=None):
-    """`check_label_shape` and `check_not_keyed` for a `tf.data.Dataset` (its element
-    spec), or the first batch of a `PyDataset`, a grain `MapDataset` or a torch
-    `DataLoader` over a map-style dataset (`fit_inputs.first_batch`), and a clear error for
-    a dataset of single examples or of dict elements (TFDS without `as_supervised`); other
-    data (generators, iterable datasets) is read as it trains, and left to Keras.
+    """`check_label_shape`, `check_not_keyed` and `check_inputs_keyed` for a
+    `tf.data.Dataset` (its element spec), or the first batch of a `PyDataset`, a grain
+    `MapDataset` or a torch `DataLoader` over a map-style dataset
+    (`fit_inputs.first_batch`), and a clear error for a dataset of single examples or of
+    dict elements (TFDS without `as_supervised`); other data (generators, iterable
+    datasets) is read as it trains, and left to Keras.
 
     Returns:
         The first batch it read (for the next check, e.g. `check_model_class_weight`, to
@@ -177,9 +197,9 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         `tf.data.Dataset`, checked by its element spec).
 
     Raises:
-        ValueError: see `check_label_shape` and `check_not_keyed`; a tf.data dataset
-            that is not batched, whose elements are dicts, or that is empty (by its
-            cardinality).
+        ValueError: see `check_label_shape`, `check_not_keyed` and `check_inputs_keyed`;
+            a tf.data dataset that is not batched, whose elements are dicts, or that is
+            empty (by its cardinality).
     """
     from keras_transfer.data.fit_inputs import UNREAD, first_batch, is_tf_dataset
 
@@ -197,6 +217,7 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         if not isinstance(spec, tuple) or len(spec) < 2:
             return batch
         check_not_keyed(model, spec[1], name)
+        check_inputs_keyed(model, spec[0], name)
         inputs, labels = (getattr(part, "shape", None) for part in spec[:2])
         if inputs is not None and inputs.rank is not None:
             check_batched(model, tuple(inputs.as_list()), name)
@@ -205,6 +226,7 @@ def check_batches(model, data, name="train_ds", label_smoothing=None):
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             return batch
         check_not_keyed(model, batch[1], name, tf_data=False)
+        check_inputs_keyed(model, batch[0], name, tf_data=False)
         inputs = getattr(batch[0], "shape", None)  # not a list or dict of several inputs
         if inputs is not None:
             check_batched(model, tuple(inputs), name, tf_data=False)
