@@ -122,6 +122,12 @@ def test_text_reading_formats_and_errors(tmp_path):
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"text": "x", "label": 1}\n{"text": "y", "label": 0}\n')
     assert kt.read_labelled_text(jsonl)[1] == ["1", "0"]
+    # Integer labels are ordered by value: class id 2 is label "2" (was "10", sorted as text).
+    numbers = write_text_file(tmp_path / "n.csv", [(f"t{i}", str(i)) for i in range(11, -1, -1)])
+    _, _, names = kt.text_csv_datasets(numbers)
+    assert names == [str(i) for i in range(12)]
+    mixed = write_text_file(tmp_path / "m.csv", [("x", "10"), ("y", "2"), ("z", "b")])
+    assert kt.text_csv_datasets(mixed)[2] == ["10", "2", "b"]  # not all integers: as text
 
     with pytest.raises(ValueError, match="missing column.*TSV"):
         kt.read_labelled_text(write_text_file(tmp_path / "tab.csv", rows, delimiter="\t"))

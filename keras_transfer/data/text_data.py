@@ -210,6 +210,17 @@ def _dataset(
     )
 
 
+def sorted_labels(labels):
+    """The distinct `labels` (str) sorted: by value when all are integers ("2" before
+    "10"; ties such as "1" and "01" by their text), else as text."""
+    import re
+
+    distinct = set(labels)
+    if all(re.fullmatch(r"[+-]?[0-9]+", label) for label in distinct):
+        return sorted(distinct, key=lambda label: (int(label), label))
+    return sorted(distinct)
+
+
 def text_csv_datasets(
     path,
     *,
@@ -233,7 +244,9 @@ def text_csv_datasets(
             least one row on each side; a class of fewer than 2 rows stays in training,
             with a warning that names it; `stratified_split`), drawn with `seed`.
         batch_size: int, default 32.
-        class_names: list of str, or None (default: the sorted distinct training labels).
+        class_names: list of str, or None (default: the sorted distinct training labels;
+            integer labels by value, "2" before "10", so that class id 2 is label "2" in
+            0-based label sets).
         seed: int in [0, 2**32), default 1337: shuffle and split seed (None: drawn from
             NumPy's global generator).
         max_rows: int or None: use only the first `max_rows` rows of `path` (before any
@@ -276,7 +289,7 @@ def text_csv_datasets(
             raise ValueError(f"`max_rows` must be a positive int, got {max_rows!r}.")
         texts, labels = texts[:max_rows], labels[:max_rows]
     if class_names is None:
-        class_names = sorted(set(labels))
+        class_names = sorted_labels(labels)
     class_names = [str(name) for name in class_names]
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"`class_names` has duplicates: {class_names}.")
