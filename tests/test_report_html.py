@@ -159,3 +159,5 @@ def test_top_losses_are_the_highest_cross_entropies():
     np.testing.assert_array_equal(first.input, images[first.index])
     with pytest.raises(ValueError, match="`k`"):
         top_losses(model, dataset, k=0)
+    with pytest.raises(ValueError, match=r"`dataset` must be a tf.data.Dataset .*got a tuple"):
+        top_losses(model, (images, labels))  # was per-image "batches" or a Keras shape error

@@ -56,10 +56,14 @@ def top_losses(model, dataset, k=8):
         A list of at most `k` `TopLoss`, sorted by decreasing loss.
 
     Raises:
-        ValueError: `k` < 1 or an empty dataset.
+        ValueError: `k` < 1, arrays or a tuple as `dataset`
+            (`fit_inputs.check_not_arrays`), or an empty dataset.
     """
+    from keras_transfer.data.fit_inputs import check_not_arrays
+
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"`k` must be an int >= 1, got {k!r}.")
+    check_not_arrays(dataset, "dataset")
     kept, offset = [], 0
     for batch in dataset:
         inputs = _as_numpy(batch[0])
