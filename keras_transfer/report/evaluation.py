@@ -166,8 +166,9 @@ def evaluate_classifier(model, dataset, class_names=None):
             dataset of single examples (`label_checks.check_batched`), an empty dataset, a
             model whose number of outputs differs from `len(class_names)`, without
             `class_names` a model that carries other class names than `dataset`
-            (`class_names.check_same_class_names`), or labels given as a dict of another
-            key than the model's output name (`label_checks.check_not_keyed`).
+            (`class_names.check_same_class_names`), labels given as a dict of another key
+            than the model's output name (`label_checks.check_not_keyed`), or inputs given
+            as a dict without the model's input name (`label_checks.check_inputs_keyed`).
     """
     from keras_transfer.data.fit_inputs import check_not_arrays
     from keras_transfer.training.label_checks import keyed_batches

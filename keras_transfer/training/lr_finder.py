@@ -174,8 +174,9 @@ def lr_find(
             `diverge_factor`, `method` or `cache_features`, a model with nothing trainable,
             a dataset without a single batch, labels that cannot meet the model's loss
             (class ids for a one-hot loss, another width than its classes), dict elements
-            of a `tf.data` dataset, or labels given as a dict of another key than the
-            model's output name (`label_checks.check_not_keyed`).
+            of a `tf.data` dataset, labels given as a dict of another key than the
+            model's output name (`label_checks.check_not_keyed`), or inputs given as a dict
+            without the model's input name (`label_checks.check_inputs_keyed`).
 
     Example:
     ```python

@@ -168,9 +168,12 @@ def fine_tune(
             the model's classes or for a sparse loss; `label_checks.check_label_shape`), a
             `tf.data` dataset that is not batched or gives dicts, not (inputs, labels)
             pairs, labels given as a dict of another key than the model's output name
-            (`label_checks.check_not_keyed`), class ids beyond the model's classes (the
-            linear probe), a model that carries other class names than the data's
-            (`class_names.adopt_class_names`), `unfreeze_top_n=0` with an int of
+            (`label_checks.check_not_keyed`), inputs given as a dict without the model's
+            input name (`label_checks.check_inputs_keyed`), an empty `train_ds` or `val_ds`,
+            more epochs than a one-shot generator gives (one pass in all), class ids
+            beyond the model's classes (the linear probe), a model that carries other
+            class names than the data's (`class_names.adopt_class_names`),
+            `unfreeze_top_n=0` with an int of
             fine-tuning epochs or one above the number of the backbone's units, `verbose`
             not "auto", 0, 1 or 2, `train_batchnorm` not a bool, `checkpoint_settings` not
             a dict of JSON values, a `class_weight` key that is no class
